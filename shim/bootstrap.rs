@@ -1,0 +1,335 @@
+//! The binary's actions as containerd invokes them: `start` (launch or reuse the server for
+//! this sandbox and print the bootstrap reply), `delete` (clean up after a sandbox, also when
+//! its server is gone), `-info`, and the server itself.
+//!
+//! `start` binds the shim socket itself and hands the listening descriptor to the server it
+//! spawns, then waits on a readiness pipe: when it prints the reply the server is accepting,
+//! and a server that fails to come up is reported as a `start` error instead of a socket
+//! that never answers. The server is spawned with stdio on /dev/null in its own process
+//! group, so containerd's `CombinedOutput` never waits on a pipe the server holds.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
+use containerd_shim::Flags;
+use containerd_shim_protos::api::DeleteResponse;
+use protobuf::well_known_types::timestamp::Timestamp;
+use protobuf::Message;
+
+use crate::error::{Error, IoContext, Result};
+use crate::state::Leftovers;
+
+/// The runtime name cove registers as.
+pub const RUNTIME_NAME: &str = "io.containerd.cove.v1";
+/// The task API version of the bootstrap reply (containerd reuses our socket for tasks at 3).
+pub const BOOTSTRAP_VERSION: i32 = 3;
+/// Environment variables through which `start` hands descriptors to the server.
+const LISTEN_FD_ENV: &str = "COVE_LISTEN_FD";
+const READY_FD_ENV: &str = "COVE_READY_FD";
+/// Largest stdin payload `start` reads (containerd's own limit).
+const MAX_STDIN: u64 = 10 << 20;
+/// The file in the bundle that records the socket address, for `delete`.
+const ADDRESS_FILE: &str = "address";
+
+/// How containerd asked: 2.0-2.2 send runtime options (or nothing) and want JSON; 2.3+ send
+/// `BootstrapParams` and want a `BootstrapResult`.
+enum Protocol {
+    Legacy,
+    Bootstrap(BootstrapParams),
+}
+
+fn read_protocol(flags: &Flags) -> Result<Protocol> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Ok(Protocol::Legacy);
+    }
+    let mut input = Vec::new();
+    stdin.lock().take(MAX_STDIN).read_to_end(&mut input).context(|| "read stdin".into())?;
+    Ok(detect_protocol(&input, flags))
+}
+
+/// BootstrapParams name this instance; a legacy runtime-options `Any` also parses as
+/// BootstrapParams (type URL and value land in fields 1 and 2) but never names our id
+/// and namespace together.
+fn detect_protocol(input: &[u8], flags: &Flags) -> Protocol {
+    match BootstrapParams::parse_from_bytes(input) {
+        Ok(p) if !input.is_empty() && p.instance_id == flags.id && p.namespace == flags.namespace => {
+            Protocol::Bootstrap(p)
+        }
+        _ => Protocol::Legacy,
+    }
+}
+
+/// The reply `start` prints.
+fn encode_reply(address: &str, protocol: &Protocol) -> Result<Vec<u8>> {
+    match protocol {
+        Protocol::Legacy => Ok(serde_json::json!({
+            "version": BOOTSTRAP_VERSION,
+            "address": address,
+            "protocol": "ttrpc",
+        })
+        .to_string()
+        .into_bytes()),
+        Protocol::Bootstrap(_) => BootstrapResult {
+            version: BOOTSTRAP_VERSION,
+            address: address.to_owned(),
+            protocol: "ttrpc".into(),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .map_err(|e| Error::Internal(format!("encode bootstrap result: {e}"))),
+    }
+}
+
+fn socket_path(address: &str) -> &str {
+    address.strip_prefix("unix://").unwrap_or(address)
+}
+
+/// `start`: launch the server for this sandbox (or find the running one) and print the reply.
+pub fn start(flags: &Flags) -> Result<()> {
+    crate::ids::validate("id", &flags.id)?;
+    let protocol = read_protocol(flags)?;
+    let (ttrpc_address, socket_dir) = match &protocol {
+        Protocol::Bootstrap(p) => (Some(p.containerd_ttrpc_address.clone()), p.socket_dir.clone()),
+        Protocol::Legacy => (None, None),
+    };
+    let opts = containerd_shim::StartOpts {
+        address: flags.address.clone(),
+        namespace: flags.namespace.clone(),
+        socket_dir,
+        ..Default::default()
+    };
+    let address = opts.socket_address(&flags.id);
+    let path = socket_path(&address);
+    if UnixStream::connect(path).is_err() {
+        spawn_server(flags, &address, ttrpc_address.as_deref())?;
+    }
+    std::fs::write(ADDRESS_FILE, &address).context(|| format!("write {ADDRESS_FILE} in the bundle"))?;
+    let reply = encode_reply(&address, &protocol)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&reply).and_then(|_| out.flush()).context(|| "write bootstrap reply".into())
+}
+
+fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Result<()> {
+    let path = Path::new(socket_path(address));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).context(|| format!("create {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).context(|| format!("listen on {}", path.display()))?;
+    let (ready_rd, ready_wr) = nix::unistd::pipe().context(|| "readiness pipe".into())?;
+    for fd in [listener.as_fd(), ready_wr.as_fd()] {
+        crate::sys::inherit_across_exec(fd).context(|| "pass descriptors to the server".into())?;
+    }
+    let exe = std::env::current_exe().context(|| "find own executable".into())?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address, "-socket", address])
+        .env(LISTEN_FD_ENV, listener.as_raw_fd().to_string())
+        .env(READY_FD_ENV, ready_wr.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    if flags.debug {
+        cmd.arg("-debug");
+    }
+    if let Some(t) = ttrpc_address {
+        cmd.env("TTRPC_ADDRESS", t);
+    }
+    let mut child = cmd.spawn().context(|| "spawn the shim server".into())?;
+    drop(ready_wr);
+    drop(listener);
+    let mut ready = std::fs::File::from(ready_rd);
+    let mut buf = Vec::new();
+    let _ = ready.read_to_end(&mut buf);
+    if buf.as_slice() == b"ok" {
+        return Ok(());
+    }
+    let _ = child.kill();
+    let status = child.wait().ok();
+    let _ = std::fs::remove_file(path);
+    Err(Error::Internal(format!(
+        "shim server for {} did not come up ({}; exit {status:?}); see the shim log",
+        flags.id,
+        String::from_utf8_lossy(&buf)
+    )))
+}
+
+/// `delete`: kill what the sandbox left running, remove its mounts, files, cgroups and
+/// socket, and print a DeleteResponse. Idempotent; works when the server is gone.
+pub fn delete(flags: &Flags) -> Result<()> {
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir().context(|| "current directory".into())?
+    } else {
+        PathBuf::from(&flags.bundle)
+    };
+    let mut resp = DeleteResponse::new();
+    if let Some(left) = Leftovers::load(&bundle)? {
+        if let Some((pid, _)) = left.pause {
+            resp.pid = pid as u32;
+            if left.kill_pause() {
+                resp.exit_status = 128 + libc::SIGKILL as u32;
+                wait_gone(pid);
+            }
+        }
+        left.clean()?;
+        Leftovers::forget(&bundle)?;
+    }
+    if let Ok(address) = std::fs::read_to_string(bundle.join(ADDRESS_FILE)) {
+        let _ = std::fs::remove_file(socket_path(address.trim()));
+    }
+    resp.exited_at = Some(Timestamp::now()).into();
+    let bytes = resp.write_to_bytes().map_err(|e| Error::Internal(format!("encode delete response: {e}")))?;
+    std::io::stdout().write_all(&bytes).context(|| "write delete response".into())
+}
+
+/// After SIGKILL, waits (bounded) until the process has left its cgroups.
+fn wait_gone(pid: i32) {
+    for _ in 0..200 {
+        if crate::state::proc_start_time(pid).is_none() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// `-info`: RuntimeInfo for containerd's introspection.
+pub fn info() -> Result<()> {
+    use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
+    let mut v = RuntimeVersion::new();
+    v.version = env!("CARGO_PKG_VERSION").into();
+    let mut info = RuntimeInfo::new();
+    info.name = RUNTIME_NAME.into();
+    info.version = Some(v).into();
+    let bytes = info.write_to_bytes().map_err(|e| Error::Internal(format!("encode runtime info: {e}")))?;
+    std::io::stdout().write_all(&bytes).context(|| "write runtime info".into())
+}
+
+/// The server: runs until its last sandbox is shut down (or Task.Shutdown with none alive).
+pub fn serve(flags: &Flags) -> Result<()> {
+    if flags.socket.is_empty() {
+        return Err(Error::InvalidArgument("server mode needs -socket".into()));
+    }
+    nix::sys::prctl::set_child_subreaper(true).context(|| "become a child subreaper".into())?;
+    let listener = take_fd(LISTEN_FD_ENV).map(UnixListener::from);
+    let ready = take_fd(READY_FD_ENV);
+    // Fork the pause helper while this process has exactly one thread.
+    let helper = crate::pause::fork_helper().context(|| "fork the pause helper".into())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context(|| "build the async runtime".into())?;
+    runtime.block_on(run_server(flags, listener, ready, helper))
+}
+
+fn take_fd(env: &str) -> Option<OwnedFd> {
+    let fd = std::env::var(env).ok()?.parse().ok()?;
+    std::env::remove_var(env);
+    crate::sys::adopt_inherited_fd(fd)
+}
+
+async fn run_server(
+    flags: &Flags,
+    listener: Option<UnixListener>,
+    ready: Option<OwnedFd>,
+    helper: crate::pause::HelperHandle,
+) -> Result<()> {
+    if Path::new("log").exists() {
+        if let Err(e) = containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id) {
+            eprintln!("cove: shim log: {e}");
+        }
+    }
+    let reaper = crate::reaper::Reaper::start().context(|| "watch SIGCHLD".into())?;
+    let spawner = crate::pause::PauseSpawner::new(helper).context(|| "pause helper".into())?;
+    let layout = crate::cgroups::Layout::detect()?;
+    let manager = Arc::new(crate::sandbox::Manager::new(spawner, reaper, layout));
+
+    let listener = match listener {
+        Some(l) => l,
+        None => {
+            let path = socket_path(&flags.socket);
+            let _ = std::fs::remove_file(path);
+            UnixListener::bind(path).context(|| format!("listen on {path}"))?
+        }
+    };
+    listener.set_nonblocking(true).context(|| "nonblocking listener".into())?;
+    let listener = ttrpc::r#async::transport::Listener::try_from(listener)
+        .map_err(|e| Error::Internal(format!("ttrpc listener: {e}")))?;
+
+    let mut sandbox = containerd_shim_protos::sandbox_async::create_sandbox(Arc::new(
+        crate::sandbox::service::SandboxService { manager: manager.clone() },
+    ));
+    for svc in sandbox.values_mut() {
+        svc.methods.insert(
+            crate::sandbox::update::METHOD.to_string(),
+            Box::new(crate::sandbox::update::UpdateMethod { manager: manager.clone() }),
+        );
+    }
+    let task = containerd_shim_protos::shim_async::create_task(Arc::new(crate::task::TaskService {
+        manager: manager.clone(),
+    }));
+    let mut server = ttrpc::r#async::Server::new()
+        .add_listener(listener)
+        .register_service(sandbox)
+        .register_service(task);
+    server.start().await.map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
+    if let Some(fd) = ready {
+        let _ = std::fs::File::from(fd).write_all(b"ok");
+    }
+    log::info!("cove {} serving {} on {}", env!("CARGO_PKG_VERSION"), flags.id, flags.socket);
+
+    let mut exit = manager.exit_requested();
+    let _ = exit.wait_for(|e| *e).await;
+    log::info!("shim for {} exiting", flags.id);
+    let _ = server.shutdown().await;
+    let _ = std::fs::remove_file(socket_path(&flags.socket));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Flags {
+        Flags { id: "sb1".into(), namespace: "k8s.io".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn legacy_reply_is_version_3_json() {
+        let out = encode_reply("unix:///run/containerd/s/abc", &Protocol::Legacy).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, serde_json::json!({"version": 3, "address": "unix:///run/containerd/s/abc", "protocol": "ttrpc"}));
+    }
+
+    #[test]
+    fn bootstrap_params_for_this_instance_select_the_protobuf_reply() {
+        let p = BootstrapParams {
+            instance_id: "sb1".into(),
+            namespace: "k8s.io".into(),
+            containerd_ttrpc_address: "/run/containerd/containerd.sock.ttrpc".into(),
+            ..Default::default()
+        };
+        let proto = detect_protocol(&p.write_to_bytes().unwrap(), &flags());
+        assert!(matches!(proto, Protocol::Bootstrap(_)));
+        let out = encode_reply("unix:///s", &proto).unwrap();
+        let r = BootstrapResult::parse_from_bytes(&out).unwrap();
+        assert_eq!((r.version, r.address.as_str(), r.protocol.as_str()), (3, "unix:///s", "ttrpc"));
+    }
+
+    #[test]
+    fn runtime_options_and_empty_stdin_are_legacy() {
+        let any = protobuf::well_known_types::any::Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: vec![8, 1],
+            ..Default::default()
+        };
+        assert!(matches!(detect_protocol(&any.write_to_bytes().unwrap(), &flags()), Protocol::Legacy));
+        assert!(matches!(detect_protocol(&[], &flags()), Protocol::Legacy));
+    }
+}

@@ -1,0 +1,340 @@
+//! Pod cgroups: finding the hierarchies, creating and removing a pod's directories,
+//! applying resource limits, and reading stats into containerd's Metrics types
+//! (`io.containerd.cgroups.v1.Metrics` / `io.containerd.cgroups.v2.Metrics`).
+//!
+//! Paths are cgroupfs paths relative to each hierarchy root, e.g. `/kubepods/pod1/<id>`.
+//! On a cgroup v1 (or hybrid) host every mounted hierarchy gets the directory, as runc
+//! does; on a unified host there is one tree.
+
+mod stats;
+
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::runtime::LinuxResources;
+
+use crate::error::{Error, IoContext, Result};
+
+pub use stats::metrics_any;
+
+/// One mounted cgroup hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    pub mountpoint: PathBuf,
+    /// Controllers bound to it (`memory`, `cpu`, ...); empty for named or unified ones.
+    pub controllers: Vec<String>,
+}
+
+/// The cgroup layout of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// cgroup v1 hierarchies (plus the unified one of a hybrid host, without controllers).
+    V1(Vec<Hierarchy>),
+    /// A single cgroup v2 tree.
+    V2(PathBuf),
+}
+
+impl Layout {
+    /// Reads the layout from `/proc/self/mountinfo`.
+    pub fn detect() -> Result<Layout> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo")
+            .context(|| "read /proc/self/mountinfo".into())?;
+        Layout::parse(&info)
+    }
+
+    fn parse(mountinfo: &str) -> Result<Layout> {
+        let mut v1 = Vec::new();
+        let mut unified = None;
+        for line in mountinfo.lines() {
+            // fields: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let mountpoint = left.split(' ').nth(4).unwrap_or_default();
+            let mut r = right.split(' ');
+            let fstype = r.next().unwrap_or_default();
+            let superopts = r.nth(1).unwrap_or_default();
+            match fstype {
+                "cgroup" => {
+                    let controllers = superopts
+                        .split(',')
+                        .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('=') && !o.starts_with("clone_children") && *o != "noprefix" && *o != "xattr")
+                        .map(str::to_owned)
+                        .collect();
+                    v1.push(Hierarchy { mountpoint: PathBuf::from(mountpoint), controllers });
+                }
+                "cgroup2" => unified = Some(PathBuf::from(mountpoint)),
+                _ => {}
+            }
+        }
+        match (v1.is_empty(), unified) {
+            (true, Some(root)) => Ok(Layout::V2(root)),
+            (false, unified) => {
+                if let Some(u) = unified {
+                    v1.push(Hierarchy { mountpoint: u, controllers: vec![] });
+                }
+                Ok(Layout::V1(v1))
+            }
+            (true, None) => Err(Error::Internal("no cgroup filesystem is mounted".into())),
+        }
+    }
+
+    /// The directory of `rel` in every hierarchy.
+    pub fn dirs(&self, rel: &Path) -> Vec<PathBuf> {
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        match self {
+            Layout::V1(hs) => hs.iter().map(|h| h.mountpoint.join(rel)).collect(),
+            Layout::V2(root) => vec![root.join(rel)],
+        }
+    }
+
+    /// The directory of `rel` in the hierarchy holding `controller` (v2: the one tree).
+    pub fn controller_dir(&self, controller: &str, rel: &Path) -> Option<PathBuf> {
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        match self {
+            Layout::V1(hs) => hs
+                .iter()
+                .find(|h| h.controllers.iter().any(|c| c == controller))
+                .map(|h| h.mountpoint.join(rel)),
+            Layout::V2(root) => Some(root.join(rel)),
+        }
+    }
+
+    /// `cgroup.procs` of `rel` in every hierarchy.
+    pub fn procs_files(&self, rel: &Path) -> Vec<PathBuf> {
+        self.dirs(rel).into_iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Creates `rel` (and missing ancestors) in every hierarchy. Returns the directories
+    /// this call created, parents before children, so the caller can remove exactly those.
+    pub fn create(&self, rel: &Path) -> Result<Vec<PathBuf>> {
+        validate_path(rel)?;
+        let mut created = Vec::new();
+        let roots: Vec<PathBuf> = match self {
+            Layout::V1(hs) => hs.iter().map(|h| h.mountpoint.clone()).collect(),
+            Layout::V2(root) => vec![root.clone()],
+        };
+        for root in roots {
+            let mut dir = root.clone();
+            for comp in rel.components().filter(|c| matches!(c, Component::Normal(_))) {
+                let parent = dir.clone();
+                dir.push(comp);
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => {
+                        created.push(dir.clone());
+                        self.init_dir(&parent, &dir)?;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        let _ = remove_dirs(&created);
+                        return Err(Error::io(format!("create cgroup {}", dir.display()), e));
+                    }
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    /// What a new directory needs before a process can join it.
+    fn init_dir(&self, parent: &Path, dir: &Path) -> Result<()> {
+        match self {
+            // A v1 cpuset starts with no cpus and mems; inherit the parent's.
+            Layout::V1(_) if dir.join("cpuset.cpus").exists() => {
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    let v = std::fs::read_to_string(parent.join(f))
+                        .context(|| format!("read {}", parent.join(f).display()))?;
+                    std::fs::write(dir.join(f), v.trim())
+                        .context(|| format!("write {}", dir.join(f).display()))?;
+                }
+                Ok(())
+            }
+            // On v2 the parent must delegate controllers to its children.
+            Layout::V2(_) => {
+                let avail = std::fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+                let want: Vec<String> = avail
+                    .split_whitespace()
+                    .filter(|c| matches!(*c, "cpu" | "cpuset" | "memory" | "pids" | "io" | "hugetlb"))
+                    .map(|c| format!("+{c}"))
+                    .collect();
+                if !want.is_empty() {
+                    if let Err(e) = std::fs::write(parent.join("cgroup.subtree_control"), want.join(" ")) {
+                        log::warn!("enable controllers in {}: {e}", parent.display());
+                    }
+                }
+                Ok(())
+            }
+            Layout::V1(_) => Ok(()),
+        }
+    }
+
+    /// Applies OCI Linux resources to `rel`.
+    pub fn apply(&self, rel: &Path, res: &LinuxResources) -> Result<()> {
+        let write = |controller: &str, file: &str, value: String| -> Result<()> {
+            let dir = self.controller_dir(controller, rel).ok_or_else(|| {
+                Error::FailedPrecondition(format!("the {controller} cgroup controller is not mounted"))
+            })?;
+            std::fs::write(dir.join(file), &value)
+                .context(|| format!("write {value:?} to {}", dir.join(file).display()))
+        };
+        let v2 = matches!(self, Layout::V2(_));
+        if let Some(mem) = res.memory() {
+            if let Some(limit) = mem.limit() {
+                if v2 {
+                    write("memory", "memory.max", max_or(limit))?;
+                } else {
+                    write("memory", "memory.limit_in_bytes", limit.to_string())?;
+                }
+            }
+            if let Some(r) = mem.reservation() {
+                if v2 {
+                    write("memory", "memory.low", max_or(r))?;
+                } else {
+                    write("memory", "memory.soft_limit_in_bytes", r.to_string())?;
+                }
+            }
+        }
+        if let Some(cpu) = res.cpu() {
+            if let Some(shares) = cpu.shares() {
+                if v2 {
+                    write("cpu", "cpu.weight", shares_to_weight(shares).to_string())?;
+                } else {
+                    write("cpu", "cpu.shares", shares.to_string())?;
+                }
+            }
+            if v2 {
+                if cpu.quota().is_some() || cpu.period().is_some() {
+                    let quota = cpu.quota().filter(|q| *q > 0).map_or("max".to_string(), |q| q.to_string());
+                    write("cpu", "cpu.max", format!("{quota} {}", cpu.period().unwrap_or(100_000)))?;
+                }
+            } else {
+                if let Some(p) = cpu.period() {
+                    write("cpu", "cpu.cfs_period_us", p.to_string())?;
+                }
+                if let Some(q) = cpu.quota() {
+                    write("cpu", "cpu.cfs_quota_us", q.to_string())?;
+                }
+            }
+            if let Some(cpus) = cpu.cpus() {
+                write("cpuset", "cpuset.cpus", cpus.clone())?;
+            }
+            if let Some(mems) = cpu.mems() {
+                write("cpuset", "cpuset.mems", mems.clone())?;
+            }
+        }
+        if let Some(pids) = res.pids() {
+            let limit = pids.limit();
+            write("pids", "pids.max", if limit > 0 { limit.to_string() } else { "max".into() })?;
+        }
+        Ok(())
+    }
+}
+
+fn max_or(v: i64) -> String {
+    if v < 0 { "max".into() } else { v.to_string() }
+}
+
+/// cgroup v1 cpu.shares [2, 262144] to v2 cpu.weight [1, 10000], as runc converts.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 0;
+    }
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+/// Rejects cgroup paths cove will not build: relative paths, `..`, and systemd slices.
+pub fn validate_path(rel: &Path) -> Result<()> {
+    let s = rel.to_string_lossy();
+    if s.ends_with(".slice") || s.contains(':') {
+        return Err(Error::InvalidArgument(format!(
+            "cgroup parent {s:?} is a systemd slice; cove supports cgroupfs paths only (the systemd cgroup driver is not supported yet)"
+        )));
+    }
+    if !rel.is_absolute() {
+        return Err(Error::InvalidArgument(format!("cgroup parent {s:?} must be an absolute cgroupfs path")));
+    }
+    if rel.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return Err(Error::InvalidArgument(format!("cgroup parent {s:?} must not contain . or ..")));
+    }
+    Ok(())
+}
+
+/// Removes cgroup directories, children first. A directory still busy after a short,
+/// bounded retry (its last task is still exiting) is reported, not left silently.
+pub fn remove_dirs(dirs: &[PathBuf]) -> Result<()> {
+    let mut sorted: Vec<&PathBuf> = dirs.iter().collect();
+    sorted.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    let mut first_err = None;
+    for d in sorted {
+        let mut attempts = 0;
+        loop {
+            match std::fs::remove_dir(d) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempts < REMOVE_RETRIES => {
+                    attempts += 1;
+                    std::thread::sleep(REMOVE_RETRY_PAUSE);
+                }
+                Err(e) => {
+                    log::warn!("remove cgroup {}: {e}", d.display());
+                    first_err.get_or_insert(Error::io(format!("remove cgroup {}", d.display()), e));
+                    break;
+                }
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// How often removal retries a busy cgroup, and how long it pauses between tries.
+const REMOVE_RETRIES: u32 = 50;
+const REMOVE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+30 23 0:26 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+32 30 0:28 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+33 30 0:29 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+34 30 0:30 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+35 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+";
+
+    #[test]
+    fn parses_hybrid_and_unified_layouts() {
+        let Layout::V1(hs) = Layout::parse(HYBRID).unwrap() else { panic!("not v1") };
+        assert_eq!(hs.len(), 5);
+        assert_eq!(hs[0].controllers, vec!["cpu"]);
+        assert!(hs[2].controllers.is_empty(), "named hierarchy has no controllers");
+        assert_eq!(hs[4].mountpoint, PathBuf::from("/sys/fs/cgroup/unified"));
+        assert_eq!(hs[3].controllers, vec!["cpu", "cpuacct"]);
+        let v2 = "40 1 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(Layout::parse(v2).unwrap(), Layout::V2("/sys/fs/cgroup".into()));
+        assert!(Layout::parse("").is_err());
+    }
+
+    #[test]
+    fn controller_dirs_follow_the_layout() {
+        let l = Layout::parse(HYBRID).unwrap();
+        assert_eq!(
+            l.controller_dir("memory", Path::new("/pod/x")),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/pod/x"))
+        );
+        assert_eq!(l.controller_dir("pids", Path::new("/pod")), None);
+        assert_eq!(l.procs_files(Path::new("/p")).len(), 5);
+    }
+
+    #[test]
+    fn rejects_systemd_relative_and_dotdot_parents() {
+        for p in ["kubepods.slice", "/kubepods.slice", "system.slice:cri:1", "pods/a", "/a/../b"] {
+            assert!(matches!(validate_path(Path::new(p)), Err(Error::InvalidArgument(_))), "{p}");
+        }
+        validate_path(Path::new("/kubepods/burstable/pod1")).unwrap();
+    }
+
+    #[test]
+    fn shares_convert_like_runc() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+}

@@ -1,0 +1,18 @@
+//! cove: a containerd runtime v2 shim that serves the shim-side Sandbox API with pause
+//! processes and the Task v3 API on one ttrpc socket. See `docs/` and the README.
+
+pub mod bootstrap;
+pub mod cgroups;
+pub mod error;
+pub mod ids;
+pub mod pause;
+pub mod reaper;
+pub mod sandbox;
+pub mod state;
+pub mod sys;
+pub mod task;
+
+/// Code generated from `protos/`.
+pub mod protos {
+    include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
+}

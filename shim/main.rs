@@ -1,0 +1,33 @@
+//! `containerd-shim-cove-v1`: argv dispatch only (-v, -info, start, delete, server).
+
+use cove::bootstrap;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("containerd-shim-cove-v1: {e}");
+            std::process::exit(2);
+        }
+    };
+    if flags.version {
+        println!("containerd-shim-cove-v1:");
+        println!("  Version:  {}", env!("CARGO_PKG_VERSION"));
+        println!("  Runtime:  {}", bootstrap::RUNTIME_NAME);
+        return;
+    }
+    let result = if flags.info {
+        bootstrap::info()
+    } else {
+        match flags.action.as_str() {
+            "start" => bootstrap::start(&flags),
+            "delete" => bootstrap::delete(&flags),
+            _ => bootstrap::serve(&flags),
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("containerd-shim-cove-v1: {e}");
+        std::process::exit(1);
+    }
+}

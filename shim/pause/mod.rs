@@ -1,0 +1,391 @@
+//! The pause process: how it is created and what it does as PID 1 of the pod.
+//!
+//! The shim server forks a **pause helper** while it is still single-threaded, before its
+//! async runtime starts (design rule 4). The helper waits on a socket for one JSON request
+//! per line. For each it forks a setup child that joins the pod cgroup, enters the pod
+//! network namespace, unshares UTS/IPC/PID as asked, sets the hostname and sysctls, and
+//! forks the pause process itself: PID 1 of the new pid namespace, with no capabilities and
+//! no_new_privs, reaping orphans until SIGTERM/SIGINT/SIGHUP. The setup child exits, so the
+//! pause process is reparented to the shim (a child subreaper) whose reaper sees its exit.
+//! Nothing is exec'd: the pause process shares the shim's pages copy-on-write.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::sys::{self, Forked};
+
+/// The process name the pause process shows in `ps -o comm` and `/proc/PID/comm`.
+pub const PAUSE_COMM: &str = "cove-pause";
+
+/// What the pause process must look like.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PauseConfig {
+    /// Network namespace to join; `None` keeps the shim's (the host's).
+    pub netns: Option<PathBuf>,
+    pub new_uts: bool,
+    pub new_ipc: bool,
+    pub new_pid: bool,
+    /// Set inside the new UTS namespace; requires `new_uts`.
+    pub hostname: Option<String>,
+    /// `(key, value)` written under `/proc/sys` inside the pod namespaces.
+    pub sysctls: Vec<(String, String)>,
+    /// `cgroup.procs` files the pause process is written into, one per hierarchy.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+impl PauseConfig {
+    fn to_json(&self) -> String {
+        json!({
+            "netns": self.netns.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            "new_uts": self.new_uts,
+            "new_ipc": self.new_ipc,
+            "new_pid": self.new_pid,
+            "hostname": self.hostname,
+            "sysctls": self.sysctls,
+            "cgroup_procs": self.cgroup_procs.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>(),
+        })
+        .to_string()
+    }
+
+    fn from_json(line: &str) -> std::result::Result<Self, String> {
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("bad pause request: {e}"))?;
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let b = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+        let sysctls = v
+            .get("sysctls")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|kv| {
+                        let kv = kv.as_array()?;
+                        Some((kv.first()?.as_str()?.to_owned(), kv.get(1)?.as_str()?.to_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cgroup_procs = v
+            .get("cgroup_procs")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(PathBuf::from).collect())
+            .unwrap_or_default();
+        Ok(PauseConfig {
+            netns: s("netns").map(PathBuf::from),
+            new_uts: b("new_uts"),
+            new_ipc: b("new_ipc"),
+            new_pid: b("new_pid"),
+            hostname: s("hostname"),
+            sysctls,
+            cgroup_procs,
+        })
+    }
+}
+
+/// The shim's end of a freshly forked pause helper.
+pub struct HelperHandle {
+    stream: UnixStream,
+    pid: i32,
+}
+
+/// Forks the pause helper. Must be called while the process is single-threaded.
+pub fn fork_helper() -> std::io::Result<HelperHandle> {
+    let (ours, theirs) = UnixStream::pair()?;
+    match sys::fork_single_threaded()? {
+        Forked::Child => {
+            drop(ours);
+            helper_main(theirs)
+        }
+        Forked::Parent(pid) => Ok(HelperHandle {
+            stream: ours,
+            pid: pid.as_raw(),
+        }),
+    }
+}
+
+/// The shim-side client of the pause helper.
+pub struct PauseSpawner {
+    conn: tokio::sync::Mutex<Option<Conn>>,
+}
+
+struct Conn {
+    reader: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+    pid: i32,
+}
+
+impl PauseSpawner {
+    /// Wraps a helper handle; needs a tokio runtime.
+    pub fn new(handle: HelperHandle) -> std::io::Result<Self> {
+        handle.stream.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(handle.stream)?;
+        let (r, w) = stream.into_split();
+        Ok(PauseSpawner {
+            conn: tokio::sync::Mutex::new(Some(Conn {
+                reader: tokio::io::BufReader::new(r),
+                writer: w,
+                pid: handle.pid,
+            })),
+        })
+    }
+
+    /// Creates a pause process and returns its host pid.
+    pub async fn spawn(&self, cfg: &PauseConfig) -> Result<i32> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut guard = self.conn.lock().await;
+        let conn = guard.as_mut().ok_or_else(|| {
+            Error::FailedPrecondition("this shim has already created its pause process".into())
+        })?;
+        let mut req = cfg.to_json();
+        req.push('\n');
+        let helper = conn.pid;
+        let lost = |e: std::io::Error| Error::io(format!("pause helper (pid {helper})"), e);
+        conn.writer.write_all(req.as_bytes()).await.map_err(lost)?;
+        let mut line = String::new();
+        if conn.reader.read_line(&mut line).await.map_err(lost)? == 0 {
+            return Err(Error::Internal(format!(
+                "pause helper (pid {helper}) exited without answering"
+            )));
+        }
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| Error::Internal(format!("pause helper answered {line:?}: {e}")))?;
+        if let Some(pid) = v.get("pid").and_then(Value::as_i64) {
+            return i32::try_from(pid)
+                .map_err(|_| Error::Internal(format!("pause helper returned pid {pid}")));
+        }
+        let msg = v.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+        Err(Error::Internal(format!("create pause process: {msg}")))
+    }
+
+    /// Lets the helper exit; later `spawn` calls fail.
+    pub async fn close(&self) {
+        self.conn.lock().await.take();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Everything below runs in the forked helper, its setup child or the pause process: plain
+// single-threaded processes with no async runtime.
+
+/// The helper's descriptor for its request stream after it tidies its fd table.
+const HELPER_FD: i32 = 3;
+/// The pause process's descriptor for its readiness pipe.
+const READY_FD: i32 = 3;
+
+fn helper_main(stream: UnixStream) -> ! {
+    // Keep only stdio and the request stream: the helper must not hold the shim's
+    // listening socket, its readiness pipe or the log fifo open.
+    let stream = match move_fd(stream.into(), HELPER_FD) {
+        Ok(fd) => UnixStream::from(fd),
+        Err(_) => sys::exit_now(1),
+    };
+    let _ = nix::unistd::setsid();
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => sys::exit_now(0),
+            Ok(_) => {}
+        }
+        let reply = match PauseConfig::from_json(&line).and_then(|cfg| create_pause(&cfg)) {
+            Ok(pid) => json!({ "pid": pid }),
+            Err(e) => json!({ "error": e }),
+        };
+        let mut out = reply.to_string();
+        out.push('\n');
+        if writer.write_all(out.as_bytes()).is_err() {
+            sys::exit_now(0);
+        }
+    }
+}
+
+/// Moves `fd` to number `to` and closes every descriptor above it.
+fn move_fd(fd: OwnedFd, to: i32) -> nix::Result<OwnedFd> {
+    if fd.as_raw_fd() != to {
+        nix::unistd::dup2(fd.as_raw_fd(), to)?;
+        drop(fd);
+    } else {
+        std::mem::forget(fd);
+    }
+    sys::close_fds_from(to + 1)?;
+    sys::adopt_inherited_fd(to).ok_or(nix::Error::EBADF)
+}
+
+/// Runs in the helper: forks the setup child and reports the pause pid it created.
+fn create_pause(cfg: &PauseConfig) -> std::result::Result<i32, String> {
+    let netns = match &cfg.netns {
+        Some(p) => Some(File::open(p).map_err(|e| format!("open netns {}: {e}", p.display()))?),
+        None => None,
+    };
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    match sys::fork_single_threaded().map_err(|e| format!("fork: {e}"))? {
+        Forked::Child => {
+            drop(rd);
+            let result = setup_and_fork_pause(cfg, netns.as_ref());
+            let msg = match &result {
+                Ok(pid) => format!("ok {pid}"),
+                Err(e) => format!("err {e}"),
+            };
+            let mut wr = File::from(wr);
+            let _ = wr.write_all(msg.as_bytes());
+            sys::exit_now(if result.is_ok() { 0 } else { 1 })
+        }
+        Forked::Parent(child) => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = File::from(rd).read_to_string(&mut msg);
+            let status = loop {
+                match waitpid(child, None) {
+                    Err(nix::Error::EINTR) => continue,
+                    other => break other,
+                }
+            };
+            if let Some(pid) = msg.strip_prefix("ok ") {
+                return pid.trim().parse().map_err(|e| format!("bad pid {pid:?}: {e}"));
+            }
+            if let Some(e) = msg.strip_prefix("err ") {
+                return Err(e.to_owned());
+            }
+            Err(format!("pause setup process ended without a result: {status:?}"))
+        }
+    }
+}
+
+/// Runs in the setup child: enters the pod's namespaces and cgroup, forks the pause process.
+fn setup_and_fork_pause(cfg: &PauseConfig, netns: Option<&File>) -> std::result::Result<i32, String> {
+    for procs in &cfg.cgroup_procs {
+        std::fs::write(procs, "0").map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+    }
+    if let Some(ns) = netns {
+        nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("join network namespace: {e}"))?;
+    }
+    let mut flags = CloneFlags::empty();
+    flags.set(CloneFlags::CLONE_NEWUTS, cfg.new_uts);
+    flags.set(CloneFlags::CLONE_NEWIPC, cfg.new_ipc);
+    flags.set(CloneFlags::CLONE_NEWPID, cfg.new_pid);
+    if !flags.is_empty() {
+        nix::sched::unshare(flags).map_err(|e| format!("unshare {flags:?}: {e}"))?;
+    }
+    if let Some(h) = &cfg.hostname {
+        nix::unistd::sethostname(h).map_err(|e| format!("set hostname {h:?}: {e}"))?;
+    }
+    for (key, value) in &cfg.sysctls {
+        let path = sysctl_path(key);
+        std::fs::write(&path, value).map_err(|e| format!("set sysctl {key}={value}: {e}"))?;
+    }
+    let (ready_rd, ready_wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    match sys::fork_single_threaded().map_err(|e| format!("fork pause: {e}"))? {
+        Forked::Child => {
+            drop(ready_rd);
+            pause_main(ready_wr)
+        }
+        Forked::Parent(pid) => {
+            drop(ready_wr);
+            let mut byte = [0u8; 1];
+            match File::from(ready_rd).read(&mut byte) {
+                Ok(1) => Ok(pid.as_raw()),
+                _ => {
+                    let status = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+                    Err(format!("pause process {pid} died during setup: {status:?}"))
+                }
+            }
+        }
+    }
+}
+
+/// `/proc/sys` path of a sysctl written with dots (`net.ipv4.ip_forward`) or slashes.
+pub fn sysctl_path(key: &str) -> PathBuf {
+    let rel = if key.contains('/') {
+        key.to_owned()
+    } else {
+        key.replace('.', "/")
+    };
+    PathBuf::from("/proc/sys").join(rel)
+}
+
+/// The pause process: PID 1 of the pod's pid namespace (or a plain sleeper with hostPID).
+fn pause_main(ready: OwnedFd) -> ! {
+    let ready = match move_fd(ready, READY_FD) {
+        Ok(fd) => fd,
+        Err(_) => sys::exit_now(1),
+    };
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+    let _ = nix::unistd::chdir("/");
+    let _ = nix::sys::prctl::set_name(&std::ffi::CString::new(PAUSE_COMM).unwrap_or_default());
+    let mut waited = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+        waited.add(s);
+    }
+    // Blocked signals are queued even for a pid-namespace init, which would otherwise
+    // drop signals it has no handler for; sigwait then receives them.
+    if waited.thread_block().is_err()
+        || nix::sys::prctl::set_no_new_privs().is_err()
+        || sys::drop_all_capabilities().is_err()
+    {
+        sys::exit_now(1);
+    }
+    let mut ready = File::from(ready);
+    if ready.write_all(b"1").is_err() {
+        sys::exit_now(1);
+    }
+    drop(ready);
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGCHLD) => reap_orphans(),
+            Ok(_) => sys::exit_now(0),
+            Err(_) => continue,
+        }
+    }
+}
+
+fn reap_orphans() {
+    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_through_json() {
+        let cfg = PauseConfig {
+            netns: Some("/var/run/netns/cni-1".into()),
+            new_uts: true,
+            new_ipc: true,
+            new_pid: false,
+            hostname: Some("web-0".into()),
+            sysctls: vec![("net.ipv4.ip_forward".into(), "1".into())],
+            cgroup_procs: vec!["/sys/fs/cgroup/memory/p/cgroup.procs".into()],
+        };
+        assert_eq!(PauseConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+        assert!(PauseConfig::from_json("{not json").is_err());
+    }
+
+    #[test]
+    fn sysctl_names_map_to_proc_sys() {
+        assert_eq!(sysctl_path("net.ipv4.ip_forward"), PathBuf::from("/proc/sys/net/ipv4/ip_forward"));
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.100/forwarding"),
+            PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/forwarding")
+        );
+    }
+}

@@ -1,0 +1,538 @@
+//! The Sandbox service: the pod state machine and the manager that owns every sandbox of
+//! this shim. `service.rs` is the thin ttrpc adapter; `update.rs` serves containerd 2.4's
+//! UpdateSandbox; `config.rs` decodes the pod config; `files.rs` writes CRI's pod files.
+
+pub mod config;
+pub mod files;
+pub mod service;
+pub mod update;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+use protobuf::well_known_types::any::Any;
+use tokio::sync::watch;
+
+use crate::cgroups::Layout;
+use crate::error::{Error, Result};
+use crate::pause::{PauseConfig, PauseSpawner};
+use crate::reaper::{wait_exit, Exit, Reaper};
+use crate::state::{proc_start_time, Leftovers};
+use config::PodSpec;
+use files::PodFiles;
+
+/// CRI's literal sandbox states (`runtime.v1.PodSandboxState` names).
+pub const SANDBOX_READY: &str = "SANDBOX_READY";
+pub const SANDBOX_NOTREADY: &str = "SANDBOX_NOTREADY";
+
+/// How long StopSandbox waits after SIGTERM when the caller gives no timeout (CRI gives 0).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// CreateSandbox recorded it; nothing runs yet.
+    Created,
+    /// The pause process is alive.
+    Running { pid: u32, started_at: SystemTime },
+    /// The pause process has exited (or the sandbox was stopped before it started).
+    Stopped { pid: u32, started_at: Option<SystemTime>, exit: Exit },
+}
+
+impl Phase {
+    /// May the pause process be started now?
+    pub fn check_start(&self, id: &str) -> Result<()> {
+        match self {
+            Phase::Created => Ok(()),
+            Phase::Running { .. } => Err(Error::FailedPrecondition(format!("sandbox {id} is already started"))),
+            Phase::Stopped { .. } => Err(Error::FailedPrecondition(format!(
+                "sandbox {id} is stopped and cannot be started again"
+            ))),
+        }
+    }
+
+    /// The pause process `pid` started.
+    pub fn started(&self, id: &str, pid: u32, at: SystemTime) -> Result<Phase> {
+        self.check_start(id)?;
+        Ok(Phase::Running { pid, started_at: at })
+    }
+
+    /// The pause process exited, or a never-started sandbox was stopped.
+    pub fn exited(&self, exit: Exit) -> Phase {
+        match *self {
+            Phase::Created => Phase::Stopped { pid: 0, started_at: None, exit },
+            Phase::Running { pid, started_at } => Phase::Stopped { pid, started_at: Some(started_at), exit },
+            stopped @ Phase::Stopped { .. } => stopped,
+        }
+    }
+
+    pub fn state(&self) -> &'static str {
+        match self {
+            Phase::Running { .. } => SANDBOX_READY,
+            _ => SANDBOX_NOTREADY,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        match *self {
+            Phase::Created => 0,
+            Phase::Running { pid, .. } | Phase::Stopped { pid, .. } => pid,
+        }
+    }
+}
+
+/// Labels and annotations kept for the sandbox (from Create and Update).
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub extensions: Vec<String>,
+}
+
+/// One pod sandbox.
+pub struct Sandbox {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub spec: PodSpec,
+    pub netns: Option<PathBuf>,
+    pub created_at: SystemTime,
+    meta: Mutex<Meta>,
+    phase: Mutex<Phase>,
+    exited: watch::Sender<Option<Exit>>,
+    /// What exists on the host; its lock also serializes Start, Stop and Shutdown.
+    host: tokio::sync::Mutex<Leftovers>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a single assignment, so a poisoned lock still
+    // holds a consistent value.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sandbox {
+    pub fn phase(&self) -> Phase {
+        *locked(&self.phase)
+    }
+
+    pub fn meta(&self) -> Meta {
+        locked(&self.meta).clone()
+    }
+
+    fn set_exited(&self, exit: Exit) {
+        let mut p = locked(&self.phase);
+        *p = p.exited(exit);
+        self.exited.send_replace(Some(exit));
+    }
+
+    /// Waits for the pause process to be gone.
+    pub async fn wait(&self) -> Exit {
+        let mut rx = self.exited.subscribe();
+        // The sender lives as long as `self`, so this only ends with an exit.
+        loop {
+            if let Some(e) = wait_exit(&mut rx).await {
+                return e;
+            }
+        }
+    }
+
+    async fn wait_for(&self, limit: Duration) -> Option<Exit> {
+        tokio::time::timeout(limit, self.wait()).await.ok()
+    }
+}
+
+/// The request data of CreateSandbox.
+#[derive(Debug, Default, Clone)]
+pub struct CreateParams {
+    pub id: String,
+    pub bundle: String,
+    pub options: Option<Any>,
+    pub netns_path: String,
+    pub annotations: HashMap<String, String>,
+}
+
+/// A sandbox's status as SandboxStatus reports it.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub phase: Phase,
+    pub created_at: SystemTime,
+    pub info: Option<String>,
+}
+
+/// Every sandbox of this shim.
+pub struct Manager {
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    spawner: PauseSpawner,
+    reaper: Reaper,
+    layout: Layout,
+    exit: watch::Sender<bool>,
+}
+
+impl Manager {
+    pub fn new(spawner: PauseSpawner, reaper: Reaper, layout: Layout) -> Manager {
+        Manager { sandboxes: Mutex::default(), spawner, reaper, layout, exit: watch::channel(false).0 }
+    }
+
+    /// Resolves when the shim server should exit.
+    pub fn exit_requested(&self) -> watch::Receiver<bool> {
+        self.exit.subscribe()
+    }
+
+    /// Asks the server to exit once the current reply is on its way.
+    pub fn request_exit(&self) {
+        let tx = self.exit.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tx.send_replace(true);
+        });
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
+        locked(&self.sandboxes)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("sandbox {id} not found")))
+    }
+
+    /// Whether a sandbox of this shim is still alive (not yet shut down).
+    pub fn has_sandboxes(&self) -> bool {
+        !locked(&self.sandboxes).is_empty()
+    }
+
+    pub fn create(&self, p: CreateParams) -> Result<()> {
+        crate::ids::validate("sandbox id", &p.id)?;
+        let spec = PodSpec::from_options(p.options.as_ref())?;
+        let netns = if p.netns_path.is_empty() {
+            None
+        } else {
+            check_netns(Path::new(&p.netns_path))?;
+            Some(PathBuf::from(&p.netns_path))
+        };
+        if spec.host_network && netns.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "sandbox {} asks for the host network but was given netns {}",
+                p.id, p.netns_path
+            )));
+        }
+        let bundle = if p.bundle.is_empty() {
+            std::env::current_dir().map_err(|e| Error::io("current directory", e))?
+        } else {
+            PathBuf::from(&p.bundle)
+        };
+        let mut all = locked(&self.sandboxes);
+        if all.contains_key(&p.id) {
+            return Err(Error::AlreadyExists(format!("sandbox {} already exists", p.id)));
+        }
+        let mut annotations: BTreeMap<_, _> = p.annotations.into_iter().collect();
+        annotations.extend(spec_annotations(p.options.as_ref()));
+        log::info!("create sandbox {} (netns {:?}, cgroup parent {:?})", p.id, netns, spec.cgroup_parent);
+        all.insert(
+            p.id.clone(),
+            Arc::new(Sandbox {
+                id: p.id,
+                bundle,
+                spec,
+                netns,
+                created_at: SystemTime::now(),
+                meta: Mutex::new(Meta { annotations, ..Default::default() }),
+                phase: Mutex::new(Phase::Created),
+                exited: watch::channel(None).0,
+                host: tokio::sync::Mutex::new(Leftovers::default()),
+            }),
+        );
+        Ok(())
+    }
+
+    /// Creates the pod cgroup, pod files and the pause process. Returns (pid, start time).
+    pub async fn start(&self, id: &str) -> Result<(u32, SystemTime)> {
+        let sb = self.get(id)?;
+        let mut host = sb.host.lock().await;
+        sb.phase().check_start(id)?;
+        let result = self.start_locked(&sb, &mut host).await;
+        if let Err(e) = &result {
+            log::error!("start sandbox {id}: {e}; undoing what was made");
+            if let Err(ce) = host.clean() {
+                log::warn!("undo sandbox {id}: {ce}");
+            } else {
+                *host = Leftovers::default();
+                let _ = Leftovers::forget(&sb.bundle);
+            }
+        }
+        let (pid, at) = result?;
+        let pid_u = pid as u32;
+        let mut rx = self.reaper.watch(pid);
+        {
+            let mut p = locked(&sb.phase);
+            *p = p.started(id, pid_u, at)?;
+        }
+        self.spawner.close().await;
+        let watcher = sb.clone();
+        tokio::spawn(async move {
+            if let Some(exit) = wait_exit(&mut rx).await {
+                log::info!("sandbox {} pause process {pid} exited with status {}", watcher.id, exit.status);
+                watcher.set_exited(exit);
+            }
+        });
+        log::info!("started sandbox {id}: pause pid {pid}");
+        Ok((pid_u, at))
+    }
+
+    async fn start_locked(&self, sb: &Sandbox, host: &mut Leftovers) -> Result<(i32, SystemTime)> {
+        let spec = &sb.spec;
+        let pause_cg = spec.pause_cgroup(&sb.id);
+        let mut made = self.layout.create(&pause_cg)?;
+        for d in self.layout.dirs(&pause_cg) {
+            if !made.contains(&d) {
+                made.push(d);
+            }
+        }
+        host.cgroups = made;
+        host.save(&sb.bundle)?;
+        if spec.from_cri {
+            match PodFiles::locate(&sb.bundle, &sb.id) {
+                Some(files) => {
+                    let r = files.create(spec, host);
+                    host.save(&sb.bundle)?;
+                    r?;
+                }
+                None => log::warn!(
+                    "sandbox {}: bundle {} is not laid out by containerd; no pod files written",
+                    sb.id,
+                    sb.bundle.display()
+                ),
+            }
+        }
+        let cfg = PauseConfig {
+            netns: sb.netns.clone(),
+            new_uts: spec.own_uts(),
+            new_ipc: !spec.host_ipc,
+            new_pid: !spec.host_pid,
+            hostname: (spec.own_uts() && !spec.hostname.is_empty()).then(|| spec.hostname.clone()),
+            sysctls: spec.sysctls.clone(),
+            cgroup_procs: self.layout.procs_files(&pause_cg),
+        };
+        let pid = self.spawner.spawn(&cfg).await?;
+        let at = SystemTime::now();
+        match proc_start_time(pid) {
+            Some(start) => host.pause = Some((pid, start)),
+            None => log::warn!("sandbox {}: pause process {pid} exited right after it started", sb.id),
+        }
+        host.save(&sb.bundle)?;
+        Ok((pid, at))
+    }
+
+    /// SIGTERM to the pause process, SIGKILL after `grace`; returns once it is gone.
+    pub async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<()> {
+        let sb = self.get(id)?;
+        let _host = sb.host.lock().await;
+        self.stop_locked(&sb, grace.unwrap_or(DEFAULT_STOP_GRACE)).await
+    }
+
+    async fn stop_locked(&self, sb: &Sandbox, grace: Duration) -> Result<()> {
+        match sb.phase() {
+            Phase::Stopped { .. } => Ok(()),
+            Phase::Created => {
+                sb.set_exited(Exit { status: 0, at: SystemTime::now() });
+                Ok(())
+            }
+            Phase::Running { pid, .. } => {
+                let pid = Pid::from_raw(pid as i32);
+                log::info!("stop sandbox {}: SIGTERM to pause process {pid}", sb.id);
+                if !grace.is_zero() {
+                    let _ = kill(pid, Signal::SIGTERM);
+                    if sb.wait_for(grace).await.is_some() {
+                        return Ok(());
+                    }
+                }
+                log::info!("stop sandbox {}: SIGKILL to pause process {pid}", sb.id);
+                let _ = kill(pid, Signal::SIGKILL);
+                sb.wait().await;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn wait(&self, id: &str) -> Result<Exit> {
+        let sb = self.get(id)?;
+        Ok(sb.wait().await)
+    }
+
+    pub fn status(&self, id: &str, verbose: bool) -> Result<Status> {
+        let sb = self.get(id)?;
+        let phase = sb.phase();
+        let info = verbose.then(|| self.info_json(&sb, &phase));
+        Ok(Status { phase, created_at: sb.created_at, info })
+    }
+
+    fn info_json(&self, sb: &Sandbox, phase: &Phase) -> String {
+        let pid = phase.pid();
+        let ns = |kind: &str| {
+            if pid == 0 {
+                return serde_json::Value::Null;
+            }
+            std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+                .map(|l| serde_json::Value::String(l.to_string_lossy().into_owned()))
+                .unwrap_or(serde_json::Value::Null)
+        };
+        let meta = sb.meta();
+        serde_json::json!({
+            "pid": pid,
+            "processStatus": match phase { Phase::Created => "created", Phase::Running { .. } => "running", Phase::Stopped { .. } => "stopped" },
+            "netnsPath": sb.netns.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            "namespaces": { "net": ns("net"), "uts": ns("uts"), "ipc": ns("ipc"), "pid": ns("pid") },
+            "hostname": sb.spec.hostname,
+            "hostNetwork": sb.spec.host_network,
+            "hostPID": sb.spec.host_pid,
+            "hostIPC": sb.spec.host_ipc,
+            "cgroupParent": sb.spec.cgroup_parent,
+            "pauseCgroup": sb.spec.pause_cgroup(&sb.id),
+            "bundle": sb.bundle,
+            "runtimeType": "io.containerd.cove.v1",
+            "sandboxMetadata": { "name": sb.spec.name, "namespace": sb.spec.namespace, "uid": sb.spec.uid },
+            "labels": meta.labels,
+            "annotations": meta.annotations,
+        })
+        .to_string()
+    }
+
+    /// Kills the pause process, removes everything the sandbox made and forgets it.
+    /// The server exits once its last sandbox is shut down.
+    pub async fn shutdown(&self, id: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let mut host = sb.host.lock().await;
+        self.stop_locked(&sb, Duration::ZERO).await?;
+        host.clean()?;
+        *host = Leftovers::default();
+        Leftovers::forget(&sb.bundle)?;
+        let last = {
+            let mut all = locked(&self.sandboxes);
+            all.remove(id);
+            all.is_empty()
+        };
+        log::info!("shut down sandbox {id}");
+        if last {
+            self.request_exit();
+        }
+        Ok(())
+    }
+
+    /// The pod cgroup's stats, packed as containerd's cgroup Metrics.
+    pub fn metrics(&self, id: &str) -> Result<Any> {
+        let sb = self.get(id)?;
+        if sb.phase() == Phase::Created {
+            return Err(Error::FailedPrecondition(format!("sandbox {id} is not started: it has no cgroup yet")));
+        }
+        crate::cgroups::metrics_any(&self.layout, &sb.spec.pod_cgroup(id))
+    }
+
+    /// Applies pod-level resources to the pod cgroup and keeps labels and annotations.
+    pub fn update(&self, id: &str, change: update::Change) -> Result<()> {
+        let sb = self.get(id)?;
+        if let Some(res) = &change.resources {
+            if sb.phase() == Phase::Created {
+                return Err(Error::FailedPrecondition(format!("sandbox {id} is not started: it has no cgroup yet")));
+            }
+            self.apply_resources(&sb, res)?;
+        }
+        let mut meta = locked(&sb.meta);
+        meta.annotations.extend(change.annotations);
+        if let Some(labels) = change.labels {
+            meta.labels = labels;
+        }
+        if let Some(ext) = change.extensions {
+            meta.extensions = ext;
+        }
+        log::info!("updated sandbox {id}");
+        Ok(())
+    }
+
+    fn apply_resources(&self, sb: &Sandbox, res: &LinuxResources) -> Result<()> {
+        self.layout.apply(&sb.spec.pod_cgroup(&sb.id), res)
+    }
+}
+
+/// Pod annotations CRI carries inside the PodSandboxConfig (2.1.x sends none in the request).
+fn spec_annotations(options: Option<&Any>) -> BTreeMap<String, String> {
+    use protobuf::Message;
+    options
+        .filter(|a| a.type_url.ends_with(config::POD_SANDBOX_CONFIG_TYPE))
+        .and_then(|a| crate::protos::cri::PodSandboxConfig::parse_from_bytes(&a.value).ok())
+        .map(|c| c.annotations.into_iter().collect())
+        .unwrap_or_default()
+}
+
+/// A netns path must exist and be a namespace file.
+fn check_netns(path: &Path) -> Result<()> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error::InvalidArgument(format!("netns path {}: {e}", path.display())))?;
+    match crate::sys::is_namespace_file(f.as_fd()) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::InvalidArgument(format!("netns path {} is not a namespace file", path.display()))),
+        Err(e) => Err(Error::sys(format!("statfs {}", path.display()), e)),
+    }
+}
+
+/// GOARCH name of the architecture cove was built for.
+pub fn goarch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(status: u32) -> Exit {
+        Exit { status, at: SystemTime::UNIX_EPOCH }
+    }
+
+    #[test]
+    fn created_can_start_once() {
+        let p = Phase::Created;
+        p.check_start("a").unwrap();
+        let r = p.started("a", 7, SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(r.state(), SANDBOX_READY);
+        assert_eq!(r.pid(), 7);
+        assert!(matches!(r.started("a", 8, SystemTime::UNIX_EPOCH), Err(Error::FailedPrecondition(_))));
+    }
+
+    #[test]
+    fn running_exits_into_stopped_and_keeps_pid() {
+        let r = Phase::Running { pid: 7, started_at: SystemTime::UNIX_EPOCH };
+        let s = r.exited(exit(137));
+        assert_eq!(s.state(), SANDBOX_NOTREADY);
+        assert_eq!(s.pid(), 7);
+        assert!(matches!(s, Phase::Stopped { exit: Exit { status: 137, .. }, .. }));
+    }
+
+    #[test]
+    fn stopped_is_final() {
+        let s = Phase::Created.exited(exit(0));
+        assert_eq!(s.pid(), 0);
+        assert_eq!(s.exited(exit(9)), s, "a second exit changes nothing");
+        assert!(matches!(s.check_start("a"), Err(Error::FailedPrecondition(_))));
+    }
+
+    #[test]
+    fn states_are_cri_enum_names() {
+        assert_eq!(Phase::Created.state(), "SANDBOX_NOTREADY");
+        assert_eq!(Phase::Running { pid: 1, started_at: SystemTime::UNIX_EPOCH }.state(), "SANDBOX_READY");
+    }
+
+    #[test]
+    fn goarch_names_match_the_build_target() {
+        let expect = if cfg!(target_arch = "x86_64") { "amd64" } else if cfg!(target_arch = "aarch64") { "arm64" } else { goarch() };
+        assert_eq!(goarch(), expect);
+    }
+}

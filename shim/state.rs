@@ -1,0 +1,204 @@
+//! What a sandbox leaves on the host, persisted in its bundle (`cove-sandbox.json`) so the
+//! shim's `delete` can remove all of it after a crash, and the one cleanup routine that both
+//! ShutdownSandbox and `delete` run.
+//!
+//! The record is rewritten atomically (temp file, fsync, rename) whenever it changes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use crate::error::{Error, IoContext, Result};
+
+pub const STATE_FILE: &str = "cove-sandbox.json";
+
+/// Everything a sandbox created on the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// The pause process: pid and its start time (field 22 of /proc/PID/stat), so a
+    /// recycled pid is never killed by mistake.
+    pub pause: Option<(i32, u64)>,
+    pub cgroups: Vec<PathBuf>,
+    pub shm: Option<PathBuf>,
+    pub files: Vec<PathBuf>,
+    pub dirs: Vec<PathBuf>,
+}
+
+fn paths(v: &Value, k: &str) -> Vec<PathBuf> {
+    v.get(k)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(PathBuf::from).collect())
+        .unwrap_or_default()
+}
+
+fn strs(p: &[PathBuf]) -> Vec<String> {
+    p.iter().map(|p| p.to_string_lossy().into_owned()).collect()
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        *self == Leftovers::default()
+    }
+
+    fn to_json(&self) -> String {
+        json!({
+            "pause_pid": self.pause.map(|p| p.0),
+            "pause_start": self.pause.map(|p| p.1),
+            "cgroups": strs(&self.cgroups),
+            "shm": self.shm.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            "files": strs(&self.files),
+            "dirs": strs(&self.dirs),
+        })
+        .to_string()
+    }
+
+    fn from_json(s: &str) -> Result<Leftovers> {
+        let v: Value = serde_json::from_str(s).map_err(|e| Error::Internal(format!("parse {STATE_FILE}: {e}")))?;
+        let pid = v.get("pause_pid").and_then(Value::as_i64);
+        let start = v.get("pause_start").and_then(Value::as_u64);
+        Ok(Leftovers {
+            pause: pid.zip(start).map(|(p, s)| (p as i32, s)),
+            cgroups: paths(&v, "cgroups"),
+            shm: v.get("shm").and_then(Value::as_str).map(PathBuf::from),
+            files: paths(&v, "files"),
+            dirs: paths(&v, "dirs"),
+        })
+    }
+
+    /// Persists the record in `bundle`, atomically.
+    pub fn save(&self, bundle: &Path) -> Result<()> {
+        let path = bundle.join(STATE_FILE);
+        let tmp = bundle.join(format!(".{STATE_FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp).context(|| format!("create {}", tmp.display()))?;
+        f.write_all(self.to_json().as_bytes()).context(|| format!("write {}", tmp.display()))?;
+        f.sync_all().context(|| format!("fsync {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).context(|| format!("rename to {}", path.display()))
+    }
+
+    /// Reads the record from `bundle`; `None` when there is none.
+    pub fn load(bundle: &Path) -> Result<Option<Leftovers>> {
+        match std::fs::read_to_string(bundle.join(STATE_FILE)) {
+            Ok(s) => Leftovers::from_json(&s).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("read {}", bundle.join(STATE_FILE).display()), e)),
+        }
+    }
+
+    pub fn forget(bundle: &Path) -> Result<()> {
+        match std::fs::remove_file(bundle.join(STATE_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("remove {}", bundle.join(STATE_FILE).display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Kills the pause process if it is still the one recorded. Returns whether it was alive.
+    pub fn kill_pause(&self) -> bool {
+        let Some((pid, start)) = self.pause else { return false };
+        if proc_start_time(pid) != Some(start) {
+            return false;
+        }
+        kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+    }
+
+    /// Removes everything recorded: shm mount, files, directories, cgroups. Best effort:
+    /// every item is tried, the first failure is returned.
+    pub fn clean(&self) -> Result<()> {
+        let mut first: Option<Error> = None;
+        let mut note = |e: Error| {
+            log::warn!("cleanup: {e}");
+            first.get_or_insert(e);
+        };
+        if let Some(shm) = &self.shm {
+            match nix::mount::umount2(shm, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+                Err(e) => note(Error::sys(format!("unmount {}", shm.display()), e)),
+            }
+        }
+        for f in &self.files {
+            if let Err(e) = std::fs::remove_file(f) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    note(Error::io(format!("remove {}", f.display()), e));
+                }
+            }
+        }
+        let mut dirs: Vec<&PathBuf> = self.dirs.iter().collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            if let Err(e) = std::fs::remove_dir(d) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    note(Error::io(format!("remove {}", d.display()), e));
+                }
+            }
+        }
+        if let Err(e) = crate::cgroups::remove_dirs(&self.cgroups) {
+            note(e);
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// The start time of `pid` in clock ticks since boot, or `None` if it is gone or a zombie.
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_and_saves_atomically() {
+        let dir = std::env::temp_dir().join(format!("cove-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(Leftovers::load(&dir).unwrap(), None);
+        let l = Leftovers {
+            pause: Some((42, 1234)),
+            cgroups: vec!["/sys/fs/cgroup/memory/p/x".into()],
+            shm: Some("/run/x/shm".into()),
+            files: vec!["/var/lib/x/hosts".into()],
+            dirs: vec!["/var/lib/x".into()],
+        };
+        l.save(&dir).unwrap();
+        assert_eq!(Leftovers::load(&dir).unwrap(), Some(l));
+        assert!(!dir.join(format!(".{STATE_FILE}.tmp")).exists());
+        Leftovers::forget(&dir).unwrap();
+        Leftovers::forget(&dir).unwrap();
+        assert_eq!(Leftovers::load(&dir).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn start_time_identifies_a_live_process() {
+        let me = std::process::id() as i32;
+        assert!(proc_start_time(me).is_some());
+        let stale = Leftovers { pause: Some((me, proc_start_time(me).unwrap() + 1)), ..Default::default() };
+        assert!(!stale.kill_pause(), "a recycled pid must not be killed");
+    }
+
+    #[test]
+    fn clean_removes_files_and_dirs_and_tolerates_missing_ones() {
+        let dir = std::env::temp_dir().join(format!("cove-clean-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::write(dir.join("a/b/hosts"), "x").unwrap();
+        let l = Leftovers {
+            files: vec![dir.join("a/b/hosts"), dir.join("missing")],
+            dirs: vec![dir.join("a"), dir.join("a/b")],
+            ..Default::default()
+        };
+        l.clean().unwrap();
+        assert!(!dir.join("a").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
