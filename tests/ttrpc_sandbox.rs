@@ -1,0 +1,420 @@
+//! ttrpc round trips against the real `containerd-shim-cove-v1` binary: launched with
+//! `start` as containerd launches it, called with the generated clients, cleaned with
+//! `delete`. Needs root (namespaces, cgroups, mounts).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use containerd_shim_protos::api::{ConnectRequest, ShutdownRequest, StartRequest, StateRequest};
+use containerd_shim_protos::sandbox_api::*;
+use containerd_shim_protos::sandbox_async::SandboxClient;
+use containerd_shim_protos::shim_async::TaskClient;
+use cove::protos::update::UpdateSandboxRequest;
+use protobuf::well_known_types::any::Any;
+use protobuf::Message;
+use ttrpc::context;
+use ttrpc::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-cove-v1");
+
+fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "these tests create namespaces and cgroups: run them as root");
+}
+
+struct Shim {
+    dir: PathBuf,
+    bundle: PathBuf,
+    id: String,
+    address: String,
+}
+
+impl Shim {
+    /// Runs `start` in a bundle laid out as containerd's shim sandbox controller lays it out.
+    fn start(tag: &str) -> Shim {
+        require_root();
+        let id = format!("cove-t-{tag}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&id);
+        let bundle = dir.join("state/io.containerd.sandbox.controller.v1.shim/cove-test").join(&id);
+        let work = dir.join("root/io.containerd.sandbox.controller.v1.shim/cove-test").join(&id);
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        std::os::unix::fs::symlink(&work, bundle.join("work")).unwrap();
+        let address = run_start(&bundle, &id);
+        Shim { dir, bundle, id, address }
+    }
+
+    async fn clients(&self) -> (SandboxClient, TaskClient, ttrpc::r#async::Client) {
+        let c = ttrpc::r#async::Client::connect(&self.address).await.expect("connect to the shim");
+        (SandboxClient::new(c.clone()), TaskClient::new(c.clone()), c)
+    }
+
+    fn delete(&self) -> std::process::Output {
+        Command::new(BIN)
+            .args(["-namespace", "cove-test", "-address", "/run/cove-test/containerd.sock", "-id", &self.id, "-bundle"])
+            .arg(&self.bundle)
+            .arg("delete")
+            .current_dir(&self.bundle)
+            .output()
+            .unwrap()
+    }
+
+    fn socket(&self) -> PathBuf {
+        PathBuf::from(self.address.trim_start_matches("unix://"))
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.delete();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run_start(bundle: &Path, id: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["-namespace", "cove-test", "-address", "/run/cove-test/containerd.sock", "-publish-binary", "/bin/true", "-id", id, "start"])
+        .current_dir(bundle)
+        .env("TTRPC_ADDRESS", "/run/cove-test/containerd.sock.ttrpc")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "start failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "start wrote to stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("start prints only the JSON reply");
+    assert_eq!(v["version"], 3);
+    assert_eq!(v["protocol"], "ttrpc");
+    v["address"].as_str().unwrap().to_string()
+}
+
+fn ctx() -> ttrpc::context::Context {
+    context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
+}
+
+fn code<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> Code {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => s.code(),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+fn create_req(id: &str, bundle: &Path) -> CreateSandboxRequest {
+    let mut r = CreateSandboxRequest::new();
+    r.sandbox_id = id.into();
+    r.bundle_path = bundle.to_string_lossy().into_owned();
+    r
+}
+
+fn pod_options(hostname: &str, cgroup_parent: &str) -> Any {
+    use cove::protos::cri::*;
+    let mut linux = LinuxPodSandboxConfig::new();
+    linux.cgroup_parent = cgroup_parent.into();
+    linux.sysctls.insert("kernel.shmmni".into(), "1000".into());
+    let mut dns = DNSConfig::new();
+    dns.servers = vec!["10.96.0.10".into()];
+    dns.searches = vec!["default.svc.cluster.local".into()];
+    let mut cfg = PodSandboxConfig::new();
+    cfg.hostname = hostname.into();
+    cfg.dns_config = Some(dns).into();
+    cfg.linux = Some(linux).into();
+    Any { type_url: "runtime.v1.PodSandboxConfig".into(), value: cfg.write_to_bytes().unwrap(), ..Default::default() }
+}
+
+fn ns_inode(pid: u32, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap().to_string_lossy().into_owned()
+}
+
+fn alive(pid: u32) -> bool {
+    cove::state::proc_start_time(pid as i32).is_some()
+}
+
+#[tokio::test]
+async fn version_and_info_answer() {
+    let out = Command::new(BIN).arg("-v").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = Command::new(BIN).arg("-info").stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success());
+    let info = containerd_shim_protos::types::introspection::RuntimeInfo::parse_from_bytes(&out.stdout).unwrap();
+    assert_eq!(info.name, "io.containerd.cove.v1");
+    assert_eq!(info.version.version, env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
+    let shim = Shim::start("life");
+    // A second start for the same id reuses the running server.
+    assert_eq!(run_start(&shim.bundle, &shim.id), shim.address);
+    let (sb, task, raw) = shim.clients().await;
+    let parent = format!("/cove-test/{}", shim.id);
+
+    let mut req = create_req(&shim.id, &shim.bundle);
+    req.options = Some(pod_options("web-0", &parent)).into();
+    sb.create_sandbox(ctx(), &req).await.unwrap();
+
+    let mut st = StartSandboxRequest::new();
+    st.sandbox_id = shim.id.clone();
+    let started = sb.start_sandbox(ctx(), &st).await.unwrap();
+    let pid = started.pid;
+    assert!(pid > 0 && alive(pid));
+    assert!(started.created_at.is_some());
+
+    // The pause process: own uts/ipc/pid namespaces, host netns (no netns_path), pod cgroup,
+    // hostname, sysctl, no capabilities, no_new_privs, PID 1 of its pid namespace.
+    let me = std::process::id();
+    for kind in ["uts", "ipc", "pid"] {
+        assert_ne!(ns_inode(pid, kind), ns_inode(me, kind), "{kind} namespace is shared with the host");
+    }
+    assert_eq!(ns_inode(pid, "net"), ns_inode(me, "net"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(nspid.ends_with("\t1"), "pause is PID 1 of its namespace: {nspid}");
+    assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(), "cove-pause");
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let want = format!(":memory:{parent}/{}", shim.id);
+    assert!(cg.lines().any(|l| l.ends_with(&want)), "{cg}");
+    let hostname = Command::new("nsenter").args(["-t", &pid.to_string(), "-u", "hostname"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&hostname.stdout).trim(), "web-0");
+    let shmmni = Command::new("nsenter").args(["-t", &pid.to_string(), "-i", "cat", "/proc/sys/kernel/shmmni"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&shmmni.stdout).trim(), "1000");
+
+    // Pod files where CRI looks for them.
+    let files = shim.dir.join("root/io.containerd.grpc.v1.cri/sandboxes").join(&shim.id);
+    let shm = shim.dir.join("state/io.containerd.grpc.v1.cri/sandboxes").join(&shim.id).join("shm");
+    assert_eq!(std::fs::read_to_string(files.join("hostname")).unwrap(), "web-0\n");
+    assert_eq!(
+        std::fs::read_to_string(files.join("resolv.conf")).unwrap(),
+        "search default.svc.cluster.local\nnameserver 10.96.0.10\n"
+    );
+    assert!(files.join("hosts").exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(mounts.lines().any(|l| l.contains(&format!(" {} ", shm.display())) && l.contains(" - tmpfs ")), "shm is not a tmpfs");
+
+    // Status, platform, ping, Task.Connect/State for the sandbox id.
+    let mut sreq = SandboxStatusRequest::new();
+    sreq.sandbox_id = shim.id.clone();
+    sreq.verbose = true;
+    let s = sb.sandbox_status(ctx(), &sreq).await.unwrap();
+    assert_eq!((s.state.as_str(), s.pid, s.sandbox_id.as_str()), ("SANDBOX_READY", pid, shim.id.as_str()));
+    let info: serde_json::Value = serde_json::from_str(&s.info["info"]).unwrap();
+    assert_eq!(info["pid"], pid);
+    assert_eq!(info["hostname"], "web-0");
+    let mut p = PlatformRequest::new();
+    p.sandbox_id = shim.id.clone();
+    let plat = sb.platform(ctx(), &p).await.unwrap();
+    assert_eq!(plat.platform.os, "linux");
+    assert_eq!(plat.platform.architecture, cove::sandbox::goarch());
+    let mut ping = PingRequest::new();
+    ping.sandbox_id = shim.id.clone();
+    sb.ping_sandbox(ctx(), &ping).await.unwrap();
+    let mut c = ConnectRequest::new();
+    c.id = shim.id.clone();
+    let conn = task.connect(ctx(), &c).await.unwrap();
+    assert_eq!((conn.task_pid, conn.version.as_str()), (pid, "3"));
+    let mut tstate = StateRequest::new();
+    tstate.id = shim.id.clone();
+    assert_eq!(task.state(ctx(), &tstate).await.unwrap().pid, pid);
+
+    // Metrics of the pod cgroup.
+    let mut m = SandboxMetricsRequest::new();
+    m.sandbox_id = shim.id.clone();
+    let metrics = sb.sandbox_metrics(ctx(), &m).await.unwrap();
+    let data = metrics.metrics.data.clone().unwrap();
+    assert_eq!(data.type_url, "io.containerd.cgroups.v1.Metrics");
+    let stats = containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&data.value).unwrap();
+    assert!(stats.pids.current >= 1, "the pause process is counted: {:?}", stats.pids);
+    assert!(stats.memory.usage.usage > 0);
+
+    // UpdateSandbox (containerd 2.4) as a direct ttrpc call: pod-level memory and pids limits.
+    let mut up = UpdateSandboxRequest::new();
+    up.sandbox_id = shim.id.clone();
+    up.resources = Some(Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+        value: br#"{"memory":{"limit":268435456},"pids":{"limit":100}}"#.to_vec(),
+        ..Default::default()
+    })
+    .into();
+    up.annotations.insert("cove.test/updated".into(), "yes".into());
+    let resp = raw
+        .request(ttrpc::Request {
+            service: "containerd.runtime.sandbox.v1.Sandbox".into(),
+            method: "UpdateSandbox".into(),
+            payload: up.write_to_bytes().unwrap(),
+            timeout_nano: ctx().timeout_nano,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(resp.status.code(), Code::OK, "{:?}", resp.status);
+    let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory{parent}/memory.limit_in_bytes")).unwrap();
+    assert_eq!(limit.trim(), "268435456");
+    let pids = std::fs::read_to_string(format!("/sys/fs/cgroup/pids{parent}/pids.max")).unwrap();
+    assert_eq!(pids.trim(), "100");
+    let s = sb.sandbox_status(ctx(), &sreq).await.unwrap();
+    assert!(s.info["info"].contains("cove.test/updated"));
+
+    // Waiters before the exit, Stop, then a waiter after the exit.
+    let mut w = WaitSandboxRequest::new();
+    w.sandbox_id = shim.id.clone();
+    let early: Vec<_> = (0..2)
+        .map(|_| {
+            let sb = sb.clone();
+            let w = w.clone();
+            tokio::spawn(async move { sb.wait_sandbox(context::Context::default(), &w).await })
+        })
+        .collect();
+    // Task.Shutdown must not end a server whose sandbox is alive.
+    task.shutdown(ctx(), &ShutdownRequest::new()).await.unwrap();
+    let mut stop = StopSandboxRequest::new();
+    stop.sandbox_id = shim.id.clone();
+    sb.stop_sandbox(ctx(), &stop).await.unwrap();
+    sb.stop_sandbox(ctx(), &stop).await.expect("stop is idempotent");
+    for h in early {
+        let r = h.await.unwrap().unwrap();
+        assert!(r.exited_at.is_some());
+    }
+    let late = sb.wait_sandbox(ctx(), &w).await.unwrap();
+    assert!(late.exited_at.is_some());
+    assert!(!alive(pid));
+    let s = sb.sandbox_status(ctx(), &sreq).await.unwrap();
+    assert_eq!((s.state.as_str(), s.pid), ("SANDBOX_NOTREADY", pid));
+    assert!(s.exited_at.is_some());
+    let mut restart = StartSandboxRequest::new();
+    restart.sandbox_id = shim.id.clone();
+    assert_eq!(code(sb.start_sandbox(ctx(), &restart).await), Code::FAILED_PRECONDITION);
+
+    // Shutdown: the reply arrives, then everything is gone and the server exits.
+    let mut sd = ShutdownSandboxRequest::new();
+    sd.sandbox_id = shim.id.clone();
+    sb.shutdown_sandbox(ctx(), &sd).await.unwrap();
+    assert!(!files.join("hostname").exists() && !files.exists());
+    assert!(!mountinfo_has(&shm));
+    assert!(!Path::new(&format!("/sys/fs/cgroup/memory{parent}")).exists(), "pod cgroup left behind");
+    assert!(!shim.bundle.join(cove::state::STATE_FILE).exists());
+    wait_until(|| !shim.socket().exists()).await;
+    let out = shim.delete();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn mountinfo_has(p: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&format!(" {} ", p.display()))
+}
+
+/// Polls for a state the shim reaches on its own after replying; bounded, not a timing assertion.
+async fn wait_until(mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached");
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
+    let shim = Shim::start("bad");
+    let (sb, task, _) = shim.clients().await;
+    let ping = |id: &str| {
+        let mut p = PingRequest::new();
+        p.sandbox_id = id.into();
+        p
+    };
+    let long = "a".repeat(77);
+    for bad in ["a/b", "..", "a\0b", long.as_str(), ""] {
+        let r = sb.create_sandbox(ctx(), &create_req(bad, &shim.bundle)).await;
+        assert_eq!(code(r), Code::INVALID_ARGUMENT, "id {bad:?}");
+    }
+    let mut r = create_req(&shim.id, &shim.bundle);
+    r.netns_path = "/var/run/netns/cove-does-not-exist".into();
+    assert_eq!(code(sb.create_sandbox(ctx(), &r).await), Code::INVALID_ARGUMENT);
+    let mut r = create_req(&shim.id, &shim.bundle);
+    r.netns_path = "/etc/hostname".into();
+    assert_eq!(code(sb.create_sandbox(ctx(), &r).await), Code::INVALID_ARGUMENT, "not a namespace file");
+    let mut r = create_req(&shim.id, &shim.bundle);
+    r.options = Some(Any { type_url: "runtime.v1.PodSandboxConfig".into(), value: vec![0xff; 8], ..Default::default() }).into();
+    assert_eq!(code(sb.create_sandbox(ctx(), &r).await), Code::INVALID_ARGUMENT);
+    let mut r = create_req(&shim.id, &shim.bundle);
+    r.options = Some(pod_options("x", "kubepods.slice")).into();
+    assert_eq!(code(sb.create_sandbox(ctx(), &r).await), Code::INVALID_ARGUMENT, "systemd slice");
+
+    // Unknown sandbox, Start before Create.
+    let mut st = StartSandboxRequest::new();
+    st.sandbox_id = shim.id.clone();
+    assert_eq!(code(sb.start_sandbox(ctx(), &st).await), Code::NOT_FOUND);
+    assert_eq!(code(sb.ping_sandbox(ctx(), &ping("nope")).await), Code::NOT_FOUND);
+    let mut s = SandboxStatusRequest::new();
+    s.sandbox_id = "nope".into();
+    assert_eq!(code(sb.sandbox_status(ctx(), &s).await), Code::NOT_FOUND);
+
+    // Create twice.
+    sb.create_sandbox(ctx(), &create_req(&shim.id, &shim.bundle)).await.unwrap();
+    assert_eq!(code(sb.create_sandbox(ctx(), &create_req(&shim.id, &shim.bundle)).await), Code::ALREADY_EXISTS);
+    // Metrics before Start.
+    let mut m = SandboxMetricsRequest::new();
+    m.sandbox_id = shim.id.clone();
+    assert_eq!(code(sb.sandbox_metrics(ctx(), &m).await), Code::FAILED_PRECONDITION);
+    // Task RPCs not implemented yet answer UNIMPLEMENTED, not NOT_FOUND.
+    let mut ts = StartRequest::new();
+    ts.id = "c1".into();
+    assert_eq!(code(task.start(ctx(), &ts).await), Code::UNIMPLEMENTED);
+    // Connect for an unknown task is NOT_FOUND.
+    let mut c = ConnectRequest::new();
+    c.id = "c1".into();
+    assert_eq!(code(task.connect(ctx(), &c).await), Code::NOT_FOUND);
+
+    // Still serving.
+    sb.ping_sandbox(ctx(), &ping(&shim.id)).await.unwrap();
+    let mut sd = ShutdownSandboxRequest::new();
+    sd.sandbox_id = shim.id.clone();
+    sb.shutdown_sandbox(ctx(), &sd).await.unwrap();
+}
+
+#[tokio::test]
+async fn delete_cleans_up_after_a_crashed_shim() {
+    let shim = Shim::start("crash");
+    let (sb, _, _) = shim.clients().await;
+    let parent = format!("/cove-test/{}", shim.id);
+    let mut req = create_req(&shim.id, &shim.bundle);
+    req.options = Some(pod_options("crash", &parent)).into();
+    sb.create_sandbox(ctx(), &req).await.unwrap();
+    let mut st = StartSandboxRequest::new();
+    st.sandbox_id = shim.id.clone();
+    let pid = sb.start_sandbox(ctx(), &st).await.unwrap().pid;
+    let files = shim.dir.join("root/io.containerd.grpc.v1.cri/sandboxes").join(&shim.id);
+    assert!(files.join("hosts").exists());
+
+    // Kill the server hard, as the OOM killer would.
+    let server = server_pid(&shim.socket());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until(|| cove::state::proc_start_time(server).is_none()).await;
+    assert!(alive(pid), "the pause process outlives its shim until delete");
+
+    let out = shim.delete();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resp = containerd_shim_protos::api::DeleteResponse::parse_from_bytes(&out.stdout).unwrap();
+    assert_eq!(resp.pid, pid);
+    assert_eq!(resp.exit_status, 137);
+    assert!(!alive(pid));
+    assert!(!files.exists());
+    assert!(!Path::new(&format!("/sys/fs/cgroup/memory{parent}")).exists());
+    assert!(!shim.socket().exists());
+    // Idempotent.
+    assert!(shim.delete().status.success());
+}
+
+/// The pid of the server listening on `socket`, from its command line.
+fn server_pid(socket: &Path) -> i32 {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if cmd.contains(&*socket.to_string_lossy()) && comm.trim() != "cove-pause" {
+            return pid;
+        }
+    }
+    panic!("no server for {}", socket.display());
+}
