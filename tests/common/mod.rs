@@ -1,0 +1,332 @@
+//! The end-to-end harness: a private containerd 2.x (own root, state, sockets and CNI
+//! network in a temp dir) with two CRI handlers, `runc` (containerd's default podsandbox
+//! path) and `cove` (`sandboxer = "shim"`, runtime_type = the freshly built binary), and a
+//! real CRI gRPC client. Dropping it stops containerd and removes everything it made, also
+//! when a test fails.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::Channel;
+
+pub const COVE_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-cove-v1");
+pub const NS: &str = "k8s.io";
+pub const BUSYBOX: &str = "cove.test/busybox:latest";
+pub const PAUSE: &str = "cove.test/pause:latest";
+
+/// Fails with the reason when a prerequisite is missing: tests never skip silently.
+pub fn require(what: &str, ok: bool) {
+    assert!(ok, "cannot run: {what} (run `make deps` as root)");
+}
+
+fn have(bin: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {bin}")]).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+}
+
+static NEXT_NET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+fn bridge_name(n: u32) -> String {
+    format!("cv{}n{n}", std::process::id() % 100_000)
+}
+
+pub struct Containerd {
+    bridge_n: u32,
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    pub cgroup_root: String,
+    child: Option<Child>,
+    pub channel: Channel,
+}
+
+/// Image archives, built once per checkout by tests/images/build.sh.
+fn images_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/images");
+    let st = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/build.sh")).arg(&dir).status().unwrap();
+    assert!(st.success(), "building the test images failed");
+    dir
+}
+
+impl Containerd {
+    /// Starts a private containerd named after `tag` (unique per test).
+    pub async fn start(tag: &str) -> Containerd {
+        require("root", nix::unistd::geteuid().is_root());
+        for bin in ["containerd", "ctr", "runc", "nsenter", "ip"] {
+            require(&format!("{bin} on PATH"), have(bin));
+        }
+        require("CNI bridge plugin", Path::new("/usr/lib/cni/bridge").exists());
+        let dir = PathBuf::from(format!("/tmp/cove-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cni/net.d")).unwrap();
+        let sock = dir.join("containerd.sock");
+        // A bridge and a /24 per instance, so parallel harnesses never collide.
+        let n = NEXT_NET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let subnet = format!("10.{}.{}.0/24", 100 + (std::process::id() % 100), n);
+        let bridge = bridge_name(n);
+        std::fs::write(
+            dir.join("cni/net.d/10-cove.conflist"),
+            serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": format!("cove-e2e-{tag}-{}", std::process::id()),
+                "plugins": [
+                    {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                     "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": dir.join("cni/ipam")}},
+                    {"type": "loopback"}
+                ]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let cfg = format!(
+            r#"version = 3
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[plugins]
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = true
+  [plugins.'io.containerd.grpc.v1.cri']
+    stream_server_address = '127.0.0.1'
+    stream_server_port = '0'
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = '{pause}'
+  [plugins.'io.containerd.cri.v1.runtime']
+    restrict_oom_score_adj = true
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = 'runc'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = 'io.containerd.runc.v2'
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          SystemdCgroup = false
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.cove]
+        runtime_type = '{cove}'
+        sandboxer = 'shim'
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ['/usr/lib/cni']
+      conf_dir = '{d}/cni/net.d'
+"#,
+            d = dir.display(),
+            sock = sock.display(),
+            pause = PAUSE,
+            cove = COVE_BIN,
+        );
+        std::fs::write(dir.join("config.toml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .arg("--log-level")
+            .arg("debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let mut c = Containerd {
+            bridge_n: n,
+            cgroup_root: format!("/cove-e2e-{tag}-{}", std::process::id()),
+            dir,
+            sock: sock.clone(),
+            child: Some(child),
+            channel: Channel::from_static("http://[::]:50051").connect_lazy(),
+        };
+        c.channel = c.wait_ready().await;
+        let images = images_dir();
+        for img in ["busybox.tar", "pause.tar"] {
+            c.ctr(&["images", "import", "--local", images.join(img).to_str().unwrap()]);
+        }
+        c
+    }
+
+    async fn wait_ready(&self) -> Channel {
+        for _ in 0..600 {
+            if let Ok(ch) = containerd_client::connect(&self.sock).await {
+                let mut rt = RuntimeServiceClient::new(ch.clone());
+                if let Ok(st) = rt.status(StatusRequest { verbose: false }).await {
+                    let conds = st.into_inner().status.map(|s| s.conditions).unwrap_or_default();
+                    if conds.iter().all(|c| c.status) && !conds.is_empty() {
+                        return ch;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("containerd did not become ready; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Runs `ctr` against this containerd and returns stdout; panics on failure.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let out = Command::new("ctr").arg("--address").arg(&self.sock).args(["-n", NS]).args(args).output().unwrap();
+        assert!(out.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn rt(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel.clone())
+    }
+
+    /// A pod config with a unique name, the given hostname and a cgroup parent of this harness.
+    pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "cove-e2e".into(), attempt: 0 }),
+            hostname: format!("{name}-host"),
+            dns_config: Some(DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["cove-e2e.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: format!("{}/{name}", self.cgroup_root),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption::default()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub async fn run_pod(&self, cfg: &PodSandboxConfig, handler: &str) -> String {
+        let r = self
+            .rt()
+            .run_pod_sandbox(RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: handler.into() })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", self.log_tail()));
+        r.into_inner().pod_sandbox_id
+    }
+
+    pub async fn pod_status(&self, id: &str) -> PodSandboxStatusResponse {
+        self.rt()
+            .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn stop_pod(&self, id: &str) {
+        self.rt().stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
+    }
+
+    pub async fn remove_pod(&self, id: &str) {
+        self.rt().remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
+    }
+
+    /// The sandbox pid as containerd's sandbox controller reports it.
+    pub async fn sandbox_pid(&self, id: &str, sandboxer: &str) -> u32 {
+        use containerd_client::services::v1::sandbox::controller_client::ControllerClient;
+        use containerd_client::services::v1::sandbox::ControllerStatusRequest;
+        let mut c = ControllerClient::new(self.channel.clone());
+        let req = ns_request(ControllerStatusRequest { sandbox_id: id.into(), verbose: false, sandboxer: sandboxer.into() });
+        c.status(req).await.unwrap().into_inner().pid
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// Adds containerd's namespace header.
+pub fn ns_request<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("containerd-namespace", NS.parse().unwrap());
+    r
+}
+
+/// The `ns/<kind>` link of a process, e.g. `net:[4026531992]`.
+pub fn ns_of(pid: u32, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Runs a command inside the given namespaces of `pid`.
+pub fn nsenter(pid: u32, ns: &[&str], cmd: &[&str]) -> String {
+    let out = Command::new("nsenter").arg("-t").arg(pid.to_string()).args(ns).args(cmd).output().unwrap();
+    assert!(out.status.success(), "nsenter {ns:?} {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn alive(pid: u32) -> bool {
+    cove::state::proc_start_time(pid as i32).is_some()
+}
+
+/// Pids whose command line mentions `needle` (shims of this containerd name its socket).
+pub fn pids_with(needle: &str) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(needle) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// Polls for a state reached asynchronously; bounded, not a timing assertion.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        // Whatever a failed test left: shims of this containerd and every process in our cgroups.
+        for pid in pids_with(&self.sock.to_string_lossy()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let mut cg_dirs = Vec::new();
+        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let d = h.path().join(self.cgroup_root.trim_start_matches('/'));
+            if d.exists() {
+                cg_dirs.push(d);
+            }
+        }
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "for f in $(find {dirs} -name cgroup.procs 2>/dev/null); do for p in $(cat $f); do kill -9 $p; done; done; \
+                 for b in $(find {d}/state/io.containerd.sandbox.controller.v1.shim -mindepth 2 -maxdepth 2 -type d 2>/dev/null); do \
+                   (cd $b && {cove} -id $(basename $b) -bundle $b delete >/dev/null 2>&1); done; \
+                 grep ' {d}/' /proc/self/mountinfo | cut -d' ' -f5 | sort -r | xargs -r -n1 umount -l 2>/dev/null; \
+                 for n in $(grep -l cove-e2e /var/run/netns/* 2>/dev/null); do :; done; true",
+                dirs = if cg_dirs.is_empty() { "/nonexistent".into() } else { cg_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" ") },
+                d = self.dir.display(),
+                cove = COVE_BIN,
+            ))
+            .status();
+        for d in cg_dirs {
+            let _ = Command::new("sh").arg("-c").arg(format!("find {} -depth -type d -exec rmdir {{}} \\; 2>/dev/null", d.display())).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", &bridge_name(self.bridge_n)]).status();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("containerd log kept at {}", self.dir.join("containerd.log").display());
+            let _ = Command::new("sh").arg("-c").arg(format!("rm -rf {}/root {}/state 2>/dev/null", self.dir.display(), self.dir.display())).status();
+        }
+    }
+}
