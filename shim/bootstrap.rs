@@ -41,7 +41,7 @@ const ADDRESS_FILE: &str = "address";
 /// `BootstrapParams` and want a `BootstrapResult`.
 enum Protocol {
     Legacy,
-    Bootstrap(BootstrapParams),
+    Bootstrap(Box<BootstrapParams>),
 }
 
 fn read_protocol(flags: &Flags) -> Result<Protocol> {
@@ -50,7 +50,11 @@ fn read_protocol(flags: &Flags) -> Result<Protocol> {
         return Ok(Protocol::Legacy);
     }
     let mut input = Vec::new();
-    stdin.lock().take(MAX_STDIN).read_to_end(&mut input).context(|| "read stdin".into())?;
+    stdin
+        .lock()
+        .take(MAX_STDIN)
+        .read_to_end(&mut input)
+        .context(|| "read stdin".into())?;
     Ok(detect_protocol(&input, flags))
 }
 
@@ -59,8 +63,10 @@ fn read_protocol(flags: &Flags) -> Result<Protocol> {
 /// and namespace together.
 fn detect_protocol(input: &[u8], flags: &Flags) -> Protocol {
     match BootstrapParams::parse_from_bytes(input) {
-        Ok(p) if !input.is_empty() && p.instance_id == flags.id && p.namespace == flags.namespace => {
-            Protocol::Bootstrap(p)
+        Ok(p)
+            if !input.is_empty() && p.instance_id == flags.id && p.namespace == flags.namespace =>
+        {
+            Protocol::Bootstrap(Box::new(p))
         }
         _ => Protocol::Legacy,
     }
@@ -96,7 +102,10 @@ pub fn start(flags: &Flags) -> Result<()> {
     crate::ids::validate("id", &flags.id)?;
     let protocol = read_protocol(flags)?;
     let (ttrpc_address, socket_dir) = match &protocol {
-        Protocol::Bootstrap(p) => (Some(p.containerd_ttrpc_address.clone()), p.socket_dir.clone()),
+        Protocol::Bootstrap(p) => (
+            Some(p.containerd_ttrpc_address.clone()),
+            p.socket_dir.clone(),
+        ),
         Protocol::Legacy => (None, None),
     };
     let opts = containerd_shim::StartOpts {
@@ -110,10 +119,13 @@ pub fn start(flags: &Flags) -> Result<()> {
     if UnixStream::connect(path).is_err() {
         spawn_server(flags, &address, ttrpc_address.as_deref())?;
     }
-    std::fs::write(ADDRESS_FILE, &address).context(|| format!("write {ADDRESS_FILE} in the bundle"))?;
+    std::fs::write(ADDRESS_FILE, &address)
+        .context(|| format!("write {ADDRESS_FILE} in the bundle"))?;
     let reply = encode_reply(&address, &protocol)?;
     let mut out = std::io::stdout().lock();
-    out.write_all(&reply).and_then(|_| out.flush()).context(|| "write bootstrap reply".into())
+    out.write_all(&reply)
+        .and_then(|_| out.flush())
+        .context(|| "write bootstrap reply".into())
 }
 
 fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Result<()> {
@@ -129,13 +141,22 @@ fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Re
     }
     let exe = std::env::current_exe().context(|| "find own executable".into())?;
     let mut cmd = Command::new(exe);
-    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address, "-socket", address])
-        .env(LISTEN_FD_ENV, listener.as_raw_fd().to_string())
-        .env(READY_FD_ENV, ready_wr.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
+    cmd.args([
+        "-namespace",
+        &flags.namespace,
+        "-id",
+        &flags.id,
+        "-address",
+        &flags.address,
+        "-socket",
+        address,
+    ])
+    .env(LISTEN_FD_ENV, listener.as_raw_fd().to_string())
+    .env(READY_FD_ENV, ready_wr.as_raw_fd().to_string())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .process_group(0);
     if flags.debug {
         cmd.arg("-debug");
     }
@@ -185,8 +206,12 @@ pub fn delete(flags: &Flags) -> Result<()> {
         let _ = std::fs::remove_file(socket_path(address.trim()));
     }
     resp.exited_at = Some(Timestamp::now()).into();
-    let bytes = resp.write_to_bytes().map_err(|e| Error::Internal(format!("encode delete response: {e}")))?;
-    std::io::stdout().write_all(&bytes).context(|| "write delete response".into())
+    let bytes = resp
+        .write_to_bytes()
+        .map_err(|e| Error::Internal(format!("encode delete response: {e}")))?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .context(|| "write delete response".into())
 }
 
 /// After SIGKILL, waits (bounded) until the process has left its cgroups.
@@ -207,8 +232,12 @@ pub fn info() -> Result<()> {
     let mut info = RuntimeInfo::new();
     info.name = RUNTIME_NAME.into();
     info.version = Some(v).into();
-    let bytes = info.write_to_bytes().map_err(|e| Error::Internal(format!("encode runtime info: {e}")))?;
-    std::io::stdout().write_all(&bytes).context(|| "write runtime info".into())
+    let bytes = info
+        .write_to_bytes()
+        .map_err(|e| Error::Internal(format!("encode runtime info: {e}")))?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .context(|| "write runtime info".into())
 }
 
 /// The server: runs until its last sandbox is shut down (or Task.Shutdown with none alive).
@@ -241,7 +270,9 @@ async fn run_server(
     helper: crate::pause::HelperHandle,
 ) -> Result<()> {
     if Path::new("log").exists() {
-        if let Err(e) = containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id) {
+        if let Err(e) =
+            containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+        {
             eprintln!("cove: shim log: {e}");
         }
     }
@@ -258,31 +289,46 @@ async fn run_server(
             UnixListener::bind(path).context(|| format!("listen on {path}"))?
         }
     };
-    listener.set_nonblocking(true).context(|| "nonblocking listener".into())?;
+    listener
+        .set_nonblocking(true)
+        .context(|| "nonblocking listener".into())?;
     let listener = ttrpc::r#async::transport::Listener::try_from(listener)
         .map_err(|e| Error::Internal(format!("ttrpc listener: {e}")))?;
 
     let mut sandbox = containerd_shim_protos::sandbox_async::create_sandbox(Arc::new(
-        crate::sandbox::service::SandboxService { manager: manager.clone() },
+        crate::sandbox::service::SandboxService {
+            manager: manager.clone(),
+        },
     ));
     for svc in sandbox.values_mut() {
         svc.methods.insert(
             crate::sandbox::update::METHOD.to_string(),
-            Box::new(crate::sandbox::update::UpdateMethod { manager: manager.clone() }),
+            Box::new(crate::sandbox::update::UpdateMethod {
+                manager: manager.clone(),
+            }),
         );
     }
-    let task = containerd_shim_protos::shim_async::create_task(Arc::new(crate::task::TaskService {
-        manager: manager.clone(),
-    }));
+    let task =
+        containerd_shim_protos::shim_async::create_task(Arc::new(crate::task::TaskService {
+            manager: manager.clone(),
+        }));
     let mut server = ttrpc::r#async::Server::new()
         .add_listener(listener)
         .register_service(sandbox)
         .register_service(task);
-    server.start().await.map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
+    server
+        .start()
+        .await
+        .map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
     if let Some(fd) = ready {
         let _ = std::fs::File::from(fd).write_all(b"ok");
     }
-    log::info!("cove {} serving {} on {}", env!("CARGO_PKG_VERSION"), flags.id, flags.socket);
+    log::info!(
+        "cove {} serving {} on {}",
+        env!("CARGO_PKG_VERSION"),
+        flags.id,
+        flags.socket
+    );
 
     let mut exit = manager.exit_requested();
     let _ = exit.wait_for(|e| *e).await;
@@ -297,14 +343,21 @@ mod tests {
     use super::*;
 
     fn flags() -> Flags {
-        Flags { id: "sb1".into(), namespace: "k8s.io".into(), ..Default::default() }
+        Flags {
+            id: "sb1".into(),
+            namespace: "k8s.io".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn legacy_reply_is_version_3_json() {
         let out = encode_reply("unix:///run/containerd/s/abc", &Protocol::Legacy).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v, serde_json::json!({"version": 3, "address": "unix:///run/containerd/s/abc", "protocol": "ttrpc"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"version": 3, "address": "unix:///run/containerd/s/abc", "protocol": "ttrpc"})
+        );
     }
 
     #[test]
@@ -319,7 +372,10 @@ mod tests {
         assert!(matches!(proto, Protocol::Bootstrap(_)));
         let out = encode_reply("unix:///s", &proto).unwrap();
         let r = BootstrapResult::parse_from_bytes(&out).unwrap();
-        assert_eq!((r.version, r.address.as_str(), r.protocol.as_str()), (3, "unix:///s", "ttrpc"));
+        assert_eq!(
+            (r.version, r.address.as_str(), r.protocol.as_str()),
+            (3, "unix:///s", "ttrpc")
+        );
     }
 
     #[test]
@@ -329,7 +385,10 @@ mod tests {
             value: vec![8, 1],
             ..Default::default()
         };
-        assert!(matches!(detect_protocol(&any.write_to_bytes().unwrap(), &flags()), Protocol::Legacy));
+        assert!(matches!(
+            detect_protocol(&any.write_to_bytes().unwrap(), &flags()),
+            Protocol::Legacy
+        ));
         assert!(matches!(detect_protocol(&[], &flags()), Protocol::Legacy));
     }
 }

@@ -104,10 +104,22 @@ mod tests {
     #[test]
     fn semantic_variants_map_to_their_codes() {
         let cases = [
-            (Error::NotFound("sandbox a not found".into()), Code::NOT_FOUND),
-            (Error::AlreadyExists("sandbox a exists".into()), Code::ALREADY_EXISTS),
-            (Error::InvalidArgument("bad id".into()), Code::INVALID_ARGUMENT),
-            (Error::FailedPrecondition("not started".into()), Code::FAILED_PRECONDITION),
+            (
+                Error::NotFound("sandbox a not found".into()),
+                Code::NOT_FOUND,
+            ),
+            (
+                Error::AlreadyExists("sandbox a exists".into()),
+                Code::ALREADY_EXISTS,
+            ),
+            (
+                Error::InvalidArgument("bad id".into()),
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                Error::FailedPrecondition("not started".into()),
+                Code::FAILED_PRECONDITION,
+            ),
             (Error::Unimplemented("exec".into()), Code::UNIMPLEMENTED),
             (Error::Internal("boom".into()), Code::INTERNAL),
         ];

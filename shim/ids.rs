@@ -11,7 +11,11 @@ pub const MAX_ID_LEN: usize = 76;
 
 /// Checks `id` against containerd's identifier rule; `what` names it in the error.
 pub fn validate(what: &str, id: &str) -> Result<()> {
-    let invalid = |why: &str| Err(Error::InvalidArgument(format!("invalid {what} {id:?}: {why}")));
+    let invalid = |why: &str| {
+        Err(Error::InvalidArgument(format!(
+            "invalid {what} {id:?}: {why}"
+        )))
+    };
     if id.is_empty() {
         return invalid("must not be empty");
     }
@@ -38,7 +42,13 @@ mod tests {
 
     #[test]
     fn accepts_containerd_style_ids() {
-        for id in ["a", "abc123", "pod.1_x-y", &"f".repeat(64), &"a".repeat(MAX_ID_LEN)] {
+        for id in [
+            "a",
+            "abc123",
+            "pod.1_x-y",
+            &"f".repeat(64),
+            &"a".repeat(MAX_ID_LEN),
+        ] {
             validate("sandbox id", id).unwrap();
         }
     }

@@ -30,7 +30,12 @@ pub struct Leftovers {
 fn paths(v: &Value, k: &str) -> Vec<PathBuf> {
     v.get(k)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(PathBuf::from).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(PathBuf::from)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -56,7 +61,8 @@ impl Leftovers {
     }
 
     fn from_json(s: &str) -> Result<Leftovers> {
-        let v: Value = serde_json::from_str(s).map_err(|e| Error::Internal(format!("parse {STATE_FILE}: {e}")))?;
+        let v: Value = serde_json::from_str(s)
+            .map_err(|e| Error::Internal(format!("parse {STATE_FILE}: {e}")))?;
         let pid = v.get("pause_pid").and_then(Value::as_i64);
         let start = v.get("pause_start").and_then(Value::as_u64);
         Ok(Leftovers {
@@ -73,8 +79,10 @@ impl Leftovers {
         let path = bundle.join(STATE_FILE);
         let tmp = bundle.join(format!(".{STATE_FILE}.tmp"));
         let mut f = std::fs::File::create(&tmp).context(|| format!("create {}", tmp.display()))?;
-        f.write_all(self.to_json().as_bytes()).context(|| format!("write {}", tmp.display()))?;
-        f.sync_all().context(|| format!("fsync {}", tmp.display()))?;
+        f.write_all(self.to_json().as_bytes())
+            .context(|| format!("write {}", tmp.display()))?;
+        f.sync_all()
+            .context(|| format!("fsync {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).context(|| format!("rename to {}", path.display()))
     }
 
@@ -83,22 +91,28 @@ impl Leftovers {
         match std::fs::read_to_string(bundle.join(STATE_FILE)) {
             Ok(s) => Leftovers::from_json(&s).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(format!("read {}", bundle.join(STATE_FILE).display()), e)),
+            Err(e) => Err(Error::io(
+                format!("read {}", bundle.join(STATE_FILE).display()),
+                e,
+            )),
         }
     }
 
     pub fn forget(bundle: &Path) -> Result<()> {
         match std::fs::remove_file(bundle.join(STATE_FILE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("remove {}", bundle.join(STATE_FILE).display()), e))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(
+                format!("remove {}", bundle.join(STATE_FILE).display()),
+                e,
+            )),
             _ => Ok(()),
         }
     }
 
     /// Kills the pause process if it is still the one recorded. Returns whether it was alive.
     pub fn kill_pause(&self) -> bool {
-        let Some((pid, start)) = self.pause else { return false };
+        let Some((pid, start)) = self.pause else {
+            return false;
+        };
         if proc_start_time(pid) != Some(start) {
             return false;
         }
@@ -183,7 +197,10 @@ mod tests {
     fn start_time_identifies_a_live_process() {
         let me = std::process::id() as i32;
         assert!(proc_start_time(me).is_some());
-        let stale = Leftovers { pause: Some((me, proc_start_time(me).unwrap() + 1)), ..Default::default() };
+        let stale = Leftovers {
+            pause: Some((me, proc_start_time(me).unwrap() + 1)),
+            ..Default::default()
+        };
         assert!(!stale.kill_pause(), "a recycled pid must not be killed");
     }
 

@@ -22,14 +22,20 @@ pub struct TaskService {
 }
 
 fn unimplemented<T>(rpc: &str, id: &str) -> ttrpc::Result<T> {
-    Err(Error::Unimplemented(format!("task {rpc} for {id:?} is not implemented by cove yet")).into())
+    Err(Error::Unimplemented(format!(
+        "task {rpc} for {id:?} is not implemented by cove yet"
+    ))
+    .into())
 }
 
 #[async_trait]
 impl Task for TaskService {
     async fn connect(&self, _: &TtrpcContext, r: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
         log::debug!("Task.Connect {}", r.id);
-        let sb = self.manager.get(&r.id).map_err(|_| Error::NotFound(format!("task {} not found", r.id)))?;
+        let sb = self
+            .manager
+            .get(&r.id)
+            .map_err(|_| Error::NotFound(format!("task {} not found", r.id)))?;
         let mut resp = ConnectResponse::new();
         resp.shim_pid = std::process::id();
         resp.task_pid = match sb.phase() {
@@ -43,9 +49,14 @@ impl Task for TaskService {
     async fn state(&self, _: &TtrpcContext, r: StateRequest) -> ttrpc::Result<StateResponse> {
         log::debug!("Task.State {}", r.id);
         if !r.exec_id.is_empty() {
-            return Err(Error::NotFound(format!("exec {} of task {} not found", r.exec_id, r.id)).into());
+            return Err(
+                Error::NotFound(format!("exec {} of task {} not found", r.exec_id, r.id)).into(),
+            );
         }
-        let sb = self.manager.get(&r.id).map_err(|_| Error::NotFound(format!("task {} not found", r.id)))?;
+        let sb = self
+            .manager
+            .get(&r.id)
+            .map_err(|_| Error::NotFound(format!("task {} not found", r.id)))?;
         let mut resp = StateResponse::new();
         resp.id = r.id;
         resp.bundle = sb.bundle.to_string_lossy().into_owned();
@@ -67,14 +78,21 @@ impl Task for TaskService {
     async fn shutdown(&self, _: &TtrpcContext, r: ShutdownRequest) -> ttrpc::Result<Empty> {
         log::debug!("Task.Shutdown {}", r.id);
         if self.manager.has_sandboxes() {
-            log::debug!("Task.Shutdown {}: a sandbox is still alive; staying up", r.id);
+            log::debug!(
+                "Task.Shutdown {}: a sandbox is still alive; staying up",
+                r.id
+            );
         } else {
             self.manager.request_exit();
         }
         Ok(Empty::new())
     }
 
-    async fn create(&self, _: &TtrpcContext, r: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+    async fn create(
+        &self,
+        _: &TtrpcContext,
+        r: CreateTaskRequest,
+    ) -> ttrpc::Result<CreateTaskResponse> {
         unimplemented("Create", &r.id)
     }
     async fn start(&self, _: &TtrpcContext, r: StartRequest) -> ttrpc::Result<StartResponse> {

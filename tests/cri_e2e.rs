@@ -12,7 +12,11 @@ use k8s_cri::v1::{NamespaceMode, PodSandboxState};
 async fn cove_pod_is_ready_in_its_cni_netns_with_its_own_namespaces() {
     let cd = Containerd::start("ready").await;
     let mut cfg = cd.pod_config("web");
-    cfg.linux.as_mut().unwrap().sysctls.insert("net.ipv4.ip_unprivileged_port_start".into(), "80".into());
+    cfg.linux
+        .as_mut()
+        .unwrap()
+        .sysctls
+        .insert("net.ipv4.ip_unprivileged_port_start".into(), "80".into());
     let id = cd.run_pod(&cfg, "cove").await;
     let st = cd.pod_status(&id).await;
     let status = st.status.clone().unwrap();
@@ -26,25 +30,52 @@ async fn cove_pod_is_ready_in_its_cni_netns_with_its_own_namespaces() {
     let me = std::process::id();
     assert_ne!(ns_of(pid, "net"), ns_of(me, "net"));
     let addrs = nsenter(pid, &["-n"], &["ip", "-o", "-4", "addr", "show"]);
-    assert!(addrs.contains(&format!("inet {ip}/")), "pod ip {ip} not in the pause netns: {addrs}");
+    assert!(
+        addrs.contains(&format!("inet {ip}/")),
+        "pod ip {ip} not in the pause netns: {addrs}"
+    );
     for kind in ["uts", "ipc", "pid"] {
         assert_ne!(ns_of(pid, kind), ns_of(me, kind), "{kind} is the host's");
     }
     assert_eq!(nsenter(pid, &["-u"], &["hostname"]).trim(), "web-host");
-    assert_eq!(nsenter(pid, &["-n"], &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).trim(), "80");
+    assert_eq!(
+        nsenter(
+            pid,
+            &["-n"],
+            &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]
+        )
+        .trim(),
+        "80"
+    );
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(cg.lines().any(|l| l.ends_with(&format!(":memory:{}/web/{id}", cd.cgroup_root))), "{cg}");
+    assert!(
+        cg.lines()
+            .any(|l| l.ends_with(&format!(":memory:{}/web/{id}", cd.cgroup_root))),
+        "{cg}"
+    );
 
     // The pod files CRI mounts into containers.
-    let files = cd.dir.join("root/io.containerd.grpc.v1.cri/sandboxes").join(&id);
-    assert_eq!(std::fs::read_to_string(files.join("hostname")).unwrap(), "web-host\n");
+    let files = cd
+        .dir
+        .join("root/io.containerd.grpc.v1.cri/sandboxes")
+        .join(&id);
+    assert_eq!(
+        std::fs::read_to_string(files.join("hostname")).unwrap(),
+        "web-host\n"
+    );
     assert_eq!(
         std::fs::read_to_string(files.join("resolv.conf")).unwrap(),
         "search cove-e2e.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
     );
-    let shm = cd.dir.join("state/io.containerd.grpc.v1.cri/sandboxes").join(&id).join("shm");
+    let shm = cd
+        .dir
+        .join("state/io.containerd.grpc.v1.cri/sandboxes")
+        .join(&id)
+        .join("shm");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(mounts.lines().any(|l| l.contains(&format!(" {} ", shm.display())) && l.contains(" - tmpfs ")));
+    assert!(mounts
+        .lines()
+        .any(|l| l.contains(&format!(" {} ", shm.display())) && l.contains(" - tmpfs ")));
 
     // Verbose status carries cove's info JSON through CRI.
     let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
@@ -60,9 +91,22 @@ async fn host_pid_and_ipc_pods_share_exactly_those_namespaces() {
     let cd = Containerd::start("hostns").await;
     let me = std::process::id();
     // (pid, ipc) = NODE where true; the network stays the pod's own (see the next test).
-    for (name, pid_ns, ipc) in [("hostpid", true, false), ("hostipc", false, true), ("both", true, true)] {
+    for (name, pid_ns, ipc) in [
+        ("hostpid", true, false),
+        ("hostipc", false, true),
+        ("both", true, true),
+    ] {
         let mut cfg = cd.pod_config(name);
-        let ns = cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap();
+        let ns = cfg
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options
+            .as_mut()
+            .unwrap();
         ns.pid = node(pid_ns);
         ns.ipc = node(ipc);
         let id = cd.run_pod(&cfg, "cove").await;
@@ -70,18 +114,33 @@ async fn host_pid_and_ipc_pods_share_exactly_those_namespaces() {
         assert_eq!(st.state, PodSandboxState::SandboxReady as i32, "{name}");
         let pid = cd.sandbox_pid(&id, "shim").await;
         let shared = |kind: &str| ns_of(pid, kind) == ns_of(me, kind);
-        assert!(!shared("net") && !shared("uts"), "{name}: net and uts are the pod's");
+        assert!(
+            !shared("net") && !shared("uts"),
+            "{name}: net and uts are the pod's"
+        );
         assert_eq!(shared("pid"), pid_ns, "{name}: pid");
         assert_eq!(shared("ipc"), ipc, "{name}: ipc");
-        let shm = cd.dir.join("state/io.containerd.grpc.v1.cri/sandboxes").join(&id).join("shm");
-        assert_eq!(shm.exists(), !ipc, "{name}: a pod on the host IPC namespace uses the host /dev/shm");
+        let shm = cd
+            .dir
+            .join("state/io.containerd.grpc.v1.cri/sandboxes")
+            .join(&id)
+            .join("shm");
+        assert_eq!(
+            shm.exists(),
+            !ipc,
+            "{name}: a pod on the host IPC namespace uses the host /dev/shm"
+        );
         cd.stop_pod(&id).await;
         cd.remove_pod(&id).await;
     }
 }
 
 fn node(b: bool) -> i32 {
-    if b { NamespaceMode::Node as i32 } else { NamespaceMode::Pod as i32 }
+    if b {
+        NamespaceMode::Node as i32
+    } else {
+        NamespaceMode::Pod as i32
+    }
 }
 
 /// A hostNetwork/hostPID/hostIPC pod. containerd 2.1.9's CRI crashes on any hostNetwork pod
@@ -97,21 +156,41 @@ async fn host_network_pod_shares_exactly_the_host_namespaces() {
     use prost::Message;
     let cd = Containerd::start("hostnet").await;
     let mut cfg = cd.pod_config("hostnet");
-    let ns = cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap();
+    let ns = cfg
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap();
     ns.network = node(true);
     ns.pid = node(true);
     ns.ipc = node(true);
     let id = format!("hostnet{}", std::process::id());
     let sandbox = Sandbox {
         sandbox_id: id.clone(),
-        runtime: Some(Runtime { name: COVE_BIN.into(), options: None }),
+        runtime: Some(Runtime {
+            name: cove_bin(),
+            options: None,
+        }),
         sandboxer: "shim".into(),
         ..Default::default()
     };
     let mut store = StoreClient::new(cd.channel.clone());
-    store.create(ns_request(StoreCreateRequest { sandbox: Some(sandbox.clone()) })).await.unwrap();
+    store
+        .create(ns_request(StoreCreateRequest {
+            sandbox: Some(sandbox.clone()),
+        }))
+        .await
+        .unwrap();
     let mut ctl = ControllerClient::new(cd.channel.clone());
-    let options = prost_types::Any { type_url: "runtime.v1.PodSandboxConfig".into(), value: cfg.encode_to_vec() };
+    let options = prost_types::Any {
+        type_url: "runtime.v1.PodSandboxConfig".into(),
+        value: cfg.encode_to_vec(),
+    };
     ctl.create(ns_request(ControllerCreateRequest {
         sandbox_id: id.clone(),
         options: Some(options),
@@ -122,22 +201,41 @@ async fn host_network_pod_shares_exactly_the_host_namespaces() {
     .await
     .unwrap();
     let pid = ctl
-        .start(ns_request(ControllerStartRequest { sandbox_id: id.clone(), sandboxer: "shim".into() }))
+        .start(ns_request(ControllerStartRequest {
+            sandbox_id: id.clone(),
+            sandboxer: "shim".into(),
+        }))
         .await
         .unwrap()
         .into_inner()
         .pid;
     let me = std::process::id();
     for kind in ["net", "uts", "pid", "ipc"] {
-        assert_eq!(ns_of(pid, kind), ns_of(me, kind), "{kind} must be the host's");
+        assert_eq!(
+            ns_of(pid, kind),
+            ns_of(me, kind),
+            "{kind} must be the host's"
+        );
     }
-    ctl.stop(ns_request(ControllerStopRequest { sandbox_id: id.clone(), sandboxer: "shim".into(), ..Default::default() }))
+    ctl.stop(ns_request(ControllerStopRequest {
+        sandbox_id: id.clone(),
+        sandboxer: "shim".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    ctl.shutdown(ns_request(ControllerShutdownRequest {
+        sandbox_id: id.clone(),
+        sandboxer: "shim".into(),
+    }))
+    .await
+    .unwrap();
+    store
+        .delete(ns_request(StoreDeleteRequest {
+            sandbox_id: id.clone(),
+        }))
         .await
         .unwrap();
-    ctl.shutdown(ns_request(ControllerShutdownRequest { sandbox_id: id.clone(), sandboxer: "shim".into() }))
-        .await
-        .unwrap();
-    store.delete(ns_request(StoreDeleteRequest { sandbox_id: id.clone() })).await.unwrap();
     eventually("no cove shim left", || pids_with(&id).is_empty()).await;
     assert!(!alive(pid));
 }
@@ -152,26 +250,51 @@ async fn stop_and_remove_leave_nothing_behind_for_cove_and_runc() {
         let st = cd.pod_status(&id).await.status.unwrap();
         assert_eq!(st.state, PodSandboxState::SandboxReady as i32, "{handler}");
         assert!(!st.network.unwrap().ip.is_empty(), "{handler}: pod ip");
-        let sandboxer = if handler == "cove" { "shim" } else { "podsandbox" };
+        let sandboxer = if handler == "cove" {
+            "shim"
+        } else {
+            "podsandbox"
+        };
         let pid = cd.sandbox_pid(&id, sandboxer).await;
         assert!(alive(pid), "{handler}: sandbox process");
 
         cd.stop_pod(&id).await;
         let st = cd.pod_status(&id).await.status.unwrap();
-        assert_eq!(st.state, PodSandboxState::SandboxNotready as i32, "{handler}: NOTREADY after stop");
+        assert_eq!(
+            st.state,
+            PodSandboxState::SandboxNotready as i32,
+            "{handler}: NOTREADY after stop"
+        );
         eventually("sandbox process gone after stop", || !alive(pid)).await;
 
         cd.remove_pod(&id).await;
-        let gone = cd.rt().pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false }).await;
-        assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound, "{handler}: pod removed");
+        let gone = cd
+            .rt()
+            .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await;
+        assert_eq!(
+            gone.unwrap_err().code(),
+            tonic::Code::NotFound,
+            "{handler}: pod removed"
+        );
         if handler == "cove" {
             eventually("no cove shim left", || pids_with(&id).is_empty()).await;
             let cg = format!("/sys/fs/cgroup/memory{}/{name}", cd.cgroup_root);
             assert!(!Path::new(&cg).exists(), "pod cgroup {cg} left behind");
             for dir in [
-                cd.dir.join("state/io.containerd.sandbox.controller.v1.shim").join(NS).join(&id),
-                cd.dir.join("root/io.containerd.grpc.v1.cri/sandboxes").join(&id),
-                cd.dir.join("state/io.containerd.grpc.v1.cri/sandboxes").join(&id),
+                cd.dir
+                    .join("state/io.containerd.sandbox.controller.v1.shim")
+                    .join(NS)
+                    .join(&id),
+                cd.dir
+                    .join("root/io.containerd.grpc.v1.cri/sandboxes")
+                    .join(&id),
+                cd.dir
+                    .join("state/io.containerd.grpc.v1.cri/sandboxes")
+                    .join(&id),
             ] {
                 assert!(!dir.exists(), "{} left behind", dir.display());
             }
@@ -190,7 +313,10 @@ async fn sandbox_metrics_through_containerds_controller_api() {
     let id = cd.run_pod(&cd.pod_config("stats"), "cove").await;
     let mut c = ControllerClient::new(cd.channel.clone());
     let resp = c
-        .metrics(ns_request(ControllerMetricsRequest { sandbox_id: id.clone(), sandboxer: "shim".into() }))
+        .metrics(ns_request(ControllerMetricsRequest {
+            sandbox_id: id.clone(),
+            sandboxer: "shim".into(),
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -198,9 +324,17 @@ async fn sandbox_metrics_through_containerds_controller_api() {
     assert_eq!(metric.id, id);
     let data = metric.data.expect("metric data");
     assert_eq!(data.type_url, "io.containerd.cgroups.v1.Metrics");
-    let m = containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&data.value).unwrap();
-    assert!(m.pids.current >= 1, "the pause process is in the pod cgroup");
-    let usage = std::fs::read_to_string(format!("/sys/fs/cgroup/memory{}/stats/memory.usage_in_bytes", cd.cgroup_root)).unwrap();
+    let m =
+        containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&data.value).unwrap();
+    assert!(
+        m.pids.current >= 1,
+        "the pause process is in the pod cgroup"
+    );
+    let usage = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{}/stats/memory.usage_in_bytes",
+        cd.cgroup_root
+    ))
+    .unwrap();
     assert!(m.memory.usage.usage > 0 && usage.trim().parse::<u64>().unwrap() > 0);
     cd.stop_pod(&id).await;
     cd.remove_pod(&id).await;

@@ -19,7 +19,10 @@ use ttrpc::Code;
 const BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-cove-v1");
 
 fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "these tests create namespaces and cgroups: run them as root");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests create namespaces and cgroups: run them as root"
+    );
 }
 
 struct Shim {
@@ -35,23 +38,42 @@ impl Shim {
         require_root();
         let id = format!("cove-t-{tag}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&id);
-        let bundle = dir.join("state/io.containerd.sandbox.controller.v1.shim/cove-test").join(&id);
-        let work = dir.join("root/io.containerd.sandbox.controller.v1.shim/cove-test").join(&id);
+        let bundle = dir
+            .join("state/io.containerd.sandbox.controller.v1.shim/cove-test")
+            .join(&id);
+        let work = dir
+            .join("root/io.containerd.sandbox.controller.v1.shim/cove-test")
+            .join(&id);
         std::fs::create_dir_all(&bundle).unwrap();
         std::fs::create_dir_all(&work).unwrap();
         std::os::unix::fs::symlink(&work, bundle.join("work")).unwrap();
         let address = run_start(&bundle, &id);
-        Shim { dir, bundle, id, address }
+        Shim {
+            dir,
+            bundle,
+            id,
+            address,
+        }
     }
 
     async fn clients(&self) -> (SandboxClient, TaskClient, ttrpc::r#async::Client) {
-        let c = ttrpc::r#async::Client::connect(&self.address).await.expect("connect to the shim");
+        let c = ttrpc::r#async::Client::connect(&self.address)
+            .await
+            .expect("connect to the shim");
         (SandboxClient::new(c.clone()), TaskClient::new(c.clone()), c)
     }
 
     fn delete(&self) -> std::process::Output {
         Command::new(BIN)
-            .args(["-namespace", "cove-test", "-address", "/run/cove-test/containerd.sock", "-id", &self.id, "-bundle"])
+            .args([
+                "-namespace",
+                "cove-test",
+                "-address",
+                "/run/cove-test/containerd.sock",
+                "-id",
+                &self.id,
+                "-bundle",
+            ])
             .arg(&self.bundle)
             .arg("delete")
             .current_dir(&self.bundle)
@@ -73,15 +95,34 @@ impl Drop for Shim {
 
 fn run_start(bundle: &Path, id: &str) -> String {
     let out = Command::new(BIN)
-        .args(["-namespace", "cove-test", "-address", "/run/cove-test/containerd.sock", "-publish-binary", "/bin/true", "-id", id, "start"])
+        .args([
+            "-namespace",
+            "cove-test",
+            "-address",
+            "/run/cove-test/containerd.sock",
+            "-publish-binary",
+            "/bin/true",
+            "-id",
+            id,
+            "start",
+        ])
         .current_dir(bundle)
         .env("TTRPC_ADDRESS", "/run/cove-test/containerd.sock.ttrpc")
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "start failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stderr.is_empty(), "start wrote to stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("start prints only the JSON reply");
+    assert!(
+        out.status.success(),
+        "start failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "start wrote to stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("start prints only the JSON reply");
     assert_eq!(v["version"], 3);
     assert_eq!(v["protocol"], "ttrpc");
     v["address"].as_str().unwrap().to_string()
@@ -117,11 +158,18 @@ fn pod_options(hostname: &str, cgroup_parent: &str) -> Any {
     cfg.hostname = hostname.into();
     cfg.dns_config = Some(dns).into();
     cfg.linux = Some(linux).into();
-    Any { type_url: "runtime.v1.PodSandboxConfig".into(), value: cfg.write_to_bytes().unwrap(), ..Default::default() }
+    Any {
+        type_url: "runtime.v1.PodSandboxConfig".into(),
+        value: cfg.write_to_bytes().unwrap(),
+        ..Default::default()
+    }
 }
 
 fn ns_inode(pid: u32, kind: &str) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap().to_string_lossy().into_owned()
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn alive(pid: u32) -> bool {
@@ -133,9 +181,15 @@ async fn version_and_info_answer() {
     let out = Command::new(BIN).arg("-v").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
-    let out = Command::new(BIN).arg("-info").stdin(Stdio::null()).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("-info")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    let info = containerd_shim_protos::types::introspection::RuntimeInfo::parse_from_bytes(&out.stdout).unwrap();
+    let info =
+        containerd_shim_protos::types::introspection::RuntimeInfo::parse_from_bytes(&out.stdout)
+            .unwrap();
     assert_eq!(info.name, "io.containerd.cove.v1");
     assert_eq!(info.version.version, env!("CARGO_PKG_VERSION"));
 }
@@ -163,41 +217,83 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     // hostname, sysctl, no capabilities, no_new_privs, PID 1 of its pid namespace.
     let me = std::process::id();
     for kind in ["uts", "ipc", "pid"] {
-        assert_ne!(ns_inode(pid, kind), ns_inode(me, kind), "{kind} namespace is shared with the host");
+        assert_ne!(
+            ns_inode(pid, kind),
+            ns_inode(me, kind),
+            "{kind} namespace is shared with the host"
+        );
     }
     assert_eq!(ns_inode(pid, "net"), ns_inode(me, "net"));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
-    assert!(nspid.ends_with("\t1"), "pause is PID 1 of its namespace: {nspid}");
-    assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim(), "cove-pause");
+    assert!(
+        nspid.ends_with("\t1"),
+        "pause is PID 1 of its namespace: {nspid}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "cove-pause"
+    );
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let want = format!(":memory:{parent}/{}", shim.id);
     assert!(cg.lines().any(|l| l.ends_with(&want)), "{cg}");
-    let hostname = Command::new("nsenter").args(["-t", &pid.to_string(), "-u", "hostname"]).output().unwrap();
+    let hostname = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-u", "hostname"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&hostname.stdout).trim(), "web-0");
-    let shmmni = Command::new("nsenter").args(["-t", &pid.to_string(), "-i", "cat", "/proc/sys/kernel/shmmni"]).output().unwrap();
+    let shmmni = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-i",
+            "cat",
+            "/proc/sys/kernel/shmmni",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&shmmni.stdout).trim(), "1000");
 
     // Pod files where CRI looks for them.
-    let files = shim.dir.join("root/io.containerd.grpc.v1.cri/sandboxes").join(&shim.id);
-    let shm = shim.dir.join("state/io.containerd.grpc.v1.cri/sandboxes").join(&shim.id).join("shm");
-    assert_eq!(std::fs::read_to_string(files.join("hostname")).unwrap(), "web-0\n");
+    let files = shim
+        .dir
+        .join("root/io.containerd.grpc.v1.cri/sandboxes")
+        .join(&shim.id);
+    let shm = shim
+        .dir
+        .join("state/io.containerd.grpc.v1.cri/sandboxes")
+        .join(&shim.id)
+        .join("shm");
+    assert_eq!(
+        std::fs::read_to_string(files.join("hostname")).unwrap(),
+        "web-0\n"
+    );
     assert_eq!(
         std::fs::read_to_string(files.join("resolv.conf")).unwrap(),
         "search default.svc.cluster.local\nnameserver 10.96.0.10\n"
     );
     assert!(files.join("hosts").exists());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(mounts.lines().any(|l| l.contains(&format!(" {} ", shm.display())) && l.contains(" - tmpfs ")), "shm is not a tmpfs");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(&format!(" {} ", shm.display())) && l.contains(" - tmpfs ")),
+        "shm is not a tmpfs"
+    );
 
     // Status, platform, ping, Task.Connect/State for the sandbox id.
     let mut sreq = SandboxStatusRequest::new();
     sreq.sandbox_id = shim.id.clone();
     sreq.verbose = true;
     let s = sb.sandbox_status(ctx(), &sreq).await.unwrap();
-    assert_eq!((s.state.as_str(), s.pid, s.sandbox_id.as_str()), ("SANDBOX_READY", pid, shim.id.as_str()));
+    assert_eq!(
+        (s.state.as_str(), s.pid, s.sandbox_id.as_str()),
+        ("SANDBOX_READY", pid, shim.id.as_str())
+    );
     let info: serde_json::Value = serde_json::from_str(&s.info["info"]).unwrap();
     assert_eq!(info["pid"], pid);
     assert_eq!(info["hostname"], "web-0");
@@ -223,8 +319,13 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     let metrics = sb.sandbox_metrics(ctx(), &m).await.unwrap();
     let data = metrics.metrics.data.clone().unwrap();
     assert_eq!(data.type_url, "io.containerd.cgroups.v1.Metrics");
-    let stats = containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&data.value).unwrap();
-    assert!(stats.pids.current >= 1, "the pause process is counted: {:?}", stats.pids);
+    let stats =
+        containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&data.value).unwrap();
+    assert!(
+        stats.pids.current >= 1,
+        "the pause process is counted: {:?}",
+        stats.pids
+    );
     assert!(stats.memory.usage.usage > 0);
 
     // UpdateSandbox (containerd 2.4) as a direct ttrpc call: pod-level memory and pids limits.
@@ -236,7 +337,8 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
         ..Default::default()
     })
     .into();
-    up.annotations.insert("cove.test/updated".into(), "yes".into());
+    up.annotations
+        .insert("cove.test/updated".into(), "yes".into());
     let resp = raw
         .request(ttrpc::Request {
             service: "containerd.runtime.sandbox.v1.Sandbox".into(),
@@ -248,7 +350,10 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
         .await
         .unwrap();
     assert_eq!(resp.status.code(), Code::OK, "{:?}", resp.status);
-    let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory{parent}/memory.limit_in_bytes")).unwrap();
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{parent}/memory.limit_in_bytes"
+    ))
+    .unwrap();
     assert_eq!(limit.trim(), "268435456");
     let pids = std::fs::read_to_string(format!("/sys/fs/cgroup/pids{parent}/pids.max")).unwrap();
     assert_eq!(pids.trim(), "100");
@@ -270,7 +375,9 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     let mut stop = StopSandboxRequest::new();
     stop.sandbox_id = shim.id.clone();
     sb.stop_sandbox(ctx(), &stop).await.unwrap();
-    sb.stop_sandbox(ctx(), &stop).await.expect("stop is idempotent");
+    sb.stop_sandbox(ctx(), &stop)
+        .await
+        .expect("stop is idempotent");
     for h in early {
         let r = h.await.unwrap().unwrap();
         assert!(r.exited_at.is_some());
@@ -283,7 +390,10 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     assert!(s.exited_at.is_some());
     let mut restart = StartSandboxRequest::new();
     restart.sandbox_id = shim.id.clone();
-    assert_eq!(code(sb.start_sandbox(ctx(), &restart).await), Code::FAILED_PRECONDITION);
+    assert_eq!(
+        code(sb.start_sandbox(ctx(), &restart).await),
+        Code::FAILED_PRECONDITION
+    );
 
     // Shutdown: the reply arrives, then everything is gone and the server exits.
     let mut sd = ShutdownSandboxRequest::new();
@@ -291,15 +401,24 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     sb.shutdown_sandbox(ctx(), &sd).await.unwrap();
     assert!(!files.join("hostname").exists() && !files.exists());
     assert!(!mountinfo_has(&shm));
-    assert!(!Path::new(&format!("/sys/fs/cgroup/memory{parent}")).exists(), "pod cgroup left behind");
+    assert!(
+        !Path::new(&format!("/sys/fs/cgroup/memory{parent}")).exists(),
+        "pod cgroup left behind"
+    );
     assert!(!shim.bundle.join(cove::state::STATE_FILE).exists());
     wait_until(|| !shim.socket().exists()).await;
     let out = shim.delete();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn mountinfo_has(p: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&format!(" {} ", p.display()))
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(&format!(" {} ", p.display()))
 }
 
 /// Polls for a state the shim reaches on its own after replying; bounded, not a timing assertion.
@@ -324,38 +443,73 @@ async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
     };
     let long = "a".repeat(77);
     for bad in ["a/b", "..", "a\0b", long.as_str(), ""] {
-        let r = sb.create_sandbox(ctx(), &create_req(bad, &shim.bundle)).await;
+        let r = sb
+            .create_sandbox(ctx(), &create_req(bad, &shim.bundle))
+            .await;
         assert_eq!(code(r), Code::INVALID_ARGUMENT, "id {bad:?}");
     }
     let mut r = create_req(&shim.id, &shim.bundle);
     r.netns_path = "/var/run/netns/cove-does-not-exist".into();
-    assert_eq!(code(sb.create_sandbox(ctx(), &r).await), Code::INVALID_ARGUMENT);
+    assert_eq!(
+        code(sb.create_sandbox(ctx(), &r).await),
+        Code::INVALID_ARGUMENT
+    );
     let mut r = create_req(&shim.id, &shim.bundle);
     r.netns_path = "/etc/hostname".into();
-    assert_eq!(code(sb.create_sandbox(ctx(), &r).await), Code::INVALID_ARGUMENT, "not a namespace file");
+    assert_eq!(
+        code(sb.create_sandbox(ctx(), &r).await),
+        Code::INVALID_ARGUMENT,
+        "not a namespace file"
+    );
     let mut r = create_req(&shim.id, &shim.bundle);
-    r.options = Some(Any { type_url: "runtime.v1.PodSandboxConfig".into(), value: vec![0xff; 8], ..Default::default() }).into();
-    assert_eq!(code(sb.create_sandbox(ctx(), &r).await), Code::INVALID_ARGUMENT);
+    r.options = Some(Any {
+        type_url: "runtime.v1.PodSandboxConfig".into(),
+        value: vec![0xff; 8],
+        ..Default::default()
+    })
+    .into();
+    assert_eq!(
+        code(sb.create_sandbox(ctx(), &r).await),
+        Code::INVALID_ARGUMENT
+    );
     let mut r = create_req(&shim.id, &shim.bundle);
     r.options = Some(pod_options("x", "kubepods.slice")).into();
-    assert_eq!(code(sb.create_sandbox(ctx(), &r).await), Code::INVALID_ARGUMENT, "systemd slice");
+    assert_eq!(
+        code(sb.create_sandbox(ctx(), &r).await),
+        Code::INVALID_ARGUMENT,
+        "systemd slice"
+    );
 
     // Unknown sandbox, Start before Create.
     let mut st = StartSandboxRequest::new();
     st.sandbox_id = shim.id.clone();
     assert_eq!(code(sb.start_sandbox(ctx(), &st).await), Code::NOT_FOUND);
-    assert_eq!(code(sb.ping_sandbox(ctx(), &ping("nope")).await), Code::NOT_FOUND);
+    assert_eq!(
+        code(sb.ping_sandbox(ctx(), &ping("nope")).await),
+        Code::NOT_FOUND
+    );
     let mut s = SandboxStatusRequest::new();
     s.sandbox_id = "nope".into();
     assert_eq!(code(sb.sandbox_status(ctx(), &s).await), Code::NOT_FOUND);
 
     // Create twice.
-    sb.create_sandbox(ctx(), &create_req(&shim.id, &shim.bundle)).await.unwrap();
-    assert_eq!(code(sb.create_sandbox(ctx(), &create_req(&shim.id, &shim.bundle)).await), Code::ALREADY_EXISTS);
+    sb.create_sandbox(ctx(), &create_req(&shim.id, &shim.bundle))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            sb.create_sandbox(ctx(), &create_req(&shim.id, &shim.bundle))
+                .await
+        ),
+        Code::ALREADY_EXISTS
+    );
     // Metrics before Start.
     let mut m = SandboxMetricsRequest::new();
     m.sandbox_id = shim.id.clone();
-    assert_eq!(code(sb.sandbox_metrics(ctx(), &m).await), Code::FAILED_PRECONDITION);
+    assert_eq!(
+        code(sb.sandbox_metrics(ctx(), &m).await),
+        Code::FAILED_PRECONDITION
+    );
     // Task RPCs not implemented yet answer UNIMPLEMENTED, not NOT_FOUND.
     let mut ts = StartRequest::new();
     ts.id = "c1".into();
@@ -383,17 +537,31 @@ async fn delete_cleans_up_after_a_crashed_shim() {
     let mut st = StartSandboxRequest::new();
     st.sandbox_id = shim.id.clone();
     let pid = sb.start_sandbox(ctx(), &st).await.unwrap().pid;
-    let files = shim.dir.join("root/io.containerd.grpc.v1.cri/sandboxes").join(&shim.id);
+    let files = shim
+        .dir
+        .join("root/io.containerd.grpc.v1.cri/sandboxes")
+        .join(&shim.id);
     assert!(files.join("hosts").exists());
 
     // Kill the server hard, as the OOM killer would.
     let server = server_pid(&shim.socket());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     wait_until(|| cove::state::proc_start_time(server).is_none()).await;
-    assert!(alive(pid), "the pause process outlives its shim until delete");
+    assert!(
+        alive(pid),
+        "the pause process outlives its shim until delete"
+    );
 
     let out = shim.delete();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let resp = containerd_shim_protos::api::DeleteResponse::parse_from_bytes(&out.stdout).unwrap();
     assert_eq!(resp.pid, pid);
     assert_eq!(resp.exit_status, 137);
@@ -408,7 +576,9 @@ async fn delete_cleans_up_after_a_crashed_shim() {
 /// The pid of the server listening on `socket`, from its command line.
 fn server_pid(socket: &Path) -> i32 {
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd);
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();

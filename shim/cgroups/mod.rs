@@ -46,7 +46,9 @@ impl Layout {
         let mut unified = None;
         for line in mountinfo.lines() {
             // fields: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
             let mountpoint = left.split(' ').nth(4).unwrap_or_default();
             let mut r = right.split(' ');
             let fstype = r.next().unwrap_or_default();
@@ -55,10 +57,19 @@ impl Layout {
                 "cgroup" => {
                     let controllers = superopts
                         .split(',')
-                        .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('=') && !o.starts_with("clone_children") && *o != "noprefix" && *o != "xattr")
+                        .filter(|o| {
+                            !matches!(*o, "rw" | "ro")
+                                && !o.contains('=')
+                                && !o.starts_with("clone_children")
+                                && *o != "noprefix"
+                                && *o != "xattr"
+                        })
                         .map(str::to_owned)
                         .collect();
-                    v1.push(Hierarchy { mountpoint: PathBuf::from(mountpoint), controllers });
+                    v1.push(Hierarchy {
+                        mountpoint: PathBuf::from(mountpoint),
+                        controllers,
+                    });
                 }
                 "cgroup2" => unified = Some(PathBuf::from(mountpoint)),
                 _ => {}
@@ -68,7 +79,10 @@ impl Layout {
             (true, Some(root)) => Ok(Layout::V2(root)),
             (false, unified) => {
                 if let Some(u) = unified {
-                    v1.push(Hierarchy { mountpoint: u, controllers: vec![] });
+                    v1.push(Hierarchy {
+                        mountpoint: u,
+                        controllers: vec![],
+                    });
                 }
                 Ok(Layout::V1(v1))
             }
@@ -99,7 +113,10 @@ impl Layout {
 
     /// `cgroup.procs` of `rel` in every hierarchy.
     pub fn procs_files(&self, rel: &Path) -> Vec<PathBuf> {
-        self.dirs(rel).into_iter().map(|d| d.join("cgroup.procs")).collect()
+        self.dirs(rel)
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
     }
 
     /// Creates `rel` (and missing ancestors) in every hierarchy. Returns the directories
@@ -113,7 +130,10 @@ impl Layout {
         };
         for root in roots {
             let mut dir = root.clone();
-            for comp in rel.components().filter(|c| matches!(c, Component::Normal(_))) {
+            for comp in rel
+                .components()
+                .filter(|c| matches!(c, Component::Normal(_)))
+            {
                 let parent = dir.clone();
                 dir.push(comp);
                 match std::fs::create_dir(&dir) {
@@ -147,14 +167,19 @@ impl Layout {
             }
             // On v2 the parent must delegate controllers to its children.
             Layout::V2(_) => {
-                let avail = std::fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+                let avail =
+                    std::fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
                 let want: Vec<String> = avail
                     .split_whitespace()
-                    .filter(|c| matches!(*c, "cpu" | "cpuset" | "memory" | "pids" | "io" | "hugetlb"))
+                    .filter(|c| {
+                        matches!(*c, "cpu" | "cpuset" | "memory" | "pids" | "io" | "hugetlb")
+                    })
                     .map(|c| format!("+{c}"))
                     .collect();
                 if !want.is_empty() {
-                    if let Err(e) = std::fs::write(parent.join("cgroup.subtree_control"), want.join(" ")) {
+                    if let Err(e) =
+                        std::fs::write(parent.join("cgroup.subtree_control"), want.join(" "))
+                    {
                         log::warn!("enable controllers in {}: {e}", parent.display());
                     }
                 }
@@ -168,7 +193,9 @@ impl Layout {
     pub fn apply(&self, rel: &Path, res: &LinuxResources) -> Result<()> {
         let write = |controller: &str, file: &str, value: String| -> Result<()> {
             let dir = self.controller_dir(controller, rel).ok_or_else(|| {
-                Error::FailedPrecondition(format!("the {controller} cgroup controller is not mounted"))
+                Error::FailedPrecondition(format!(
+                    "the {controller} cgroup controller is not mounted"
+                ))
             })?;
             std::fs::write(dir.join(file), &value)
                 .context(|| format!("write {value:?} to {}", dir.join(file).display()))
@@ -200,8 +227,15 @@ impl Layout {
             }
             if v2 {
                 if cpu.quota().is_some() || cpu.period().is_some() {
-                    let quota = cpu.quota().filter(|q| *q > 0).map_or("max".to_string(), |q| q.to_string());
-                    write("cpu", "cpu.max", format!("{quota} {}", cpu.period().unwrap_or(100_000)))?;
+                    let quota = cpu
+                        .quota()
+                        .filter(|q| *q > 0)
+                        .map_or("max".to_string(), |q| q.to_string());
+                    write(
+                        "cpu",
+                        "cpu.max",
+                        format!("{quota} {}", cpu.period().unwrap_or(100_000)),
+                    )?;
                 }
             } else {
                 if let Some(p) = cpu.period() {
@@ -220,14 +254,26 @@ impl Layout {
         }
         if let Some(pids) = res.pids() {
             let limit = pids.limit();
-            write("pids", "pids.max", if limit > 0 { limit.to_string() } else { "max".into() })?;
+            write(
+                "pids",
+                "pids.max",
+                if limit > 0 {
+                    limit.to_string()
+                } else {
+                    "max".into()
+                },
+            )?;
         }
         Ok(())
     }
 }
 
 fn max_or(v: i64) -> String {
-    if v < 0 { "max".into() } else { v.to_string() }
+    if v < 0 {
+        "max".into()
+    } else {
+        v.to_string()
+    }
 }
 
 /// cgroup v1 cpu.shares [2, 262144] to v2 cpu.weight [1, 10000], as runc converts.
@@ -247,10 +293,17 @@ pub fn validate_path(rel: &Path) -> Result<()> {
         )));
     }
     if !rel.is_absolute() {
-        return Err(Error::InvalidArgument(format!("cgroup parent {s:?} must be an absolute cgroupfs path")));
+        return Err(Error::InvalidArgument(format!(
+            "cgroup parent {s:?} must be an absolute cgroupfs path"
+        )));
     }
-    if rel.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
-        return Err(Error::InvalidArgument(format!("cgroup parent {s:?} must not contain . or ..")));
+    if rel
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "cgroup parent {s:?} must not contain . or .."
+        )));
     }
     Ok(())
 }
@@ -301,14 +354,22 @@ mod tests {
 
     #[test]
     fn parses_hybrid_and_unified_layouts() {
-        let Layout::V1(hs) = Layout::parse(HYBRID).unwrap() else { panic!("not v1") };
+        let Layout::V1(hs) = Layout::parse(HYBRID).unwrap() else {
+            panic!("not v1")
+        };
         assert_eq!(hs.len(), 5);
         assert_eq!(hs[0].controllers, vec!["cpu"]);
-        assert!(hs[2].controllers.is_empty(), "named hierarchy has no controllers");
+        assert!(
+            hs[2].controllers.is_empty(),
+            "named hierarchy has no controllers"
+        );
         assert_eq!(hs[4].mountpoint, PathBuf::from("/sys/fs/cgroup/unified"));
         assert_eq!(hs[3].controllers, vec!["cpu", "cpuacct"]);
         let v2 = "40 1 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(Layout::parse(v2).unwrap(), Layout::V2("/sys/fs/cgroup".into()));
+        assert_eq!(
+            Layout::parse(v2).unwrap(),
+            Layout::V2("/sys/fs/cgroup".into())
+        );
         assert!(Layout::parse("").is_err());
     }
 
@@ -325,8 +386,17 @@ mod tests {
 
     #[test]
     fn rejects_systemd_relative_and_dotdot_parents() {
-        for p in ["kubepods.slice", "/kubepods.slice", "system.slice:cri:1", "pods/a", "/a/../b"] {
-            assert!(matches!(validate_path(Path::new(p)), Err(Error::InvalidArgument(_))), "{p}");
+        for p in [
+            "kubepods.slice",
+            "/kubepods.slice",
+            "system.slice:cri:1",
+            "pods/a",
+            "/a/../b",
+        ] {
+            assert!(
+                matches!(validate_path(Path::new(p)), Err(Error::InvalidArgument(_))),
+                "{p}"
+            );
         }
         validate_path(Path::new("/kubepods/burstable/pod1")).unwrap();
     }

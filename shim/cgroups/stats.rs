@@ -19,10 +19,17 @@ pub const V2_METRICS_TYPE: &str = "io.containerd.cgroups.v2.Metrics";
 pub fn metrics_any(layout: &Layout, rel: &Path) -> Result<Any> {
     let (type_url, value) = match layout {
         Layout::V1(_) => (V1_METRICS_TYPE, read_v1(layout, rel)?.write_to_bytes()),
-        Layout::V2(root) => (V2_METRICS_TYPE, read_v2(&root.join(rel.strip_prefix("/").unwrap_or(rel)))?.write_to_bytes()),
+        Layout::V2(root) => (
+            V2_METRICS_TYPE,
+            read_v2(&root.join(rel.strip_prefix("/").unwrap_or(rel)))?.write_to_bytes(),
+        ),
     };
     let value = value.map_err(|e| Error::Internal(format!("encode cgroup metrics: {e}")))?;
-    Ok(Any { type_url: type_url.into(), value, ..Default::default() })
+    Ok(Any {
+        type_url: type_url.into(),
+        value,
+        ..Default::default()
+    })
 }
 
 fn read(dir: &Path, file: &str) -> Option<String> {
@@ -30,7 +37,9 @@ fn read(dir: &Path, file: &str) -> Option<String> {
 }
 
 fn num(dir: &Path, file: &str) -> u64 {
-    read(dir, file).and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    read(dir, file)
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn kv(dir: &Path, file: &str) -> HashMap<String, u64> {
@@ -46,11 +55,14 @@ fn kv(dir: &Path, file: &str) -> HashMap<String, u64> {
 
 fn read_v1(layout: &Layout, rel: &Path) -> Result<v1::Metrics> {
     let mut m = v1::Metrics::new();
-    let mem_dir = layout
-        .controller_dir("memory", rel)
-        .ok_or_else(|| Error::FailedPrecondition("the memory cgroup controller is not mounted".into()))?;
+    let mem_dir = layout.controller_dir("memory", rel).ok_or_else(|| {
+        Error::FailedPrecondition("the memory cgroup controller is not mounted".into())
+    })?;
     if !mem_dir.exists() {
-        return Err(Error::NotFound(format!("cgroup {} does not exist", mem_dir.display())));
+        return Err(Error::NotFound(format!(
+            "cgroup {} does not exist",
+            mem_dir.display()
+        )));
     }
     let s = kv(&mem_dir, "memory.stat");
     let g = |k: &str| s.get(k).copied().unwrap_or(0);
@@ -138,7 +150,10 @@ fn read_v1(layout: &Layout, rel: &Path) -> Result<v1::Metrics> {
 
 fn read_v2(dir: &Path) -> Result<v2::Metrics> {
     if !dir.exists() {
-        return Err(Error::NotFound(format!("cgroup {} does not exist", dir.display())));
+        return Err(Error::NotFound(format!(
+            "cgroup {} does not exist",
+            dir.display()
+        )));
     }
     let mut m = v2::Metrics::new();
     let s = kv(dir, "memory.stat");
@@ -195,7 +210,12 @@ fn read_v2(dir: &Path) -> Result<v2::Metrics> {
         ..Default::default()
     })
     .into();
-    m.pids = Some(v2::PidsStat { current: num(dir, "pids.current"), limit: num(dir, "pids.max"), ..Default::default() }).into();
+    m.pids = Some(v2::PidsStat {
+        current: num(dir, "pids.current"),
+        limit: num(dir, "pids.max"),
+        ..Default::default()
+    })
+    .into();
     Ok(m)
 }
 

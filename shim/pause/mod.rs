@@ -68,7 +68,10 @@ impl PauseConfig {
                 a.iter()
                     .filter_map(|kv| {
                         let kv = kv.as_array()?;
-                        Some((kv.first()?.as_str()?.to_owned(), kv.get(1)?.as_str()?.to_owned()))
+                        Some((
+                            kv.first()?.as_str()?.to_owned(),
+                            kv.get(1)?.as_str()?.to_owned(),
+                        ))
                     })
                     .collect()
             })
@@ -76,7 +79,12 @@ impl PauseConfig {
         let cgroup_procs = v
             .get("cgroup_procs")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(PathBuf::from).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(PauseConfig {
             netns: s("netns").map(PathBuf::from),
@@ -161,7 +169,10 @@ impl PauseSpawner {
             return i32::try_from(pid)
                 .map_err(|_| Error::Internal(format!("pause helper returned pid {pid}")));
         }
-        let msg = v.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+        let msg = v
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error");
         Err(Error::Internal(format!("create pause process: {msg}")))
     }
 
@@ -251,18 +262,26 @@ fn create_pause(cfg: &PauseConfig) -> std::result::Result<i32, String> {
                 }
             };
             if let Some(pid) = msg.strip_prefix("ok ") {
-                return pid.trim().parse().map_err(|e| format!("bad pid {pid:?}: {e}"));
+                return pid
+                    .trim()
+                    .parse()
+                    .map_err(|e| format!("bad pid {pid:?}: {e}"));
             }
             if let Some(e) = msg.strip_prefix("err ") {
                 return Err(e.to_owned());
             }
-            Err(format!("pause setup process ended without a result: {status:?}"))
+            Err(format!(
+                "pause setup process ended without a result: {status:?}"
+            ))
         }
     }
 }
 
 /// Runs in the setup child: enters the pod's namespaces and cgroup, forks the pause process.
-fn setup_and_fork_pause(cfg: &PauseConfig, netns: Option<&File>) -> std::result::Result<i32, String> {
+fn setup_and_fork_pause(
+    cfg: &PauseConfig,
+    netns: Option<&File>,
+) -> std::result::Result<i32, String> {
     for procs in &cfg.cgroup_procs {
         std::fs::write(procs, "0").map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
@@ -320,7 +339,11 @@ fn pause_main(ready: OwnedFd) -> ! {
         Ok(fd) => fd,
         Err(_) => sys::exit_now(1),
     };
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         for fd in 0..3 {
             let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
@@ -328,7 +351,12 @@ fn pause_main(ready: OwnedFd) -> ! {
     let _ = nix::unistd::chdir("/");
     let _ = nix::sys::prctl::set_name(&std::ffi::CString::new(PAUSE_COMM).unwrap_or_default());
     let mut waited = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
         waited.add(s);
     }
     // Blocked signals are queued even for a pid-namespace init, which would otherwise
@@ -382,7 +410,10 @@ mod tests {
 
     #[test]
     fn sysctl_names_map_to_proc_sys() {
-        assert_eq!(sysctl_path("net.ipv4.ip_forward"), PathBuf::from("/proc/sys/net/ipv4/ip_forward"));
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward"),
+            PathBuf::from("/proc/sys/net/ipv4/ip_forward")
+        );
         assert_eq!(
             sysctl_path("net/ipv4/conf/eth0.100/forwarding"),
             PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/forwarding")

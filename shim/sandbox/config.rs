@@ -72,7 +72,9 @@ impl PodSpec {
             )));
         }
         let cfg = PodSandboxConfig::parse_from_bytes(&any.value).map_err(|e| {
-            Error::InvalidArgument(format!("decode sandbox options as {POD_SANDBOX_CONFIG_TYPE}: {e}"))
+            Error::InvalidArgument(format!(
+                "decode sandbox options as {POD_SANDBOX_CONFIG_TYPE}: {e}"
+            ))
         })?;
         PodSpec::from_cri(&cfg)
     }
@@ -83,10 +85,16 @@ impl PodSpec {
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.as_ref());
         let node = |m: Option<protobuf::EnumOrUnknown<NamespaceMode>>| {
-            m.map(|m| m == protobuf::EnumOrUnknown::new(NamespaceMode::NODE)).unwrap_or(false)
+            m.map(|m| m == protobuf::EnumOrUnknown::new(NamespaceMode::NODE))
+                .unwrap_or(false)
         };
         let mut sysctls: Vec<(String, String)> = linux
-            .map(|l| l.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|l| {
+                l.sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         sysctls.sort();
         let spec = PodSpec {
@@ -132,12 +140,23 @@ impl PodSpec {
         let bad = |why: &str| Err(Error::InvalidArgument(format!("sysctl {key:?}: {why}")));
         let norm = key.replace('/', ".");
         if norm.is_empty()
-            || !norm.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            || !norm
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             || norm.split('.').any(|c| c.is_empty())
         {
             return bad("not a valid sysctl name");
         }
-        let ipc = ["kernel.shmmax", "kernel.shmmni", "kernel.shmall", "kernel.shm_rmid_forced", "kernel.msgmax", "kernel.msgmni", "kernel.msgmnb", "kernel.sem"];
+        let ipc = [
+            "kernel.shmmax",
+            "kernel.shmmni",
+            "kernel.shmall",
+            "kernel.shm_rmid_forced",
+            "kernel.msgmax",
+            "kernel.msgmni",
+            "kernel.msgmnb",
+            "kernel.sem",
+        ];
         if norm.starts_with("net.") {
             if self.host_network {
                 return bad("network sysctls cannot be set in a pod on the host network");
@@ -163,7 +182,11 @@ impl PodSpec {
 
     /// The cgroup of the pause process: `<cgroup_parent>/<id>`, or `/cove/<id>` without a parent.
     pub fn pause_cgroup(&self, id: &str) -> PathBuf {
-        let parent = if self.cgroup_parent.is_empty() { "/cove" } else { &self.cgroup_parent };
+        let parent = if self.cgroup_parent.is_empty() {
+            "/cove"
+        } else {
+            &self.cgroup_parent
+        };
         PathBuf::from(parent).join(id)
     }
 
@@ -182,11 +205,16 @@ impl PodSpec {
 mod tests {
     use super::*;
     use crate::protos::cri::{
-        DNSConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption, PodSandboxMetadata,
+        DNSConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption,
+        PodSandboxMetadata,
     };
 
     fn any(cfg: &PodSandboxConfig) -> Any {
-        Any { type_url: POD_SANDBOX_CONFIG_TYPE.into(), value: cfg.write_to_bytes().unwrap(), ..Default::default() }
+        Any {
+            type_url: POD_SANDBOX_CONFIG_TYPE.into(),
+            value: cfg.write_to_bytes().unwrap(),
+            ..Default::default()
+        }
     }
 
     fn cri(host_net: bool, sysctls: &[(&str, &str)], parent: &str) -> PodSandboxConfig {
@@ -200,7 +228,10 @@ mod tests {
         let mut linux = LinuxPodSandboxConfig::new();
         linux.cgroup_parent = parent.into();
         linux.security_context = Some(sc).into();
-        linux.sysctls = sysctls.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        linux.sysctls = sysctls
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut md = PodSandboxMetadata::new();
         md.name = "web".into();
         md.namespace = "default".into();
@@ -224,11 +255,19 @@ mod tests {
 
     #[test]
     fn decodes_cri_config() {
-        let s = PodSpec::from_options(Some(&any(&cri(false, &[("net.ipv4.ip_forward", "1")], "/kubepods/pod1")))).unwrap();
+        let s = PodSpec::from_options(Some(&any(&cri(
+            false,
+            &[("net.ipv4.ip_forward", "1")],
+            "/kubepods/pod1",
+        ))))
+        .unwrap();
         assert!(s.from_cri);
         assert_eq!((s.name.as_str(), s.hostname.as_str()), ("web", "web-0"));
         assert!(!s.host_network && s.host_pid && !s.host_ipc);
-        assert_eq!(s.sysctls, vec![("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+        assert_eq!(
+            s.sysctls,
+            vec![("net.ipv4.ip_forward".to_string(), "1".to_string())]
+        );
         assert_eq!(s.pause_cgroup("abc"), PathBuf::from("/kubepods/pod1/abc"));
         assert_eq!(s.pod_cgroup("abc"), PathBuf::from("/kubepods/pod1"));
         assert_eq!(
@@ -239,10 +278,21 @@ mod tests {
 
     #[test]
     fn rejects_bad_options() {
-        let wrong = Any { type_url: "containerd.runc.v1.Options".into(), value: vec![], ..Default::default() };
-        let garbage = Any { type_url: POD_SANDBOX_CONFIG_TYPE.into(), value: vec![0xff, 0xff, 0xff], ..Default::default() };
+        let wrong = Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: vec![],
+            ..Default::default()
+        };
+        let garbage = Any {
+            type_url: POD_SANDBOX_CONFIG_TYPE.into(),
+            value: vec![0xff, 0xff, 0xff],
+            ..Default::default()
+        };
         for a in [wrong, garbage] {
-            assert!(matches!(PodSpec::from_options(Some(&a)), Err(Error::InvalidArgument(_))));
+            assert!(matches!(
+                PodSpec::from_options(Some(&a)),
+                Err(Error::InvalidArgument(_))
+            ));
         }
     }
 
@@ -255,7 +305,10 @@ mod tests {
             (false, "net.ipv4.ip_forward", "kubepods.slice"),
         ] {
             let r = PodSpec::from_options(Some(&any(&cri(host_net, &[(key, "1")], parent))));
-            assert!(matches!(r, Err(Error::InvalidArgument(_))), "{key} {parent}");
+            assert!(
+                matches!(r, Err(Error::InvalidArgument(_))),
+                "{key} {parent}"
+            );
         }
     }
 

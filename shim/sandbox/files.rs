@@ -36,7 +36,10 @@ impl PodFiles {
         let work = std::fs::read_link(bundle.join("work")).ok()?;
         let root = containerd_dir(&work, id)?;
         let sub = Path::new(CRI_DIR).join("sandboxes").join(id);
-        Some(PodFiles { root_dir: root.join(&sub), state_dir: state.join(&sub) })
+        Some(PodFiles {
+            root_dir: root.join(&sub),
+            state_dir: state.join(&sub),
+        })
     }
 
     pub fn shm(&self) -> PathBuf {
@@ -63,7 +66,11 @@ impl PodFiles {
             None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
         let hosts = std::fs::read_to_string("/etc/hosts").context(|| "read /etc/hosts".into())?;
-        for (name, text) in [("hostname", format!("{hostname}\n")), ("hosts", hosts), ("resolv.conf", resolv)] {
+        for (name, text) in [
+            ("hostname", format!("{hostname}\n")),
+            ("hosts", hosts),
+            ("resolv.conf", resolv),
+        ] {
             let path = self.root_dir.join(name);
             made.files.push(path.clone());
             std::fs::write(&path, text).context(|| format!("write {}", path.display()))?;
@@ -127,8 +134,16 @@ mod tests {
     #[test]
     fn locates_cri_dirs_from_a_containerd_bundle() {
         let tmp = std::env::temp_dir().join(format!("cove-files-{}", std::process::id()));
-        let bundle = tmp.join("state").join(CONTROLLER_DIR).join("k8s.io").join("sb1");
-        let work = tmp.join("root").join(CONTROLLER_DIR).join("k8s.io").join("sb1");
+        let bundle = tmp
+            .join("state")
+            .join(CONTROLLER_DIR)
+            .join("k8s.io")
+            .join("sb1");
+        let work = tmp
+            .join("root")
+            .join(CONTROLLER_DIR)
+            .join("k8s.io")
+            .join("sb1");
         std::fs::create_dir_all(&bundle).unwrap();
         std::fs::create_dir_all(&work).unwrap();
         std::os::unix::fs::symlink(&work, bundle.join("work")).unwrap();
@@ -136,8 +151,18 @@ mod tests {
         let other = PodFiles::locate(&bundle, "sb2");
         std::fs::remove_dir_all(&tmp).unwrap();
         let f = f.unwrap();
-        assert_eq!(f.root_dir, tmp.join("root").join(CRI_DIR).join("sandboxes").join("sb1"));
-        assert_eq!(f.shm(), tmp.join("state").join(CRI_DIR).join("sandboxes").join("sb1").join("shm"));
+        assert_eq!(
+            f.root_dir,
+            tmp.join("root").join(CRI_DIR).join("sandboxes").join("sb1")
+        );
+        assert_eq!(
+            f.shm(),
+            tmp.join("state")
+                .join(CRI_DIR)
+                .join("sandboxes")
+                .join("sb1")
+                .join("shm")
+        );
         assert_eq!(other, None, "a bundle named for another id is not ours");
         assert_eq!(PodFiles::locate(Path::new("/tmp/x/sb1"), "sb1"), None);
     }

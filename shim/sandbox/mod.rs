@@ -42,7 +42,11 @@ pub enum Phase {
     /// The pause process is alive.
     Running { pid: u32, started_at: SystemTime },
     /// The pause process has exited (or the sandbox was stopped before it started).
-    Stopped { pid: u32, started_at: Option<SystemTime>, exit: Exit },
+    Stopped {
+        pid: u32,
+        started_at: Option<SystemTime>,
+        exit: Exit,
+    },
 }
 
 impl Phase {
@@ -50,7 +54,9 @@ impl Phase {
     pub fn check_start(&self, id: &str) -> Result<()> {
         match self {
             Phase::Created => Ok(()),
-            Phase::Running { .. } => Err(Error::FailedPrecondition(format!("sandbox {id} is already started"))),
+            Phase::Running { .. } => Err(Error::FailedPrecondition(format!(
+                "sandbox {id} is already started"
+            ))),
             Phase::Stopped { .. } => Err(Error::FailedPrecondition(format!(
                 "sandbox {id} is stopped and cannot be started again"
             ))),
@@ -60,14 +66,25 @@ impl Phase {
     /// The pause process `pid` started.
     pub fn started(&self, id: &str, pid: u32, at: SystemTime) -> Result<Phase> {
         self.check_start(id)?;
-        Ok(Phase::Running { pid, started_at: at })
+        Ok(Phase::Running {
+            pid,
+            started_at: at,
+        })
     }
 
     /// The pause process exited, or a never-started sandbox was stopped.
     pub fn exited(&self, exit: Exit) -> Phase {
         match *self {
-            Phase::Created => Phase::Stopped { pid: 0, started_at: None, exit },
-            Phase::Running { pid, started_at } => Phase::Stopped { pid, started_at: Some(started_at), exit },
+            Phase::Created => Phase::Stopped {
+                pid: 0,
+                started_at: None,
+                exit,
+            },
+            Phase::Running { pid, started_at } => Phase::Stopped {
+                pid,
+                started_at: Some(started_at),
+                exit,
+            },
             stopped @ Phase::Stopped { .. } => stopped,
         }
     }
@@ -175,7 +192,13 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(spawner: PauseSpawner, reaper: Reaper, layout: Layout) -> Manager {
-        Manager { sandboxes: Mutex::default(), spawner, reaper, layout, exit: watch::channel(false).0 }
+        Manager {
+            sandboxes: Mutex::default(),
+            spawner,
+            reaper,
+            layout,
+            exit: watch::channel(false).0,
+        }
     }
 
     /// Resolves when the shim server should exit.
@@ -226,11 +249,19 @@ impl Manager {
         };
         let mut all = locked(&self.sandboxes);
         if all.contains_key(&p.id) {
-            return Err(Error::AlreadyExists(format!("sandbox {} already exists", p.id)));
+            return Err(Error::AlreadyExists(format!(
+                "sandbox {} already exists",
+                p.id
+            )));
         }
         let mut annotations: BTreeMap<_, _> = p.annotations.into_iter().collect();
         annotations.extend(spec_annotations(p.options.as_ref()));
-        log::info!("create sandbox {} (netns {:?}, cgroup parent {:?})", p.id, netns, spec.cgroup_parent);
+        log::info!(
+            "create sandbox {} (netns {:?}, cgroup parent {:?})",
+            p.id,
+            netns,
+            spec.cgroup_parent
+        );
         all.insert(
             p.id.clone(),
             Arc::new(Sandbox {
@@ -239,7 +270,10 @@ impl Manager {
                 spec,
                 netns,
                 created_at: SystemTime::now(),
-                meta: Mutex::new(Meta { annotations, ..Default::default() }),
+                meta: Mutex::new(Meta {
+                    annotations,
+                    ..Default::default()
+                }),
                 phase: Mutex::new(Phase::Created),
                 exited: watch::channel(None).0,
                 host: tokio::sync::Mutex::new(Leftovers::default()),
@@ -274,7 +308,11 @@ impl Manager {
         let watcher = sb.clone();
         tokio::spawn(async move {
             if let Some(exit) = wait_exit(&mut rx).await {
-                log::info!("sandbox {} pause process {pid} exited with status {}", watcher.id, exit.status);
+                log::info!(
+                    "sandbox {} pause process {pid} exited with status {}",
+                    watcher.id,
+                    exit.status
+                );
                 watcher.set_exited(exit);
             }
         });
@@ -320,7 +358,10 @@ impl Manager {
         let at = SystemTime::now();
         match proc_start_time(pid) {
             Some(start) => host.pause = Some((pid, start)),
-            None => log::warn!("sandbox {}: pause process {pid} exited right after it started", sb.id),
+            None => log::warn!(
+                "sandbox {}: pause process {pid} exited right after it started",
+                sb.id
+            ),
         }
         host.save(&sb.bundle)?;
         Ok((pid, at))
@@ -330,14 +371,18 @@ impl Manager {
     pub async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<()> {
         let sb = self.get(id)?;
         let _host = sb.host.lock().await;
-        self.stop_locked(&sb, grace.unwrap_or(DEFAULT_STOP_GRACE)).await
+        self.stop_locked(&sb, grace.unwrap_or(DEFAULT_STOP_GRACE))
+            .await
     }
 
     async fn stop_locked(&self, sb: &Sandbox, grace: Duration) -> Result<()> {
         match sb.phase() {
             Phase::Stopped { .. } => Ok(()),
             Phase::Created => {
-                sb.set_exited(Exit { status: 0, at: SystemTime::now() });
+                sb.set_exited(Exit {
+                    status: 0,
+                    at: SystemTime::now(),
+                });
                 Ok(())
             }
             Phase::Running { pid, .. } => {
@@ -366,7 +411,11 @@ impl Manager {
         let sb = self.get(id)?;
         let phase = sb.phase();
         let info = verbose.then(|| self.info_json(&sb, &phase));
-        Ok(Status { phase, created_at: sb.created_at, info })
+        Ok(Status {
+            phase,
+            created_at: sb.created_at,
+            info,
+        })
     }
 
     fn info_json(&self, sb: &Sandbox, phase: &Phase) -> String {
@@ -425,7 +474,9 @@ impl Manager {
     pub fn metrics(&self, id: &str) -> Result<Any> {
         let sb = self.get(id)?;
         if sb.phase() == Phase::Created {
-            return Err(Error::FailedPrecondition(format!("sandbox {id} is not started: it has no cgroup yet")));
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox {id} is not started: it has no cgroup yet"
+            )));
         }
         crate::cgroups::metrics_any(&self.layout, &sb.spec.pod_cgroup(id))
     }
@@ -435,7 +486,9 @@ impl Manager {
         let sb = self.get(id)?;
         if let Some(res) = &change.resources {
             if sb.phase() == Phase::Created {
-                return Err(Error::FailedPrecondition(format!("sandbox {id} is not started: it has no cgroup yet")));
+                return Err(Error::FailedPrecondition(format!(
+                    "sandbox {id} is not started: it has no cgroup yet"
+                )));
             }
             self.apply_resources(&sb, res)?;
         }
@@ -472,7 +525,10 @@ fn check_netns(path: &Path) -> Result<()> {
         .map_err(|e| Error::InvalidArgument(format!("netns path {}: {e}", path.display())))?;
     match crate::sys::is_namespace_file(f.as_fd()) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(Error::InvalidArgument(format!("netns path {} is not a namespace file", path.display()))),
+        Ok(false) => Err(Error::InvalidArgument(format!(
+            "netns path {} is not a namespace file",
+            path.display()
+        ))),
         Err(e) => Err(Error::sys(format!("statfs {}", path.display()), e)),
     }
 }
@@ -494,7 +550,10 @@ mod tests {
     use super::*;
 
     fn exit(status: u32) -> Exit {
-        Exit { status, at: SystemTime::UNIX_EPOCH }
+        Exit {
+            status,
+            at: SystemTime::UNIX_EPOCH,
+        }
     }
 
     #[test]
@@ -504,16 +563,28 @@ mod tests {
         let r = p.started("a", 7, SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(r.state(), SANDBOX_READY);
         assert_eq!(r.pid(), 7);
-        assert!(matches!(r.started("a", 8, SystemTime::UNIX_EPOCH), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(
+            r.started("a", 8, SystemTime::UNIX_EPOCH),
+            Err(Error::FailedPrecondition(_))
+        ));
     }
 
     #[test]
     fn running_exits_into_stopped_and_keeps_pid() {
-        let r = Phase::Running { pid: 7, started_at: SystemTime::UNIX_EPOCH };
+        let r = Phase::Running {
+            pid: 7,
+            started_at: SystemTime::UNIX_EPOCH,
+        };
         let s = r.exited(exit(137));
         assert_eq!(s.state(), SANDBOX_NOTREADY);
         assert_eq!(s.pid(), 7);
-        assert!(matches!(s, Phase::Stopped { exit: Exit { status: 137, .. }, .. }));
+        assert!(matches!(
+            s,
+            Phase::Stopped {
+                exit: Exit { status: 137, .. },
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -521,18 +592,34 @@ mod tests {
         let s = Phase::Created.exited(exit(0));
         assert_eq!(s.pid(), 0);
         assert_eq!(s.exited(exit(9)), s, "a second exit changes nothing");
-        assert!(matches!(s.check_start("a"), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(
+            s.check_start("a"),
+            Err(Error::FailedPrecondition(_))
+        ));
     }
 
     #[test]
     fn states_are_cri_enum_names() {
         assert_eq!(Phase::Created.state(), "SANDBOX_NOTREADY");
-        assert_eq!(Phase::Running { pid: 1, started_at: SystemTime::UNIX_EPOCH }.state(), "SANDBOX_READY");
+        assert_eq!(
+            Phase::Running {
+                pid: 1,
+                started_at: SystemTime::UNIX_EPOCH
+            }
+            .state(),
+            "SANDBOX_READY"
+        );
     }
 
     #[test]
     fn goarch_names_match_the_build_target() {
-        let expect = if cfg!(target_arch = "x86_64") { "amd64" } else if cfg!(target_arch = "aarch64") { "arm64" } else { goarch() };
+        let expect = if cfg!(target_arch = "x86_64") {
+            "amd64"
+        } else if cfg!(target_arch = "aarch64") {
+            "arm64"
+        } else {
+            goarch()
+        };
         assert_eq!(goarch(), expect);
     }
 }

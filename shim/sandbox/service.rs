@@ -18,7 +18,11 @@ pub struct SandboxService {
 
 #[async_trait]
 impl Sandbox for SandboxService {
-    async fn create_sandbox(&self, _: &TtrpcContext, r: CreateSandboxRequest) -> ttrpc::Result<CreateSandboxResponse> {
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        r: CreateSandboxRequest,
+    ) -> ttrpc::Result<CreateSandboxResponse> {
         log::debug!("CreateSandbox {}", r.sandbox_id);
         self.manager.create(CreateParams {
             id: r.sandbox_id,
@@ -30,7 +34,11 @@ impl Sandbox for SandboxService {
         Ok(CreateSandboxResponse::new())
     }
 
-    async fn start_sandbox(&self, _: &TtrpcContext, r: StartSandboxRequest) -> ttrpc::Result<StartSandboxResponse> {
+    async fn start_sandbox(
+        &self,
+        _: &TtrpcContext,
+        r: StartSandboxRequest,
+    ) -> ttrpc::Result<StartSandboxResponse> {
         log::debug!("StartSandbox {}", r.sandbox_id);
         let (pid, at) = self.manager.start(&r.sandbox_id).await?;
         let mut resp = StartSandboxResponse::new();
@@ -39,7 +47,11 @@ impl Sandbox for SandboxService {
         Ok(resp)
     }
 
-    async fn platform(&self, _: &TtrpcContext, r: PlatformRequest) -> ttrpc::Result<PlatformResponse> {
+    async fn platform(
+        &self,
+        _: &TtrpcContext,
+        r: PlatformRequest,
+    ) -> ttrpc::Result<PlatformResponse> {
         log::debug!("Platform {}", r.sandbox_id);
         self.manager.get(&r.sandbox_id)?;
         let mut p = Platform::new();
@@ -50,14 +62,22 @@ impl Sandbox for SandboxService {
         Ok(resp)
     }
 
-    async fn stop_sandbox(&self, _: &TtrpcContext, r: StopSandboxRequest) -> ttrpc::Result<StopSandboxResponse> {
+    async fn stop_sandbox(
+        &self,
+        _: &TtrpcContext,
+        r: StopSandboxRequest,
+    ) -> ttrpc::Result<StopSandboxResponse> {
         log::debug!("StopSandbox {} timeout {}s", r.sandbox_id, r.timeout_secs);
         let grace = (r.timeout_secs > 0).then(|| Duration::from_secs(r.timeout_secs.into()));
         self.manager.stop(&r.sandbox_id, grace).await?;
         Ok(StopSandboxResponse::new())
     }
 
-    async fn wait_sandbox(&self, _: &TtrpcContext, r: WaitSandboxRequest) -> ttrpc::Result<WaitSandboxResponse> {
+    async fn wait_sandbox(
+        &self,
+        _: &TtrpcContext,
+        r: WaitSandboxRequest,
+    ) -> ttrpc::Result<WaitSandboxResponse> {
         log::debug!("WaitSandbox {}", r.sandbox_id);
         let exit = self.manager.wait(&r.sandbox_id).await?;
         let mut resp = WaitSandboxResponse::new();
@@ -66,7 +86,11 @@ impl Sandbox for SandboxService {
         Ok(resp)
     }
 
-    async fn sandbox_status(&self, _: &TtrpcContext, r: SandboxStatusRequest) -> ttrpc::Result<SandboxStatusResponse> {
+    async fn sandbox_status(
+        &self,
+        _: &TtrpcContext,
+        r: SandboxStatusRequest,
+    ) -> ttrpc::Result<SandboxStatusResponse> {
         log::debug!("SandboxStatus {}", r.sandbox_id);
         let st = self.manager.status(&r.sandbox_id, r.verbose)?;
         let mut resp = SandboxStatusResponse::new();
@@ -74,7 +98,10 @@ impl Sandbox for SandboxService {
         resp.state = st.phase.state().into();
         resp.created_at = Some(Timestamp::from(match st.phase {
             super::Phase::Running { started_at, .. } => started_at,
-            super::Phase::Stopped { started_at: Some(s), .. } => s,
+            super::Phase::Stopped {
+                started_at: Some(s),
+                ..
+            } => s,
             _ => st.created_at,
         }))
         .into();
@@ -93,13 +120,21 @@ impl Sandbox for SandboxService {
         Ok(PingResponse::new())
     }
 
-    async fn shutdown_sandbox(&self, _: &TtrpcContext, r: ShutdownSandboxRequest) -> ttrpc::Result<ShutdownSandboxResponse> {
+    async fn shutdown_sandbox(
+        &self,
+        _: &TtrpcContext,
+        r: ShutdownSandboxRequest,
+    ) -> ttrpc::Result<ShutdownSandboxResponse> {
         log::debug!("ShutdownSandbox {}", r.sandbox_id);
         self.manager.shutdown(&r.sandbox_id).await?;
         Ok(ShutdownSandboxResponse::new())
     }
 
-    async fn sandbox_metrics(&self, _: &TtrpcContext, r: SandboxMetricsRequest) -> ttrpc::Result<SandboxMetricsResponse> {
+    async fn sandbox_metrics(
+        &self,
+        _: &TtrpcContext,
+        r: SandboxMetricsRequest,
+    ) -> ttrpc::Result<SandboxMetricsResponse> {
         log::debug!("SandboxMetrics {}", r.sandbox_id);
         let data = self.manager.metrics(&r.sandbox_id)?;
         let mut resp = SandboxMetricsResponse::new();

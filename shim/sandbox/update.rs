@@ -32,13 +32,17 @@ pub struct Change {
 }
 
 fn json_any<T: serde::de::DeserializeOwned>(any: &Any, what: &str) -> Result<T> {
-    serde_json::from_slice(&any.value)
-        .map_err(|e| Error::InvalidArgument(format!("decode {what} ({}) as JSON: {e}", any.type_url)))
+    serde_json::from_slice(&any.value).map_err(|e| {
+        Error::InvalidArgument(format!("decode {what} ({}) as JSON: {e}", any.type_url))
+    })
 }
 
 impl Change {
     pub fn from_request(r: &UpdateSandboxRequest) -> Result<Change> {
-        let mut c = Change { annotations: r.annotations.clone().into_iter().collect(), ..Default::default() };
+        let mut c = Change {
+            annotations: r.annotations.clone().into_iter().collect(),
+            ..Default::default()
+        };
         if let Some(res) = r.resources.as_ref().filter(|a| !a.value.is_empty()) {
             if !res.type_url.ends_with("LinuxResources") {
                 return Err(Error::InvalidArgument(format!(
@@ -50,7 +54,10 @@ impl Change {
         }
         if let Some(sb) = r.sandbox.as_ref() {
             let wants = |f: &str| {
-                r.fields.is_empty() || r.fields.iter().any(|x| x == f || x.starts_with(&format!("{f}.")))
+                r.fields.is_empty()
+                    || r.fields
+                        .iter()
+                        .any(|x| x == f || x.starts_with(&format!("{f}.")))
             };
             if wants("spec") && c.resources.is_none() {
                 if let Some(spec) = sb.spec.as_ref().filter(|a| !a.value.is_empty()) {
@@ -88,14 +95,21 @@ impl UpdateMethod {
 
 #[async_trait]
 impl MethodHandler for UpdateMethod {
-    async fn handler(&self, _ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
+    async fn handler(
+        &self,
+        _ctx: TtrpcContext,
+        req: ttrpc::Request,
+    ) -> ttrpc::Result<ttrpc::Response> {
         let mut resp = ttrpc::Response::new();
         let status = match self.serve(&req.payload).map(|r| r.write_to_bytes()) {
             Ok(Ok(bytes)) => {
                 resp.payload = bytes;
                 ttrpc::get_status(ttrpc::Code::OK, "")
             }
-            Ok(Err(e)) => ttrpc::get_status(ttrpc::Code::INTERNAL, format!("encode UpdateSandboxResponse: {e}")),
+            Ok(Err(e)) => ttrpc::get_status(
+                ttrpc::Code::INTERNAL,
+                format!("encode UpdateSandboxResponse: {e}"),
+            ),
             Err(e) => {
                 log::error!("{e}");
                 ttrpc::get_status(e.code(), e.to_string())
@@ -125,7 +139,10 @@ mod tests {
         r.resources = Some(resources_any(r#"{"memory":{"limit":268435456}}"#)).into();
         r.annotations.insert("a".into(), "b".into());
         let c = Change::from_request(&r).unwrap();
-        assert_eq!(c.resources.unwrap().memory().unwrap().limit(), Some(268_435_456));
+        assert_eq!(
+            c.resources.unwrap().memory().unwrap().limit(),
+            Some(268_435_456)
+        );
         assert_eq!(c.annotations.get("a").map(String::as_str), Some("b"));
         assert!(c.labels.is_none());
     }
@@ -136,7 +153,8 @@ mod tests {
         sb.labels.insert("tier".into(), "web".into());
         sb.spec = Some(Any {
             type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-            value: br#"{"ociVersion":"1.0.2","linux":{"resources":{"pids":{"limit":64}}}}"#.to_vec(),
+            value: br#"{"ociVersion":"1.0.2","linux":{"resources":{"pids":{"limit":64}}}}"#
+                .to_vec(),
             ..Default::default()
         })
         .into();
@@ -145,18 +163,35 @@ mod tests {
         r.fields = vec!["labels".into()];
         let c = Change::from_request(&r).unwrap();
         assert!(c.resources.is_none(), "spec not among the changed fields");
-        assert_eq!(c.labels.unwrap().get("tier").map(String::as_str), Some("web"));
+        assert_eq!(
+            c.labels.unwrap().get("tier").map(String::as_str),
+            Some("web")
+        );
         r.fields = vec!["spec".into()];
         let c = Change::from_request(&r).unwrap();
-        assert_eq!(c.resources.unwrap().pids().as_ref().map(|p| p.limit()), Some(64));
+        assert_eq!(
+            c.resources.unwrap().pids().as_ref().map(|p| p.limit()),
+            Some(64)
+        );
     }
 
     #[test]
     fn bad_resources_are_invalid_arguments() {
         let mut r = UpdateSandboxRequest::new();
         r.resources = Some(resources_any("{not json")).into();
-        assert!(matches!(Change::from_request(&r), Err(Error::InvalidArgument(_))));
-        r.resources = Some(Any { type_url: "x.Y".into(), value: b"{}".to_vec(), ..Default::default() }).into();
-        assert!(matches!(Change::from_request(&r), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            Change::from_request(&r),
+            Err(Error::InvalidArgument(_))
+        ));
+        r.resources = Some(Any {
+            type_url: "x.Y".into(),
+            value: b"{}".to_vec(),
+            ..Default::default()
+        })
+        .into();
+        assert!(matches!(
+            Change::from_request(&r),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

@@ -70,13 +70,7 @@ pub fn drop_all_capabilities() -> nix::Result<()> {
     }; 2];
     // SAFETY: header and data are valid, correctly laid out (version 3 takes two data
     // structs) and outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut Header,
-            data.as_ptr(),
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
     if rc < 0 {
         return Err(nix::Error::last());
     }

@@ -13,7 +13,14 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
-pub const COVE_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-cove-v1");
+/// The shim under test: the binary cargo built for this test run, or `$COVE_BIN` (the demo).
+pub fn cove_bin() -> String {
+    match option_env!("CARGO_BIN_EXE_containerd-shim-cove-v1") {
+        Some(b) => b.to_string(),
+        None => std::env::var("COVE_BIN")
+            .expect("set COVE_BIN to the absolute path of containerd-shim-cove-v1"),
+    }
+}
 pub const NS: &str = "k8s.io";
 pub const BUSYBOX: &str = "cove.test/busybox:latest";
 pub const PAUSE: &str = "cove.test/pause:latest";
@@ -24,7 +31,12 @@ pub fn require(what: &str, ok: bool) {
 }
 
 fn have(bin: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {bin}")]).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 static NEXT_NET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -45,7 +57,10 @@ pub struct Containerd {
 /// Image archives, built once per checkout by tests/images/build.sh.
 fn images_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/images");
-    let st = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/build.sh")).arg(&dir).status().unwrap();
+    let st = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/build.sh"))
+        .arg(&dir)
+        .status()
+        .unwrap();
     assert!(st.success(), "building the test images failed");
     dir
 }
@@ -57,14 +72,18 @@ impl Containerd {
         for bin in ["containerd", "ctr", "runc", "nsenter", "ip"] {
             require(&format!("{bin} on PATH"), have(bin));
         }
-        require("CNI bridge plugin", Path::new("/usr/lib/cni/bridge").exists());
+        require(
+            "CNI bridge plugin",
+            Path::new("/usr/lib/cni/bridge").exists(),
+        );
         let dir = PathBuf::from(format!("/tmp/cove-e2e-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("cni/net.d")).unwrap();
         let sock = dir.join("containerd.sock");
         // A bridge and a /24 per instance, so parallel harnesses never collide.
         let n = NEXT_NET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let subnet = format!("10.{}.{}.0/24", 100 + (std::process::id() % 100), n);
+        let k = std::process::id() * 8 + n % 8;
+        let subnet = format!("10.{}.{}.0/24", 64 + (k / 256) % 128, k % 256);
         let bridge = bridge_name(n);
         std::fs::write(
             dir.join("cni/net.d/10-cove.conflist"),
@@ -116,7 +135,7 @@ state = "{d}/state"
             d = dir.display(),
             sock = sock.display(),
             pause = PAUSE,
-            cove = COVE_BIN,
+            cove = cove_bin(),
         );
         std::fs::write(dir.join("config.toml"), cfg).unwrap();
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
@@ -140,7 +159,12 @@ state = "{d}/state"
         c.channel = c.wait_ready().await;
         let images = images_dir();
         for img in ["busybox.tar", "pause.tar"] {
-            c.ctr(&["images", "import", "--local", images.join(img).to_str().unwrap()]);
+            c.ctr(&[
+                "images",
+                "import",
+                "--local",
+                images.join(img).to_str().unwrap(),
+            ]);
         }
         c
     }
@@ -150,7 +174,11 @@ state = "{d}/state"
             if let Ok(ch) = containerd_client::connect(&self.sock).await {
                 let mut rt = RuntimeServiceClient::new(ch.clone());
                 if let Ok(st) = rt.status(StatusRequest { verbose: false }).await {
-                    let conds = st.into_inner().status.map(|s| s.conditions).unwrap_or_default();
+                    let conds = st
+                        .into_inner()
+                        .status
+                        .map(|s| s.conditions)
+                        .unwrap_or_default();
                     if conds.iter().all(|c| c.status) && !conds.is_empty() {
                         return ch;
                     }
@@ -167,8 +195,18 @@ state = "{d}/state"
 
     /// Runs `ctr` against this containerd and returns stdout; panics on failure.
     pub fn ctr(&self, args: &[&str]) -> String {
-        let out = Command::new("ctr").arg("--address").arg(&self.sock).args(["-n", NS]).args(args).output().unwrap();
-        assert!(out.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.sock)
+            .args(["-n", NS])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -179,7 +217,12 @@ state = "{d}/state"
     /// A pod config with a unique name, the given hostname and a cgroup parent of this harness.
     pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
         PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "cove-e2e".into(), attempt: 0 }),
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "cove-e2e".into(),
+                attempt: 0,
+            }),
             hostname: format!("{name}-host"),
             dns_config: Some(DnsConfig {
                 servers: vec!["10.96.0.10".into()],
@@ -201,7 +244,10 @@ state = "{d}/state"
     pub async fn run_pod(&self, cfg: &PodSandboxConfig, handler: &str) -> String {
         let r = self
             .rt()
-            .run_pod_sandbox(RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: handler.into() })
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                runtime_handler: handler.into(),
+            })
             .await
             .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", self.log_tail()));
         r.into_inner().pod_sandbox_id
@@ -209,18 +255,31 @@ state = "{d}/state"
 
     pub async fn pod_status(&self, id: &str) -> PodSandboxStatusResponse {
         self.rt()
-            .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true })
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            })
             .await
             .unwrap()
             .into_inner()
     }
 
     pub async fn stop_pod(&self, id: &str) {
-        self.rt().stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
+        self.rt()
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .unwrap();
     }
 
     pub async fn remove_pod(&self, id: &str) {
-        self.rt().remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.unwrap();
+        self.rt()
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .unwrap();
     }
 
     /// The sandbox pid as containerd's sandbox controller reports it.
@@ -228,7 +287,11 @@ state = "{d}/state"
         use containerd_client::services::v1::sandbox::controller_client::ControllerClient;
         use containerd_client::services::v1::sandbox::ControllerStatusRequest;
         let mut c = ControllerClient::new(self.channel.clone());
-        let req = ns_request(ControllerStatusRequest { sandbox_id: id.into(), verbose: false, sandboxer: sandboxer.into() });
+        let req = ns_request(ControllerStatusRequest {
+            sandbox_id: id.into(),
+            verbose: false,
+            sandboxer: sandboxer.into(),
+        });
         c.status(req).await.unwrap().into_inner().pid
     }
 
@@ -242,19 +305,32 @@ state = "{d}/state"
 /// Adds containerd's namespace header.
 pub fn ns_request<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("containerd-namespace", NS.parse().unwrap());
+    r.metadata_mut()
+        .insert("containerd-namespace", NS.parse().unwrap());
     r
 }
 
 /// The `ns/<kind>` link of a process, e.g. `net:[4026531992]`.
 pub fn ns_of(pid: u32, kind: &str) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Runs a command inside the given namespaces of `pid`.
 pub fn nsenter(pid: u32, ns: &[&str], cmd: &[&str]) -> String {
-    let out = Command::new("nsenter").arg("-t").arg(pid.to_string()).args(ns).args(cmd).output().unwrap();
-    assert!(out.status.success(), "nsenter {ns:?} {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("nsenter")
+        .arg("-t")
+        .arg(pid.to_string())
+        .args(ns)
+        .args(cmd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nsenter {ns:?} {cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -266,7 +342,9 @@ pub fn alive(pid: u32) -> bool {
 pub fn pids_with(needle: &str) -> Vec<i32> {
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmd).contains(needle) {
             v.push(pid);
@@ -299,7 +377,11 @@ impl Drop for Containerd {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         let mut cg_dirs = Vec::new();
-        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let d = h.path().join(self.cgroup_root.trim_start_matches('/'));
             if d.exists() {
                 cg_dirs.push(d);
@@ -315,18 +397,36 @@ impl Drop for Containerd {
                  for n in $(grep -l cove-e2e /var/run/netns/* 2>/dev/null); do :; done; true",
                 dirs = if cg_dirs.is_empty() { "/nonexistent".into() } else { cg_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" ") },
                 d = self.dir.display(),
-                cove = COVE_BIN,
+                cove = cove_bin(),
             ))
             .status();
         for d in cg_dirs {
-            let _ = Command::new("sh").arg("-c").arg(format!("find {} -depth -type d -exec rmdir {{}} \\; 2>/dev/null", d.display())).status();
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "find {} -depth -type d -exec rmdir {{}} \\; 2>/dev/null",
+                    d.display()
+                ))
+                .status();
         }
-        let _ = Command::new("ip").args(["link", "del", &bridge_name(self.bridge_n)]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &bridge_name(self.bridge_n)])
+            .status();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
-            eprintln!("containerd log kept at {}", self.dir.join("containerd.log").display());
-            let _ = Command::new("sh").arg("-c").arg(format!("rm -rf {}/root {}/state 2>/dev/null", self.dir.display(), self.dir.display())).status();
+            eprintln!(
+                "containerd log kept at {}",
+                self.dir.join("containerd.log").display()
+            );
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "rm -rf {}/root {}/state 2>/dev/null",
+                    self.dir.display(),
+                    self.dir.display()
+                ))
+                .status();
         }
     }
 }

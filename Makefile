@@ -1,0 +1,40 @@
+# The commands a person types. Everything that needs the host (tests, demo) runs as root.
+CARGO ?= cargo
+BIN   := target/release/containerd-shim-cove-v1
+
+.PHONY: all build deps images test lint demo install clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+## deps: install containerd 2.x (from Debian unstable), runc, CNI plugins, busybox-static, ...
+deps:
+	scripts/deps.sh
+
+## images: the busybox and pause OCI archives the tests import (no registry needed)
+images:
+	tests/images/build.sh target/images
+
+## test: the whole suite: unit, ttrpc round trips, root integration, end to end through CRI
+test: deps images
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast; \
+	else \
+		$(CARGO) test --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## demo: a private containerd with cove, one pod through CRI, its status, then stop and remove
+demo: deps images build
+	COVE_BIN=$(abspath $(BIN)) $(CARGO) run --quiet --release --example demo
+
+install: build
+	install -D -m 0755 $(BIN) /usr/local/bin/containerd-shim-cove-v1
+
+clean:
+	$(CARGO) clean
