@@ -18,13 +18,22 @@ fn median(v: &mut [Duration]) -> Duration {
 /// (RSS, PSS) in kB from /proc/PID/smaps_rollup.
 fn rss_pss(pid: i32) -> (u64, u64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let get = |k: &str| s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     (get("Rss:"), get("Pss:"))
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20);
     let cd = Containerd::start("podstart").await;
     let mut times = std::collections::BTreeMap::<&str, Vec<Duration>>::new();
     for i in 0..n {
@@ -35,7 +44,10 @@ async fn main() {
             times.entry(handler).or_default().push(t.elapsed());
             if handler == "cove" && i == n - 1 {
                 let pause = cd.sandbox_pid(&id, "shim").await as i32;
-                let shim = pids_with(&id).into_iter().find(|p| *p != pause).unwrap_or(0);
+                let shim = pids_with(&id)
+                    .into_iter()
+                    .find(|p| *p != pause)
+                    .unwrap_or(0);
                 let (sr, sp) = rss_pss(shim);
                 let (pr, pp) = rss_pss(pause);
                 println!("cove shim  pid {shim}: RSS {sr} kB, PSS {sp} kB");
@@ -46,6 +58,10 @@ async fn main() {
         }
     }
     for (h, v) in times.iter_mut() {
-        println!("RunPodSandbox {h}: median {:.1?} over {} runs", median(v), v.len());
+        println!(
+            "RunPodSandbox {h}: median {:.1?} over {} runs",
+            median(v),
+            v.len()
+        );
     }
 }

@@ -97,18 +97,7 @@ async fn host_pid_and_ipc_pods_share_exactly_those_namespaces() {
         ("both", true, true),
     ] {
         let mut cfg = cd.pod_config(name);
-        let ns = cfg
-            .linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .as_mut()
-            .unwrap()
-            .namespace_options
-            .as_mut()
-            .unwrap();
-        ns.pid = node(pid_ns);
-        ns.ipc = node(ipc);
+        host_namespaces(&mut cfg, false, pid_ns, ipc);
         let id = cd.run_pod(&cfg, "cove").await;
         let st = cd.pod_status(&id).await.status.unwrap();
         assert_eq!(st.state, PodSandboxState::SandboxReady as i32, "{name}");
@@ -135,6 +124,19 @@ async fn host_pid_and_ipc_pods_share_exactly_those_namespaces() {
     }
 }
 
+/// Puts the pod's network, pid and IPC namespaces on the host where the flag is true.
+fn host_namespaces(cfg: &mut k8s_cri::v1::PodSandboxConfig, net: bool, pid: bool, ipc: bool) {
+    let sc = cfg
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default);
+    let ns = sc.namespace_options.get_or_insert_with(Default::default);
+    ns.network = node(net);
+    ns.pid = node(pid);
+    ns.ipc = node(ipc);
+}
+
 fn node(b: bool) -> i32 {
     if b {
         NamespaceMode::Node as i32
@@ -156,19 +158,7 @@ async fn host_network_pod_shares_exactly_the_host_namespaces() {
     use prost::Message;
     let cd = Containerd::start("hostnet").await;
     let mut cfg = cd.pod_config("hostnet");
-    let ns = cfg
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap();
-    ns.network = node(true);
-    ns.pid = node(true);
-    ns.ipc = node(true);
+    host_namespaces(&mut cfg, true, true, true);
     let id = format!("hostnet{}", std::process::id());
     let sandbox = Sandbox {
         sandbox_id: id.clone(),
