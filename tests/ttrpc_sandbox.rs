@@ -2,10 +2,13 @@
 //! `start` as containerd launches it, called with the generated clients, cleaned with
 //! `delete`. Needs root (namespaces, cgroups, mounts).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{alive, eventually, ns_of, pids_with};
 use containerd_shim_protos::api::{ConnectRequest, ShutdownRequest, StartRequest, StateRequest};
 use containerd_shim_protos::sandbox_api::*;
 use containerd_shim_protos::sandbox_async::SandboxClient;
@@ -165,17 +168,6 @@ fn pod_options(hostname: &str, cgroup_parent: &str) -> Any {
     }
 }
 
-fn ns_inode(pid: u32, kind: &str) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn alive(pid: u32) -> bool {
-    cove::state::proc_start_time(pid as i32).is_some()
-}
-
 #[tokio::test]
 async fn version_and_info_answer() {
     let out = Command::new(BIN).arg("-v").output().unwrap();
@@ -218,12 +210,12 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     let me = std::process::id();
     for kind in ["uts", "ipc", "pid"] {
         assert_ne!(
-            ns_inode(pid, kind),
-            ns_inode(me, kind),
+            ns_of(pid, kind),
+            ns_of(me, kind),
             "{kind} namespace is shared with the host"
         );
     }
-    assert_eq!(ns_inode(pid, "net"), ns_inode(me, "net"));
+    assert_eq!(ns_of(pid, "net"), ns_of(me, "net"));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
@@ -406,7 +398,7 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
         "pod cgroup left behind"
     );
     assert!(!shim.bundle.join(cove::state::STATE_FILE).exists());
-    wait_until(|| !shim.socket().exists()).await;
+    eventually("server socket removed", || !shim.socket().exists()).await;
     let out = shim.delete();
     assert!(
         out.status.success(),
@@ -419,17 +411,6 @@ fn mountinfo_has(p: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .contains(&format!(" {} ", p.display()))
-}
-
-/// Polls for a state the shim reaches on its own after replying; bounded, not a timing assertion.
-async fn wait_until(mut f: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition not reached");
 }
 
 #[tokio::test]
@@ -550,7 +531,10 @@ async fn delete_cleans_up_after_a_crashed_shim() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    wait_until(|| cove::state::proc_start_time(server).is_none()).await;
+    eventually("server gone", || {
+        cove::state::proc_start_time(server).is_none()
+    })
+    .await;
     assert!(
         alive(pid),
         "the pause process outlives its shim until delete"
@@ -573,18 +557,16 @@ async fn delete_cleans_up_after_a_crashed_shim() {
     assert!(shim.delete().status.success());
 }
 
-/// The pid of the server listening on `socket`, from its command line.
+/// The pid of the server listening on `socket` (the pause process carries the same
+/// command line, forked from the server).
 fn server_pid(socket: &Path) -> i32 {
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if cmd.contains(&*socket.to_string_lossy()) && comm.trim() != "cove-pause" {
-            return pid;
-        }
-    }
-    panic!("no server for {}", socket.display());
+    pids_with(&socket.to_string_lossy())
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                != "cove-pause"
+        })
+        .unwrap_or_else(|| panic!("no server for {}", socket.display()))
 }

@@ -313,8 +313,9 @@ pub fn ns_request<T>(msg: T) -> tonic::Request<T> {
 /// The `ns/<kind>` link of a process, e.g. `net:[4026531992]`.
 pub fn ns_of(pid: u32, kind: &str) -> String {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
-        .map(|l| l.to_string_lossy().into_owned())
-        .unwrap_or_default()
+        .unwrap_or_else(|e| panic!("/proc/{pid}/ns/{kind}: {e}"))
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Runs a command inside the given namespaces of `pid`.
