@@ -206,12 +206,17 @@ pub fn delete(flags: &Flags) -> Result<()> {
         let _ = std::fs::remove_file(socket_path(address.trim()));
     }
     resp.exited_at = Some(Timestamp::now()).into();
-    let bytes = resp
+    print_message(&resp, "delete response")
+}
+
+/// Writes a protobuf message to stdout, the reply format of `delete` and `-info`.
+fn print_message(msg: &impl Message, what: &str) -> Result<()> {
+    let bytes = msg
         .write_to_bytes()
-        .map_err(|e| Error::Internal(format!("encode delete response: {e}")))?;
+        .map_err(|e| Error::Internal(format!("encode {what}: {e}")))?;
     std::io::stdout()
         .write_all(&bytes)
-        .context(|| "write delete response".into())
+        .context(|| format!("write {what}"))
 }
 
 /// After SIGKILL, waits (bounded) until the process has left its cgroups.
@@ -232,12 +237,7 @@ pub fn info() -> Result<()> {
     let mut info = RuntimeInfo::new();
     info.name = RUNTIME_NAME.into();
     info.version = Some(v).into();
-    let bytes = info
-        .write_to_bytes()
-        .map_err(|e| Error::Internal(format!("encode runtime info: {e}")))?;
-    std::io::stdout()
-        .write_all(&bytes)
-        .context(|| "write runtime info".into())
+    print_message(&info, "runtime info")
 }
 
 /// The server: runs until its last sandbox is shut down (or Task.Shutdown with none alive).

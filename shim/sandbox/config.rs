@@ -56,6 +56,8 @@ pub struct PodSpec {
     pub host_network: bool,
     pub host_pid: bool,
     pub host_ipc: bool,
+    /// Pod annotations CRI carries inside the config (2.1.x sends none in the request).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 impl PodSpec {
@@ -113,6 +115,11 @@ impl PodSpec {
             host_network: node(ns.map(|n| n.network)),
             host_pid: node(ns.map(|n| n.pid)),
             host_ipc: node(ns.map(|n| n.ipc)),
+            annotations: cfg
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         };
         spec.validate()?;
         Ok(spec)

@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::LinuxResources;
 use protobuf::well_known_types::any::Any;
 use tokio::sync::watch;
 
@@ -255,7 +254,7 @@ impl Manager {
             )));
         }
         let mut annotations: BTreeMap<_, _> = p.annotations.into_iter().collect();
-        annotations.extend(spec_annotations(p.options.as_ref()));
+        annotations.extend(spec.annotations.clone());
         log::info!(
             "create sandbox {} (netns {:?}, cgroup parent {:?})",
             p.id,
@@ -490,7 +489,7 @@ impl Manager {
                     "sandbox {id} is not started: it has no cgroup yet"
                 )));
             }
-            self.apply_resources(&sb, res)?;
+            self.layout.apply(&sb.spec.pod_cgroup(id), res)?;
         }
         let mut meta = locked(&sb.meta);
         meta.annotations.extend(change.annotations);
@@ -503,20 +502,6 @@ impl Manager {
         log::info!("updated sandbox {id}");
         Ok(())
     }
-
-    fn apply_resources(&self, sb: &Sandbox, res: &LinuxResources) -> Result<()> {
-        self.layout.apply(&sb.spec.pod_cgroup(&sb.id), res)
-    }
-}
-
-/// Pod annotations CRI carries inside the PodSandboxConfig (2.1.x sends none in the request).
-fn spec_annotations(options: Option<&Any>) -> BTreeMap<String, String> {
-    use protobuf::Message;
-    options
-        .filter(|a| a.type_url.ends_with(config::POD_SANDBOX_CONFIG_TYPE))
-        .and_then(|a| crate::protos::cri::PodSandboxConfig::parse_from_bytes(&a.value).ok())
-        .map(|c| c.annotations.into_iter().collect())
-        .unwrap_or_default()
 }
 
 /// A netns path must exist and be a namespace file.
