@@ -6,7 +6,11 @@ fn main() {
     protobuf_codegen::Codegen::new()
         .pure()
         .include("protos")
-        .inputs(["protos/cri.proto", "protos/update.proto"])
+        .inputs([
+            "protos/cri.proto",
+            "protos/update.proto",
+            "protos/runc.proto",
+        ])
         .cargo_out_dir("protos")
         .run_from_script();
 }

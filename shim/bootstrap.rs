@@ -114,7 +114,10 @@ pub fn start(flags: &Flags) -> Result<()> {
         socket_dir,
         ..Default::default()
     };
-    let address = opts.socket_address(&flags.id);
+    // Containers of one CRI pod share their sandbox's server (the legacy grouping rule,
+    // for clients that run `start` per container).
+    let group = sandbox_of_bundle().unwrap_or_else(|| flags.id.clone());
+    let address = opts.socket_address(&group);
     let path = socket_path(&address);
     if UnixStream::connect(path).is_err() {
         spawn_server(flags, &address, ttrpc_address.as_deref())?;
@@ -126,6 +129,18 @@ pub fn start(flags: &Flags) -> Result<()> {
     out.write_all(&reply)
         .and_then(|_| out.flush())
         .context(|| "write bootstrap reply".into())
+}
+
+/// The `io.kubernetes.cri.sandbox-id` annotation of the bundle's config.json (cwd).
+fn sandbox_of_bundle() -> Option<String> {
+    let text = std::fs::read_to_string("config.json").ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let id = v
+        .get("annotations")?
+        .get("io.kubernetes.cri.sandbox-id")?
+        .as_str()?;
+    crate::ids::validate("sandbox id", id).ok()?;
+    Some(id.to_owned())
 }
 
 fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Result<()> {
@@ -191,6 +206,9 @@ pub fn delete(flags: &Flags) -> Result<()> {
         PathBuf::from(&flags.bundle)
     };
     let mut resp = DeleteResponse::new();
+    if crate::task::container::cleanup_leftover(&bundle)? {
+        resp.exit_status = 128 + libc::SIGKILL as u32;
+    }
     if let Some(left) = Leftovers::load(&bundle)? {
         if let Some((pid, _)) = left.pause {
             resp.pid = pid as u32;
@@ -279,7 +297,11 @@ async fn run_server(
     let reaper = crate::reaper::Reaper::start().context(|| "watch SIGCHLD".into())?;
     let spawner = crate::pause::PauseSpawner::new(helper).context(|| "pause helper".into())?;
     let layout = crate::cgroups::Layout::detect()?;
-    let manager = Arc::new(crate::sandbox::Manager::new(spawner, reaper, layout));
+    let manager = Arc::new(crate::sandbox::Manager::new(
+        spawner,
+        reaper.clone(),
+        layout.clone(),
+    ));
 
     let listener = match listener {
         Some(l) => l,
@@ -308,10 +330,9 @@ async fn run_server(
             }),
         );
     }
-    let task =
-        containerd_shim_protos::shim_async::create_task(Arc::new(crate::task::TaskService {
-            manager: manager.clone(),
-        }));
+    let task = containerd_shim_protos::shim_async::create_task(Arc::new(
+        crate::task::TaskService::new(manager.clone(), reaper, layout, &flags.namespace),
+    ));
     let mut server = ttrpc::r#async::Server::new()
         .add_listener(listener)
         .register_service(sandbox)

@@ -32,6 +32,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Internal(String),
+    /// The OCI runtime failed; containerd reports these as UNKNOWN.
+    #[error("{0}")]
+    Unknown(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -62,6 +65,7 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::Io { .. } | Error::Sys { .. } | Error::Internal(_) => Code::INTERNAL,
+            Error::Unknown(_) => Code::UNKNOWN,
         }
     }
 }

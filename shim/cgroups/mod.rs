@@ -6,7 +6,7 @@
 //! On a cgroup v1 (or hybrid) host every mounted hierarchy gets the directory, as runc
 //! does; on a unified host there is one tree.
 
-mod stats;
+pub mod stats;
 
 use std::path::{Component, Path, PathBuf};
 
@@ -406,5 +406,45 @@ mod tests {
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(1024), 39);
         assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+}
+
+/// The cgroup (relative to the hierarchy root) that process `pid` is in: on v1 the path
+/// in the memory hierarchy (runc's cgroupfs driver uses one path in all of them), on v2
+/// the unified path.
+pub fn cgroup_of(pid: u32, layout: &Layout) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    parse_proc_cgroup(&text, matches!(layout, Layout::V2(_)))
+}
+
+fn parse_proc_cgroup(text: &str, v2: bool) -> Option<PathBuf> {
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (id, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = if v2 {
+            id == "0" && ctrls.is_empty()
+        } else {
+            ctrls.split(',').any(|c| c == "memory")
+        };
+        hit.then(|| PathBuf::from(path))
+    })
+}
+
+#[cfg(test)]
+mod proc_cgroup_tests {
+    use super::*;
+
+    #[test]
+    fn proc_cgroup_lines_pick_the_right_hierarchy() {
+        let t = "12:cpu,cpuacct:/k8s.io/abc\n5:memory:/k8s.io/abc\n0::/unified/x\n";
+        assert_eq!(
+            parse_proc_cgroup(t, false),
+            Some(PathBuf::from("/k8s.io/abc"))
+        );
+        assert_eq!(
+            parse_proc_cgroup(t, true),
+            Some(PathBuf::from("/unified/x"))
+        );
+        assert_eq!(parse_proc_cgroup("1:name=systemd:/\n", false), None);
     }
 }

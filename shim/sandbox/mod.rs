@@ -187,6 +187,10 @@ pub struct Manager {
     reaper: Reaper,
     layout: Layout,
     exit: watch::Sender<bool>,
+    /// Container tasks alive in this shim (the task service keeps the count).
+    tasks: std::sync::atomic::AtomicUsize,
+    /// containerd asked the shim to go (Task.Shutdown, or the last ShutdownSandbox).
+    exit_asked: std::sync::atomic::AtomicBool,
 }
 
 impl Manager {
@@ -197,6 +201,8 @@ impl Manager {
             reaper,
             layout,
             exit: watch::channel(false).0,
+            tasks: Default::default(),
+            exit_asked: Default::default(),
         }
     }
 
@@ -212,6 +218,35 @@ impl Manager {
             tokio::task::yield_now().await;
             tx.send_replace(true);
         });
+    }
+
+    /// A shim serving plain tasks (no sandbox) lets its pause helper go.
+    pub async fn serving_tasks_only(&self) {
+        if !self.has_sandboxes() {
+            self.spawner.close().await;
+        }
+    }
+
+    /// Counts container tasks in or out of this shim.
+    pub fn tasks_changed(&self, added: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if added {
+            self.tasks.fetch_add(1, SeqCst);
+        } else {
+            self.tasks.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Exits the server once it has been asked to (now or before) and holds neither
+    /// sandboxes nor container tasks; containerd may ask while some are still alive.
+    pub fn exit_if_idle(&self, asked: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if asked {
+            self.exit_asked.store(true, SeqCst);
+        }
+        if self.exit_asked.load(SeqCst) && !self.has_sandboxes() && self.tasks.load(SeqCst) == 0 {
+            self.request_exit();
+        }
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
@@ -464,7 +499,7 @@ impl Manager {
         };
         log::info!("shut down sandbox {id}");
         if last {
-            self.request_exit();
+            self.exit_if_idle(true);
         }
         Ok(())
     }

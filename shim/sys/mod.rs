@@ -114,3 +114,76 @@ pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is async-signal-safe and takes no pointers.
     unsafe { libc::_exit(code) }
 }
+
+/// Sets a terminal's window size (TIOCSWINSZ).
+pub fn set_winsize(fd: BorrowedFd<'_>, ws: &libc::winsize) -> nix::Result<()> {
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the valid pointer we pass.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws as *const libc::winsize) };
+    if r < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// Arranges for `cmd`'s child to find `fds` at descriptors `first`, `first + 1`, ...
+/// (inheritable across its exec), as log drivers expect their pipes at 3, 4 and 5.
+pub fn pass_fds(cmd: &mut std::process::Command, fds: Vec<RawFd>, first: RawFd) {
+    use std::os::unix::process::CommandExt;
+    let hook = move || -> std::io::Result<()> {
+        // Move every source above the targets first, so no dup2 clobbers a later source.
+        let mut high = [0 as RawFd; 8];
+        let n = fds.len().min(high.len());
+        for (slot, fd) in high.iter_mut().zip(&fds[..n]) {
+            // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an fd we own; async-signal-safe.
+            let h = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100) };
+            if h < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            *slot = h;
+        }
+        for (i, h) in high[..n].iter().enumerate() {
+            // SAFETY: dup2 is async-signal-safe; the new fd has FD_CLOEXEC cleared.
+            if unsafe { libc::dup2(*h, first + i as RawFd) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec, allocates nothing and only makes
+    // async-signal-safe calls (fcntl, dup2) on descriptors captured by value.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Receives one descriptor sent with SCM_RIGHTS on a unix socket (runc's console socket).
+pub fn recv_fd(sock: RawFd) -> nix::Result<Option<std::os::fd::OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut got = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in our table for us alone.
+                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+                if got.is_none() {
+                    got = Some(owned);
+                }
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// Registers an owned descriptor with the async runtime's reactor.
+pub fn async_fd(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the AsyncFd takes ownership of `fd`, so the descriptor stays open for as
+    // long as it is registered and is closed only after deregistration.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}

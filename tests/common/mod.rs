@@ -5,6 +5,8 @@
 //! when a test fails.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -128,6 +130,9 @@ state = "{d}/state"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.cove]
         runtime_type = '{cove}'
         sandboxer = 'shim'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.cove-pod]
+        runtime_type = '{cove}'
+        sandboxer = 'podsandbox'
     [plugins.'io.containerd.cri.v1.runtime'.cni]
       bin_dirs = ['/usr/lib/cni']
       conf_dir = '{d}/cni/net.d'
@@ -295,10 +300,135 @@ state = "{d}/state"
         c.status(req).await.unwrap().into_inner().pid
     }
 
+    /// Creates a busybox container running `sh -c script` in a pod.
+    pub async fn create_container(
+        &self,
+        pod: &str,
+        pod_cfg: &PodSandboxConfig,
+        cfg: ContainerConfig,
+    ) -> String {
+        let name = cfg
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        self.rt()
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(cfg),
+                sandbox_config: Some(pod_cfg.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", self.log_tail()))
+            .into_inner()
+            .container_id
+    }
+
+    pub async fn start_container(&self, id: &str) {
+        self.rt()
+            .start_container(StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", self.log_tail()));
+    }
+
+    pub async fn container_status(&self, id: &str) -> ContainerStatus {
+        self.rt()
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+    }
+
+    /// Waits until the container has exited and returns its status.
+    pub async fn exited(&self, id: &str) -> ContainerStatus {
+        for _ in 0..1000 {
+            let st = self.container_status(id).await;
+            if st.state == ContainerState::ContainerExited as i32 {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("container {id} never exited");
+    }
+
+    pub async fn exec_sync(&self, id: &str, cmd: &[&str]) -> (String, String, i32) {
+        let r = self
+            .rt()
+            .exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout: 30,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"))
+            .into_inner();
+        (
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+            r.exit_code,
+        )
+    }
+
+    pub async fn stop_container(&self, id: &str, timeout: i64) {
+        self.rt()
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StopContainer: {e}\n{}", self.log_tail()));
+    }
+
+    pub async fn remove_container(&self, id: &str) {
+        self.rt()
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RemoveContainer: {e}\n{}", self.log_tail()));
+    }
+
+    /// `ctr task ls` of the k8s.io namespace: task id to pid.
+    pub fn tasks(&self) -> std::collections::HashMap<String, u32> {
+        self.ctr(&["tasks", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.to_string(), f.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
     pub fn log_tail(&self) -> String {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// A busybox container config running `sh -c script`, logging to `<name>.log`.
+pub fn container_config(name: &str, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: BUSYBOX.into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
     }
 }
 
@@ -392,7 +522,7 @@ impl Drop for Containerd {
             .arg("-c")
             .arg(format!(
                 "for f in $(find {dirs} -name cgroup.procs 2>/dev/null); do for p in $(cat $f); do kill -9 $p; done; done; \
-                 for b in $(find {d}/state/io.containerd.sandbox.controller.v1.shim -mindepth 2 -maxdepth 2 -type d 2>/dev/null); do \
+                 for b in $(find {d}/state/io.containerd.runtime.v2.task {d}/state/io.containerd.sandbox.controller.v1.shim -mindepth 2 -maxdepth 2 -type d 2>/dev/null); do \
                    (cd $b && {cove} -id $(basename $b) -bundle $b delete >/dev/null 2>&1); done; \
                  grep ' {d}/' /proc/self/mountinfo | cut -d' ' -f5 | sort -r | xargs -r -n1 umount -l 2>/dev/null; \
                  for n in $(grep -l cove-e2e /var/run/netns/* 2>/dev/null); do :; done; true",

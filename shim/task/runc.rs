@@ -1,0 +1,314 @@
+//! The OCI runtime binary (runc by default), driven through its command line.
+//!
+//! Commands are started with `std::process::Command` and never waited on directly: the
+//! shim's single reaper collects every child (`waitpid(-1)`), and each command's exit is
+//! claimed through it. runc writes its errors as JSON lines to `<bundle>/log.json`; the
+//! last error line a failed command wrote becomes the RPC's error message.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, IoContext, Result};
+use crate::reaper::{wait_exit, Reaper};
+
+/// Where runc keeps container state when the runtime options name no root.
+pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
+
+#[derive(Clone)]
+pub struct Runc {
+    pub binary: String,
+    /// runc's state directory, already joined with the namespace.
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+    pub reaper: Reaper,
+}
+
+/// Options of `runc create` and `runc exec` that concern the new process.
+#[derive(Default)]
+pub struct Launch<'a> {
+    pub pid_file: PathBuf,
+    pub console_socket: Option<&'a Path>,
+    pub stdio: Option<[Stdio; 3]>,
+}
+
+impl Runc {
+    fn command(&self, log: &Path) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(log)
+            .arg("--log-format")
+            .arg("json");
+        if self.systemd_cgroup {
+            c.arg("--systemd-cgroup");
+        }
+        c
+    }
+
+    /// Runs one runc command to completion; returns its stdout.
+    async fn run(
+        &self,
+        cmd: Command,
+        log: &Path,
+        stdio: Option<[Stdio; 3]>,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let before = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        let out = run_command(&self.reaper, cmd, stdio)
+            .await
+            .context(|| format!("{what}: run {}", self.binary))?;
+        if out.status == 0 {
+            return Ok(out.stdout);
+        }
+        let msg = last_error(log, before)
+            .or_else(|| {
+                let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                (!e.is_empty()).then_some(e)
+            })
+            .unwrap_or_else(|| format!("exit status {}", out.status));
+        Err(classify(what, msg))
+    }
+
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        l: Launch<'_>,
+        no_pivot: bool,
+        no_new_keyring: bool,
+    ) -> Result<()> {
+        let log = bundle.join("log.json");
+        let mut c = self.command(&log);
+        c.arg("create")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&l.pid_file);
+        if let Some(s) = l.console_socket {
+            c.arg("--console-socket").arg(s);
+        }
+        if no_pivot {
+            c.arg("--no-pivot");
+        }
+        if no_new_keyring {
+            c.arg("--no-new-keyring");
+        }
+        c.arg(id).current_dir(bundle);
+        self.run(c, &log, l.stdio, &format!("create {id}"))
+            .await
+            .map(drop)
+    }
+
+    pub async fn exec(&self, id: &str, bundle: &Path, process: &Path, l: Launch<'_>) -> Result<()> {
+        let log = bundle.join("log.json");
+        let mut c = self.command(&log);
+        c.arg("exec")
+            .arg("--process")
+            .arg(process)
+            .arg("--detach")
+            .arg("--pid-file")
+            .arg(&l.pid_file);
+        if let Some(s) = l.console_socket {
+            c.arg("--console-socket").arg(s);
+        }
+        c.arg(id).current_dir(bundle);
+        self.run(c, &log, l.stdio, &format!("exec in {id}"))
+            .await
+            .map(drop)
+    }
+
+    async fn simple(&self, bundle: &Path, args: &[&str], what: String) -> Result<Vec<u8>> {
+        let log = bundle.join("log.json");
+        let mut c = self.command(&log);
+        c.args(args);
+        self.run(c, &log, None, &what).await
+    }
+
+    pub async fn start(&self, id: &str, bundle: &Path) -> Result<()> {
+        self.simple(bundle, &["start", id], format!("start {id}"))
+            .await
+            .map(drop)
+    }
+
+    pub async fn delete(&self, id: &str, bundle: &Path, force: bool) -> Result<()> {
+        let args: &[&str] = if force {
+            &["delete", "--force", id]
+        } else {
+            &["delete", id]
+        };
+        self.simple(bundle, args, format!("delete {id}"))
+            .await
+            .map(drop)
+    }
+
+    pub async fn kill(&self, id: &str, bundle: &Path, signal: i32, all: bool) -> Result<()> {
+        let sig = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, sig.as_str()]);
+        self.simple(bundle, &args, format!("kill {id}"))
+            .await
+            .map(drop)
+    }
+
+    pub async fn pause(&self, id: &str, bundle: &Path) -> Result<()> {
+        self.simple(bundle, &["pause", id], format!("pause {id}"))
+            .await
+            .map(drop)
+    }
+
+    pub async fn resume(&self, id: &str, bundle: &Path) -> Result<()> {
+        self.simple(bundle, &["resume", id], format!("resume {id}"))
+            .await
+            .map(drop)
+    }
+
+    pub async fn update(&self, id: &str, bundle: &Path, resources: &Path) -> Result<()> {
+        let r = resources.to_string_lossy();
+        self.simple(
+            bundle,
+            &["update", "--resources", &r, id],
+            format!("update {id}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The pids of every process in the container.
+    pub async fn ps(&self, id: &str, bundle: &Path) -> Result<Vec<u32>> {
+        let out = self
+            .simple(bundle, &["ps", "--format", "json", id], format!("ps {id}"))
+            .await?;
+        let pids: Option<Vec<u32>> = serde_json::from_slice(&out)
+            .map_err(|e| Error::Internal(format!("runc ps {id}: {e}")))?;
+        Ok(pids.unwrap_or_default())
+    }
+
+    pub async fn checkpoint(&self, id: &str, bundle: &Path, args: &[String]) -> Result<()> {
+        let mut all: Vec<&str> = vec!["checkpoint"];
+        all.extend(args.iter().map(String::as_str));
+        all.push(id);
+        self.simple(bundle, &all, format!("checkpoint {id}"))
+            .await
+            .map(drop)
+    }
+}
+
+pub struct Output {
+    pub status: u32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs a command to completion, its exit collected through the reaper. Without `stdio`
+/// its stdout and stderr are captured.
+pub async fn run_command(
+    reaper: &Reaper,
+    mut cmd: Command,
+    stdio: Option<[Stdio; 3]>,
+) -> std::io::Result<Output> {
+    let captured = stdio.is_none();
+    match stdio {
+        Some([i, o, e]) => {
+            cmd.stdin(i).stdout(o).stderr(e);
+        }
+        None => {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+    }
+    let mut child = cmd.spawn()?;
+    let mut exit = reaper.watch(child.id() as i32);
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if captured {
+        let o = child.stdout.take();
+        let e = child.stderr.take();
+        (stdout, stderr) = tokio::task::spawn_blocking(move || {
+            let (mut ob, mut eb) = (Vec::new(), Vec::new());
+            if let Some(mut s) = o {
+                let _ = s.read_to_end(&mut ob);
+            }
+            if let Some(mut s) = e {
+                let _ = s.read_to_end(&mut eb);
+            }
+            (ob, eb)
+        })
+        .await
+        .unwrap_or_default();
+    }
+    drop(child);
+    let status = wait_exit(&mut exit).await.map(|e| e.status).unwrap_or(255);
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// runc's own words for a missing container become NOT_FOUND; the rest UNKNOWN, as
+/// containerd reports runtime failures.
+fn classify(what: &str, msg: String) -> Error {
+    let m = msg.to_ascii_lowercase();
+    if m.contains("does not exist") || m.contains("container not found") {
+        Error::NotFound(format!("{what}: {msg}"))
+    } else if m.contains("container not running") || m.contains("process already finished") {
+        Error::NotFound(format!("{what}: process already finished ({msg})"))
+    } else {
+        Error::Unknown(format!("{what}: runc: {msg}"))
+    }
+}
+
+/// The message of the last `"level":"error"` line runc appended to its log after `from`.
+fn last_error(log: &Path, from: u64) -> Option<String> {
+    let data = std::fs::read(log).ok()?;
+    let tail = data.get(from as usize..).unwrap_or(&data);
+    String::from_utf8_lossy(tail)
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
+        .find_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_error_after_the_offset_is_reported() {
+        let dir = std::env::temp_dir().join(format!("cove-runc-log-{}", std::process::id()));
+        std::fs::write(
+            &dir,
+            concat!(
+                "{\"level\":\"error\",\"msg\":\"old\"}\n",
+                "{\"level\":\"info\",\"msg\":\"x\"}\n",
+                "{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": not found\"}\n"
+            ),
+        )
+        .unwrap();
+        let off = "{\"level\":\"error\",\"msg\":\"old\"}\n".len() as u64;
+        assert_eq!(
+            last_error(&dir, off).as_deref(),
+            Some("exec: \"nope\": not found")
+        );
+        assert_eq!(last_error(&dir, 10_000), None);
+        let _ = std::fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn missing_containers_are_not_found() {
+        assert!(matches!(
+            classify("kill a", "container \"a\" does not exist".into()),
+            Error::NotFound(_)
+        ));
+        assert!(matches!(
+            classify("start a", "boom".into()),
+            Error::Unknown(_)
+        ));
+    }
+}

@@ -1,0 +1,352 @@
+//! Containers through CRI: the same container configs in a `cove` pod (sandboxer = "shim")
+//! and in a `runc` pod (containerd's podsandbox path), compared observation by observation;
+//! and cove as the runtime of a `podsandbox` pod (handler `cove-pod`).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use k8s_cri::v1::*;
+
+/// Everything a user would look at, gathered the same way for each handler.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    shares_pod_namespaces: bool,
+    hostname: String,
+    hosts_has_localhost: bool,
+    resolv_conf: String,
+    shm: String,
+    exec_sync: (String, String, i32),
+    streamed_exec: (String, String, String),
+    attach_echo: String,
+    stats_have_memory_and_cpu: bool,
+    updated_memory_limit: String,
+    in_pod_cgroup: bool,
+    log_has_stdout_and_stderr: bool,
+    sigterm_exit: (i32, bool),
+    sigkill_exit: i32,
+    oom: (String, i32),
+    left_behind: Vec<String>,
+}
+
+async fn exercise(cd: &Containerd, handler: &str) -> Seen {
+    let name = format!("ctr-{handler}");
+    let mut pod_cfg = cd.pod_config(&name);
+    let logs = cd.dir.join("logs").join(handler);
+    std::fs::create_dir_all(&logs).unwrap();
+    pod_cfg.log_directory = logs.to_string_lossy().into_owned();
+    let pod = cd.run_pod(&pod_cfg, handler).await;
+
+    let app = cd
+        .create_container(
+            &pod,
+            &pod_cfg,
+            container_config(
+                "app",
+                "echo started; echo to-stderr >&2; trap 'echo got-term; exit 42' TERM; \
+                 while true; do sleep 0.1; done",
+            ),
+        )
+        .await;
+    cd.start_container(&app).await;
+    let tasks = cd.tasks();
+    let (app_pid, pod_pid) = (tasks[&app], tasks[&pod]);
+    let shares_pod_namespaces = ["net", "ipc", "uts", "pid"]
+        .iter()
+        .all(|k| ns_of(app_pid, k) == ns_of(pod_pid, k));
+
+    let hostname = cd.exec_sync(&app, &["hostname"]).await.0;
+    let hosts = cd.exec_sync(&app, &["cat", "/etc/hosts"]).await.0;
+    let resolv_conf = cd.exec_sync(&app, &["cat", "/etc/resolv.conf"]).await.0;
+    let shm = cd
+        .exec_sync(
+            &app,
+            &[
+                "sh",
+                "-c",
+                "df -k /dev/shm | tail -1 | awk '{print $1, $2}'",
+            ],
+        )
+        .await
+        .0;
+    let exec_sync = cd
+        .exec_sync(&app, &["sh", "-c", "echo out; echo err >&2; exit 3"])
+        .await;
+
+    // Streaming Exec through CRI's streaming server.
+    let url = cd
+        .rt()
+        .exec(ExecRequest {
+            container_id: app.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo streamed; echo e >&2; exit 7".into(),
+            ],
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let streamed_exec = tokio::task::spawn_blocking(move || ws::Ws::connect(&url).collect())
+        .await
+        .unwrap();
+
+    // Attach to a container that answers on stdin.
+    let mut echo_cfg = container_config("echo", "while read l; do echo got:$l; done");
+    echo_cfg.stdin = true;
+    let echo = cd.create_container(&pod, &pod_cfg, echo_cfg).await;
+    cd.start_container(&echo).await;
+    let url = cd
+        .rt()
+        .attach(AttachRequest {
+            container_id: echo.clone(),
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let attach_echo = tokio::task::spawn_blocking(move || {
+        let mut ws = ws::Ws::connect(&url);
+        ws.send(0, b"hello\n");
+        let mut out = String::new();
+        while !out.contains('\n') {
+            match ws.recv() {
+                Some((1, d)) => out.push_str(&String::from_utf8_lossy(&d)),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        out
+    })
+    .await
+    .unwrap();
+
+    let stats = cd
+        .rt()
+        .container_stats(ContainerStatsRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let stats_have_memory_and_cpu = stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .is_some_and(|v| v.value > 0)
+        && stats
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .is_some();
+
+    cd.rt()
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: app.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let updated_memory_limit = cd
+        .exec_sync(
+            &app,
+            &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
+        )
+        .await
+        .0;
+    let cgroup = std::fs::read_to_string(format!("/proc/{app_pid}/cgroup")).unwrap();
+    let parent = &pod_cfg.linux.as_ref().unwrap().cgroup_parent;
+    let in_pod_cgroup = cgroup
+        .lines()
+        .any(|l| l.contains(":memory:") && l.ends_with(&format!("{parent}/{app}")));
+
+    // StopContainer: SIGTERM handled by the app; SIGKILL after the timeout otherwise.
+    cd.stop_container(&app, 10).await;
+    let st = cd.exited(&app).await;
+    let log = std::fs::read_to_string(logs.join("app.log")).unwrap_or_default();
+    let log_has_stdout_and_stderr =
+        log.contains(" stdout F started") && log.contains(" stderr F to-stderr");
+    let sigterm_exit = (st.exit_code, log.contains("stdout F got-term"));
+
+    let stubborn = cd
+        .create_container(
+            &pod,
+            &pod_cfg,
+            container_config("stubborn", "trap '' TERM; while true; do sleep 0.1; done"),
+        )
+        .await;
+    cd.start_container(&stubborn).await;
+    cd.stop_container(&stubborn, 1).await;
+    let sigkill_exit = cd.exited(&stubborn).await.exit_code;
+
+    let mut hog_cfg = container_config("hog", "tail /dev/zero");
+    hog_cfg.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            memory_swap_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = cd.create_container(&pod, &pod_cfg, hog_cfg).await;
+    cd.start_container(&hog).await;
+    let st = cd.exited(&hog).await;
+    let oom = (st.reason.clone(), st.exit_code);
+
+    cd.stop_container(&echo, 1).await;
+    for c in [&app, &echo, &stubborn, &hog] {
+        cd.remove_container(c).await;
+    }
+    let still: Vec<String> = cd.tasks().into_keys().filter(|t| t != &pod).collect();
+    assert!(
+        still.is_empty(),
+        "tasks left after RemoveContainer: {still:?}"
+    );
+    cd.stop_pod(&pod).await;
+    cd.remove_pod(&pod).await;
+
+    // Nothing of the pod's containers is left: processes, mounts, bundles.
+    let mut left_behind = Vec::new();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for c in [&app, &echo, &stubborn, &hog, &pod] {
+        if mounts.contains(c.as_str()) {
+            left_behind.push(format!("mount of {c}"));
+        }
+        if !pids_with(c).is_empty() {
+            left_behind.push(format!("process of {c}"));
+        }
+        let bundle = cd
+            .dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(NS)
+            .join(c);
+        if bundle.exists() {
+            left_behind.push(format!("bundle {}", bundle.display()));
+        }
+    }
+    Seen {
+        shares_pod_namespaces,
+        hostname,
+        hosts_has_localhost: hosts.contains("127.0.0.1") && hosts.contains("localhost"),
+        resolv_conf,
+        shm,
+        exec_sync,
+        streamed_exec,
+        attach_echo,
+        stats_have_memory_and_cpu,
+        updated_memory_limit,
+        in_pod_cgroup,
+        log_has_stdout_and_stderr,
+        sigterm_exit,
+        sigkill_exit,
+        oom,
+        left_behind,
+    }
+}
+
+#[tokio::test]
+async fn containers_in_cove_pods_behave_as_in_runc_pods() {
+    let cd = Containerd::start("tasks").await;
+    let runc = exercise(&cd, "runc").await;
+    let cove = exercise(&cd, "cove").await;
+    eprintln!("cove: {cove:#?}");
+    // What a user expects, checked on cove itself...
+    assert!(cove.shares_pod_namespaces, "{cove:#?}");
+    assert!(cove.hosts_has_localhost, "{cove:#?}");
+    assert_eq!(cove.hostname.trim(), "ctr-cove-host");
+    assert!(
+        cove.resolv_conf.contains("nameserver 10.96.0.10"),
+        "{cove:#?}"
+    );
+    assert!(cove.shm.starts_with("shm 65536"), "{cove:#?}");
+    assert_eq!(cove.exec_sync, ("out\n".into(), "err\n".into(), 3));
+    assert_eq!(cove.streamed_exec.0, "streamed\n");
+    assert_eq!(cove.streamed_exec.1, "e\n");
+    assert!(
+        cove.streamed_exec.2.contains("NonZeroExitCode"),
+        "{cove:#?}"
+    );
+    assert_eq!(cove.attach_echo, "got:hello\n");
+    assert!(cove.stats_have_memory_and_cpu);
+    assert_eq!(cove.updated_memory_limit.trim(), (64u64 << 20).to_string());
+    assert!(cove.in_pod_cgroup);
+    assert!(cove.log_has_stdout_and_stderr);
+    assert_eq!(cove.sigterm_exit, (42, true));
+    assert_eq!(cove.sigkill_exit, 137);
+    assert_eq!(cove.oom, ("OOMKilled".into(), 137));
+    assert!(cove.left_behind.is_empty(), "{:?}", cove.left_behind);
+    // ...and the same as containerd's runc pod path, observation by observation.
+    let mut runc = runc;
+    runc.hostname = runc.hostname.replace("ctr-runc", "ctr-cove");
+    assert_eq!(cove, runc);
+}
+
+#[tokio::test]
+async fn cove_runs_podsandbox_pods_pause_and_containers_in_one_shim() {
+    let cd = Containerd::start("podsb").await;
+    let pod_cfg = cd.pod_config("pods");
+    let pod = cd.run_pod(&pod_cfg, "cove-pod").await;
+    let app = cd
+        .create_container(
+            &pod,
+            &pod_cfg,
+            container_config("app", "echo hi; exec sleep 1000"),
+        )
+        .await;
+    cd.start_container(&app).await;
+    let shims = cove_shims(&cd);
+    assert_eq!(
+        shims.len(),
+        1,
+        "one cove shim serves the pause container and the app"
+    );
+    let tasks = cd.tasks();
+    assert_eq!(ns_of(tasks[&app], "net"), ns_of(tasks[&pod], "net"));
+    assert_eq!(
+        cd.exec_sync(&app, &["hostname"]).await.0.trim(),
+        "pods-host"
+    );
+    assert_eq!(
+        cd.exec_sync(&app, &["sh", "-c", "exit 9"]).await.2,
+        9,
+        "exit codes pass through"
+    );
+    cd.stop_container(&app, 5).await;
+    assert_eq!(
+        cd.exited(&app).await.exit_code,
+        143,
+        "sleep dies of SIGTERM"
+    );
+    cd.remove_container(&app).await;
+    cd.stop_pod(&pod).await;
+    cd.remove_pod(&pod).await;
+    eventually("the cove shim exits after the pod is removed", || {
+        cove_shims(&cd).is_empty()
+    })
+    .await;
+    assert!(!Path::new(&format!("/run/containerd/runc/{NS}/{app}")).exists());
+}
+
+/// cove shim processes of this containerd (their command lines name its socket).
+fn cove_shims(cd: &Containerd) -> Vec<i32> {
+    let ours = pids_with(&cd.sock.to_string_lossy());
+    pids_with(&cove_bin())
+        .into_iter()
+        .filter(|p| ours.contains(p))
+        .collect()
+}
