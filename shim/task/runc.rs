@@ -266,7 +266,7 @@ fn classify(what: &str, msg: String) -> Error {
 /// The message of the last `"level":"error"` line runc appended to its log after `from`.
 fn last_error(log: &Path, from: u64) -> Option<String> {
     let data = std::fs::read(log).ok()?;
-    let tail = data.get(from as usize..).unwrap_or(&data);
+    let tail = data.get(from as usize..).unwrap_or_default();
     String::from_utf8_lossy(tail)
         .lines()
         .rev()
