@@ -143,10 +143,15 @@ impl Leftovers {
         let mut dirs: Vec<&PathBuf> = self.dirs.iter().collect();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         for d in dirs {
-            if let Err(e) = std::fs::remove_dir(d) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    note(Error::io(format!("remove {}", d.display()), e));
+            // A parent cove created (e.g. CRI's sandboxes directory on a fresh host) may
+            // hold other pods' files by now: it stays, and that is not a failure.
+            match std::fs::remove_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    log::debug!("{} is in use by others; kept", d.display());
                 }
+                Err(e) => note(Error::io(format!("remove {}", d.display()), e)),
             }
         }
         if let Err(e) = crate::cgroups::remove_dirs(&self.cgroups) {
@@ -216,6 +221,21 @@ mod tests {
         };
         l.clean().unwrap();
         assert!(!dir.join("a").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_created_parent_that_others_now_use_is_kept_without_error() {
+        let dir = std::env::temp_dir().join(format!("cove-shared-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sandboxes/mine")).unwrap();
+        std::fs::create_dir_all(dir.join("sandboxes/other-pod")).unwrap();
+        let l = Leftovers {
+            dirs: vec![dir.join("sandboxes"), dir.join("sandboxes/mine")],
+            ..Default::default()
+        };
+        l.clean().unwrap();
+        assert!(!dir.join("sandboxes/mine").exists());
+        assert!(dir.join("sandboxes/other-pod").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
