@@ -9,7 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{alive, eventually, ns_of, pids_with};
-use containerd_shim_protos::api::{ConnectRequest, ShutdownRequest, StartRequest, StateRequest};
+use containerd_shim_protos::api::{
+    ConnectRequest, CreateTaskRequest, KillRequest, ShutdownRequest, StartRequest, StateRequest,
+    WaitRequest,
+};
 use containerd_shim_protos::sandbox_api::*;
 use containerd_shim_protos::sandbox_async::SandboxClient;
 use containerd_shim_protos::shim_async::TaskClient;
@@ -491,10 +494,51 @@ async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
         code(sb.sandbox_metrics(ctx(), &m).await),
         Code::FAILED_PRECONDITION
     );
-    // Task RPCs not implemented yet answer UNIMPLEMENTED, not NOT_FOUND.
+    // Task RPCs on unknown tasks are NOT_FOUND; malformed creates INVALID_ARGUMENT.
     let mut ts = StartRequest::new();
     ts.id = "c1".into();
-    assert_eq!(code(task.start(ctx(), &ts).await), Code::UNIMPLEMENTED);
+    assert_eq!(code(task.start(ctx(), &ts).await), Code::NOT_FOUND);
+    let mut k = KillRequest::new();
+    k.id = "c1".into();
+    k.signal = 9;
+    assert_eq!(code(task.kill(ctx(), &k).await), Code::NOT_FOUND);
+    let mut w = WaitRequest::new();
+    w.id = "c1".into();
+    assert_eq!(code(task.wait(ctx(), &w).await), Code::NOT_FOUND);
+    let create_task = |id: &str, bundle: &str| {
+        let mut r = CreateTaskRequest::new();
+        r.id = id.into();
+        r.bundle = bundle.into();
+        r
+    };
+    let bundle = shim.bundle.to_string_lossy().into_owned();
+    for (id, b, want, why) in [
+        ("c/1", bundle.as_str(), Code::INVALID_ARGUMENT, "bad id"),
+        (
+            "c1",
+            "relative/bundle",
+            Code::INVALID_ARGUMENT,
+            "relative bundle",
+        ),
+        (
+            "c1",
+            bundle.as_str(),
+            Code::INVALID_ARGUMENT,
+            "bundle without config.json",
+        ),
+        (
+            shim.id.as_str(),
+            bundle.as_str(),
+            Code::ALREADY_EXISTS,
+            "the sandbox's id",
+        ),
+    ] {
+        assert_eq!(
+            code(task.create(ctx(), &create_task(id, b)).await),
+            want,
+            "{why}"
+        );
+    }
     // Connect for an unknown task is NOT_FOUND.
     let mut c = ConnectRequest::new();
     c.id = "c1".into();

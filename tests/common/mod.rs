@@ -143,8 +143,17 @@ state = "{d}/state"
             cove = cove_bin(),
         );
         std::fs::write(dir.join("config.toml"), cfg).unwrap();
+        // `--runtime io.containerd.cove.v1` resolves to containerd-shim-cove-v1 on PATH.
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::os::unix::fs::symlink(cove_bin(), dir.join("bin/containerd-shim-cove-v1")).unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
         let child = Command::new("containerd")
+            .env("PATH", path)
             .arg("--config")
             .arg(dir.join("config.toml"))
             .arg("--log-level")
@@ -196,6 +205,22 @@ state = "{d}/state"
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Runs `ctr` against this containerd: (exit code, stdout, stderr).
+    pub fn ctr_status(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.sock)
+            .args(["-n", NS])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Runs `ctr` against this containerd and returns stdout; panics on failure.

@@ -1,0 +1,79 @@
+//! Measures CreateContainer+StartContainer of one busybox container in a `cove` pod and in
+//! a `runc` pod of one private containerd, alternating handlers so machine drift hits both
+//! alike, then the RSS/PSS of a cove shim serving a pod with three containers.
+//! Usage: `COVE_BIN=... cargo run --release --example container_start [N]`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// (RSS, PSS) in kB from /proc/PID/smaps_rollup.
+fn rss_pss(pid: i32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("Rss:"), get("Pss:"))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20);
+    let cd = Containerd::start("ctrstart").await;
+    let mut times = std::collections::BTreeMap::<&str, Vec<Duration>>::new();
+    for i in 0..n {
+        for handler in ["cove", "runc"] {
+            let cfg = cd.pod_config(&format!("{handler}{i}"));
+            let pod = cd.run_pod(&cfg, handler).await;
+            let t = Instant::now();
+            let c = cd
+                .create_container(&pod, &cfg, container_config("app", "exec sleep 1000"))
+                .await;
+            cd.start_container(&c).await;
+            times.entry(handler).or_default().push(t.elapsed());
+            cd.stop_pod(&pod).await;
+            cd.remove_pod(&pod).await;
+        }
+    }
+    for (h, v) in times.iter_mut() {
+        println!(
+            "CreateContainer+StartContainer {h}: median {:.1?} over {} runs",
+            median(v),
+            v.len()
+        );
+    }
+
+    let cfg = cd.pod_config("three");
+    let pod = cd.run_pod(&cfg, "cove").await;
+    for name in ["a", "b", "c"] {
+        let c = cd
+            .create_container(&pod, &cfg, container_config(name, "exec sleep 1000"))
+            .await;
+        cd.start_container(&c).await;
+    }
+    let bin = cove_bin();
+    for pid in pids_with(&pod) {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).starts_with(&bin) {
+            let (rss, pss) = rss_pss(pid);
+            println!("cove shim serving a pod with 3 containers: RSS {rss} kB, PSS {pss} kB");
+        }
+    }
+    cd.stop_pod(&pod).await;
+    cd.remove_pod(&pod).await;
+}

@@ -1,0 +1,174 @@
+//! cove as a plain task shim: `ctr run --runtime io.containerd.cove.v1` and the `ctr task`
+//! commands Docker-style clients rely on, with their exit codes and `/tasks/*` events.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const RUNTIME: &str = "io.containerd.cove.v1";
+
+fn cove_shims(cd: &Containerd) -> Vec<i32> {
+    let ours = pids_with(&cd.sock.to_string_lossy());
+    pids_with("containerd-shim-cove-v1")
+        .into_iter()
+        .filter(|p| ours.contains(p))
+        .collect()
+}
+
+#[tokio::test]
+async fn ctr_run_exec_signal_pause_metrics_and_delete() {
+    let cd = Containerd::start("ctr").await;
+    let events = Command::new("ctr")
+        .arg("--address")
+        .arg(&cd.sock)
+        .arg("events")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Attached, exit code and the last words before the exit.
+    let (code, out, _) = cd.ctr_status(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        "once",
+        "sh",
+        "-c",
+        "echo last words; exit 3",
+    ]);
+    assert_eq!((code, out.as_str()), (3, "last words\n"));
+
+    // Detached.
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        "svc",
+        "sleep",
+        "1000",
+    ]);
+    let pid = cd.tasks()["svc"];
+    assert!(alive(pid));
+    let (code, out, _) = cd.ctr_status(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "svc",
+        "sh",
+        "-c",
+        "echo in-exec; exit 5",
+    ]);
+    assert_eq!((code, out.as_str()), (5, "in-exec\n"));
+    let ps = cd.ctr(&["task", "ps", "svc"]);
+    assert!(ps.contains(&pid.to_string()), "{ps}");
+
+    cd.ctr(&["task", "pause", "svc"]);
+    assert!(cd.ctr(&["task", "ls"]).contains("PAUSED"));
+    cd.ctr(&["task", "resume", "svc"]);
+    assert!(cd.ctr(&["task", "ls"]).contains("RUNNING"));
+    let metrics = cd.ctr(&["task", "metrics", "svc"]);
+    assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
+    assert!(metrics.contains("pids.current"), "{metrics}");
+
+    // Checkpoint goes through runc; CRIU cannot run here and the error says so.
+    let (code, _, err) = cd.ctr_status(&["task", "checkpoint", "svc"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("needs CRIU"), "{err}");
+
+    // sleep is PID 1 of its own pid namespace, where SIGTERM has no default action.
+    cd.ctr(&["task", "kill", "-s", "KILL", "svc"]);
+    eventually("svc stops", || cd.ctr(&["task", "ls"]).contains("STOPPED")).await;
+    let (code, _, err) = cd.ctr_status(&["task", "delete", "svc"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("137"),
+        "exit status of SIGKILL reported: {err}"
+    );
+    cd.ctr(&["container", "rm", "svc"]);
+
+    // A terminal: the pty master is copied both ways.
+    let script = format!(
+        "ctr --address {} -n {NS} run --rm -t --runtime {RUNTIME} {BUSYBOX} term sh -c 'tty; echo bye'",
+        cd.sock.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &script, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (bsdutils) gives ctr a terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/0") && text.contains("bye"),
+        "{text}"
+    );
+
+    eventually("every cove shim has exited", || cove_shims(&cd).is_empty()).await;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(events.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = events.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(seen.contains(topic), "no {topic} event in:\n{seen}");
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_shim_leaves_no_container_or_mount_behind() {
+    let cd = Containerd::start("crash").await;
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX,
+        "doomed",
+        "sleep",
+        "1000",
+    ]);
+    let pid = cd.tasks()["doomed"];
+    let shims = cove_shims(&cd);
+    assert_eq!(shims.len(), 1);
+    let rootfs = cd
+        .dir
+        .join("state/io.containerd.runtime.v2.task")
+        .join(NS)
+        .join("doomed/rootfs");
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&*rootfs.to_string_lossy())
+    };
+    assert!(mounted());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd notices the dead shim and runs `containerd-shim-cove-v1 delete`.
+    eventually("the container process is gone", || !alive(pid)).await;
+    eventually("the rootfs is unmounted", || !mounted()).await;
+    let runc_state = format!("/run/containerd/runc/{NS}/doomed");
+    eventually("runc forgot the container", || {
+        !std::path::Path::new(&runc_state).exists()
+    })
+    .await;
+    cd.ctr(&["container", "rm", "doomed"]);
+}
