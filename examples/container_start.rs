@@ -66,12 +66,19 @@ async fn main() {
             .await;
         cd.start_container(&c).await;
     }
+    // The pause process is forked from the shim, so it shares the shim's command line.
+    let pause = cd.sandbox_pid(&pod, "shim").await as i32;
     let bin = cove_bin();
     for pid in pids_with(&pod) {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmd).starts_with(&bin) {
             let (rss, pss) = rss_pss(pid);
-            println!("cove shim serving a pod with 3 containers: RSS {rss} kB, PSS {pss} kB");
+            let what = if pid == pause {
+                "its pause process"
+            } else {
+                "cove shim serving a pod with 3 containers"
+            };
+            println!("{what}: RSS {rss} kB, PSS {pss} kB");
         }
     }
     cd.stop_pod(&pod).await;
