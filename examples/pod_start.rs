@@ -10,24 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// (RSS, PSS) in kB from /proc/PID/smaps_rollup.
-fn rss_pss(pid: i32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let get = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (get("Rss:"), get("Pss:"))
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let n: usize = std::env::args()

@@ -309,7 +309,7 @@ async fn cove_runs_podsandbox_pods_pause_and_containers_in_one_shim() {
         )
         .await;
     cd.start_container(&app).await;
-    let shims = cove_shims(&cd);
+    let shims = cd.cove_shims();
     assert_eq!(
         shims.len(),
         1,
@@ -336,17 +336,8 @@ async fn cove_runs_podsandbox_pods_pause_and_containers_in_one_shim() {
     cd.stop_pod(&pod).await;
     cd.remove_pod(&pod).await;
     eventually("the cove shim exits after the pod is removed", || {
-        cove_shims(&cd).is_empty()
+        cd.cove_shims().is_empty()
     })
     .await;
     assert!(!Path::new(&format!("/run/containerd/runc/{NS}/{app}")).exists());
-}
-
-/// cove shim processes of this containerd (their command lines name its socket).
-fn cove_shims(cd: &Containerd) -> Vec<i32> {
-    let ours = pids_with(&cd.sock.to_string_lossy());
-    pids_with(&cove_bin())
-        .into_iter()
-        .filter(|p| ours.contains(p))
-        .collect()
 }

@@ -9,14 +9,6 @@ use common::*;
 
 const RUNTIME: &str = "io.containerd.cove.v1";
 
-fn cove_shims(cd: &Containerd) -> Vec<i32> {
-    let ours = pids_with(&cd.sock.to_string_lossy());
-    pids_with("containerd-shim-cove-v1")
-        .into_iter()
-        .filter(|p| ours.contains(p))
-        .collect()
-}
-
 #[tokio::test]
 async fn ctr_run_exec_signal_pause_metrics_and_delete() {
     let cd = Containerd::start("ctr").await;
@@ -109,7 +101,7 @@ async fn ctr_run_exec_signal_pause_metrics_and_delete() {
         "{text}"
     );
 
-    eventually("every cove shim has exited", || cove_shims(&cd).is_empty()).await;
+    eventually("every cove shim has exited", || cd.cove_shims().is_empty()).await;
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(events.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -144,7 +136,7 @@ async fn a_crashed_shim_leaves_no_container_or_mount_behind() {
         "1000",
     ]);
     let pid = cd.tasks()["doomed"];
-    let shims = cove_shims(&cd);
+    let shims = cd.cove_shims();
     assert_eq!(shims.len(), 1);
     let rootfs = cd
         .dir

@@ -365,19 +365,10 @@ pub struct Prepared {
 impl Prepared {
     /// Descriptors for runc's stdio (`/dev/null` where there are none).
     pub fn stdio(&mut self) -> Result<[Stdio; 3]> {
-        let null = || -> Result<Stdio> {
-            Ok(Stdio::from(
-                std::fs::File::options()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                    .context(|| "open /dev/null".into())?,
-            ))
-        };
         let take = |fd: Option<OwnedFd>| -> Result<Stdio> {
             match fd {
                 Some(fd) => Ok(Stdio::from(fd)),
-                None => null(),
+                None => null_file().map(Stdio::from),
             }
         };
         Ok([
@@ -416,6 +407,7 @@ impl Prepared {
 
 fn null_file() -> Result<std::fs::File> {
     std::fs::File::options()
+        .read(true)
         .write(true)
         .open("/dev/null")
         .context(|| "open /dev/null".into())

@@ -225,19 +225,18 @@ state = "{d}/state"
 
     /// Runs `ctr` against this containerd and returns stdout; panics on failure.
     pub fn ctr(&self, args: &[&str]) -> String {
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(&self.sock)
-            .args(["-n", NS])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (code, out, err) = self.ctr_status(args);
+        assert!(code == 0, "ctr {args:?}: {err}");
+        out
+    }
+
+    /// cove shim processes of this containerd (their command lines name its socket).
+    pub fn cove_shims(&self) -> Vec<i32> {
+        let ours = pids_with(&self.sock.to_string_lossy());
+        pids_with("containerd-shim-cove-v1")
+            .into_iter()
+            .filter(|p| ours.contains(p))
+            .collect()
     }
 
     pub fn rt(&self) -> RuntimeServiceClient<Channel> {
@@ -507,6 +506,25 @@ pub fn pids_with(needle: &str) -> Vec<i32> {
         }
     }
     v
+}
+
+/// The median of some durations (sorts them).
+pub fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// (RSS, PSS) in kB from /proc/PID/smaps_rollup.
+pub fn rss_pss(pid: i32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("Rss:"), get("Pss:"))
 }
 
 /// Polls for a state reached asynchronously; bounded, not a timing assertion.
