@@ -29,7 +29,7 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-## demo: a private containerd with cove, one pod through CRI, its status, then stop and remove
+## demo: a private containerd with cove, one pod with two containers through CRI, their status, then stop and remove
 demo: deps images build
 	COVE_BIN=$(abspath $(BIN)) $(CARGO) run --quiet --release --example demo
 

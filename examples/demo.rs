@@ -1,5 +1,6 @@
 //! `make demo`: a private containerd configured with cove, one pod through CRI on the
-//! `cove` handler, its status (READY, pause pid, IP, namespaces), then stop and remove.
+//! `cove` handler with two busybox containers, their status (READY, pause pid, IP,
+//! namespaces, containers and what they see), then stop and remove.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -54,6 +55,40 @@ async fn main() {
     }
     let shims = pids_with(&id).len();
     println!("  processes   {shims} (shim + pause)");
+
+    let mut containers = Vec::new();
+    println!("\nCreateContainer+StartContainer (busybox)");
+    for (name, script) in [
+        ("web", "echo serving; exec sleep 1000"),
+        ("sidecar", "exec sleep 1000"),
+    ] {
+        let started = std::time::Instant::now();
+        let c = cd
+            .create_container(&id, &cfg, container_config(name, script))
+            .await;
+        cd.start_container(&c).await;
+        let took = started.elapsed();
+        let cpid = cd.tasks()[&c];
+        let same = ["net", "uts", "ipc", "pid"]
+            .iter()
+            .all(|k| ns_of(cpid, k) == ns_of(pid, k));
+        println!(
+            "  {name:<8} {} started in {took:.1?}, pid {cpid}, {}",
+            &c[..12],
+            if same {
+                "in the pod's namespaces"
+            } else {
+                "NOT in the pod's namespaces"
+            }
+        );
+        containers.push(c);
+    }
+    let (host, _, _) = cd.exec_sync(&containers[0], &["hostname"]).await;
+    let (ps, _, _) = cd
+        .exec_sync(&containers[0], &["ps", "-o", "pid,comm"])
+        .await;
+    println!("ExecSync web: hostname -> {}", host.trim());
+    println!("ExecSync web: ps (one pid namespace for the pod)\n{ps}");
     cd.stop_pod(&id).await;
     let st = cd.pod_status(&id).await.status.expect("pod status");
     println!(
@@ -62,7 +97,10 @@ async fn main() {
             .map(|s| s.as_str_name())
             .unwrap_or("?")
     );
+    for c in &containers {
+        cd.remove_container(c).await;
+    }
     cd.remove_pod(&id).await;
     eventually("shim gone", || pids_with(&id).is_empty()).await;
-    println!("RemovePodSandbox -> no shim, pause process, cgroup or pod files left");
+    println!("RemoveContainer x2, RemovePodSandbox -> no shim, pause process, container, cgroup or pod files left");
 }
