@@ -308,8 +308,10 @@ pub fn validate_path(rel: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes cgroup directories, children first. A directory still busy after a short,
-/// bounded retry (its last task is still exiting) is reported, not left silently.
+/// Removes cgroup directories, children first. A created parent that now holds other
+/// cgroups (another pod's, when cove made a missing `cgroup_parent` on a fresh host) is in
+/// use by others: it stays, and that is not a failure. A directory still busy with tasks
+/// after a short, bounded retry (its last task is still exiting) is reported.
 pub fn remove_dirs(dirs: &[PathBuf]) -> Result<()> {
     let mut sorted: Vec<&PathBuf> = dirs.iter().collect();
     sorted.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
@@ -320,6 +322,10 @@ pub fn remove_dirs(dirs: &[PathBuf]) -> Result<()> {
             match std::fs::remove_dir(d) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && has_child_cgroups(d) => {
+                    log::debug!("cgroup {} holds other cgroups; kept", d.display());
+                    break;
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempts < REMOVE_RETRIES => {
                     attempts += 1;
                     std::thread::sleep(REMOVE_RETRY_PAUSE);
@@ -333,6 +339,14 @@ pub fn remove_dirs(dirs: &[PathBuf]) -> Result<()> {
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+fn has_child_cgroups(d: &Path) -> bool {
+    std::fs::read_dir(d)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
 }
 
 /// How often removal retries a busy cgroup, and how long it pauses between tries.
@@ -399,6 +413,36 @@ mod tests {
             );
         }
         validate_path(Path::new("/kubepods/burstable/pod1")).unwrap();
+    }
+
+    #[test]
+    fn a_created_parent_holding_other_cgroups_is_kept_without_error() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test creates cgroups: run it as root"
+        );
+        let layout = Layout::detect().unwrap();
+        let top = PathBuf::from(format!("/cove-unit-{}", std::process::id()));
+        let mine = layout.create(&top.join("pod").join("mine")).unwrap();
+        let theirs = top.join("pod").join("theirs");
+        layout.create(&theirs).unwrap();
+        assert!(
+            mine.len() >= 3,
+            "parents and the leaf were created: {mine:?}"
+        );
+        let kept = remove_dirs(&mine);
+        let leaf_gone = layout
+            .dirs(&top.join("pod/mine"))
+            .iter()
+            .all(|d| !d.exists());
+        let parent_kept = layout.dirs(&top.join("pod")).iter().all(|d| d.exists());
+        let mut all = layout.dirs(&theirs);
+        all.extend(layout.dirs(&top.join("pod")));
+        all.extend(layout.dirs(&top));
+        remove_dirs(&all).unwrap();
+        assert!(kept.is_ok(), "{kept:?}");
+        assert!(leaf_gone, "our own cgroup is removed");
+        assert!(parent_kept, "the parent other cgroups use stays");
     }
 
     #[test]
