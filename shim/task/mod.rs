@@ -268,7 +268,7 @@ impl Inner {
             oom.check();
         }
         if c.kill_all_on_exit {
-            if let Err(e) = c.runc.kill(&c.id, &c.bundle, libc::SIGKILL, true).await {
+            if let Err(e) = self.kill_all(&c, libc::SIGKILL).await {
                 log::debug!("kill the rest of {}: {e}", c.id);
             }
         }
@@ -433,7 +433,7 @@ impl Inner {
         if r.exec_id.is_empty() {
             c.open_gate();
             if r.all {
-                return c.runc.kill(&r.id, &c.bundle, sig as i32, true).await;
+                return self.kill_all(&c, sig as i32).await;
             }
         }
         let finished = || {
@@ -456,6 +456,16 @@ impl Inner {
             Ok(()) => Ok(()),
             Err(nix::Error::ESRCH) => Err(finished()),
             Err(e) => Err(Error::sys(format!("signal {}", name(&r.id, &r.exec_id)), e)),
+        }
+    }
+
+    /// Signals every process of a container. SIGKILL goes straight to the container's
+    /// cgroup; other signals go through `runc kill --all`, which freezes the cgroup first.
+    async fn kill_all(&self, c: &Container, sig: i32) -> Result<()> {
+        let cgroup = locked(&c.cgroup).clone();
+        match cgroup {
+            Some(cg) if sig == libc::SIGKILL => self.layout.kill_all(&cg).map(drop),
+            _ => c.runc.kill(&c.id, &c.bundle, sig, true).await,
         }
     }
 
