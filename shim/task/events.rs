@@ -1,20 +1,34 @@
 //! Task events to containerd (`/tasks/*`), published in the order they are queued.
 //!
 //! Requests never wait on containerd: events go into an unbounded queue that one task
-//! drains into containerd-shim's `RemotePublisher` (which retries on its own). The
-//! connection is made on the first event, from `TTRPC_ADDRESS` as containerd sets it;
-//! without it (the shim driven directly over ttrpc) events are logged and dropped.
+//! forwards to containerd's event service (`containerd.services.events.ttrpc.v1.Events`)
+//! at `TTRPC_ADDRESS`, connecting on the first event and again after a failure. Each
+//! event is encoded where it is queued, with its type name written out, so the shim never
+//! builds protobuf reflection tables (they cost every shim a few hundred kB of heap) and
+//! never needs a blocking thread to connect. A failed forward is retried in order, a few
+//! times with a growing pause, then dropped with a warning. Without `TTRPC_ADDRESS` (the
+//! shim driven directly over ttrpc) events are logged and dropped.
 
-use containerd_shim::asynchronous::publisher::RemotePublisher;
+use std::time::Duration;
+
 use containerd_shim_protos::events::task::*;
-use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::shim::event::Envelope;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::shim_async::EventsClient;
 use containerd_shim_protos::topics::*;
+use protobuf::well_known_types::any::Any;
 use protobuf::well_known_types::timestamp::Timestamp;
+use protobuf::Message;
 use tokio::sync::mpsc;
 
 use crate::reaper::Exit;
 
-type Item = (&'static str, Box<dyn MessageDyn>);
+/// (topic, protobuf type name, encoded event, when it happened)
+type Item = (&'static str, &'static str, Vec<u8>, Timestamp);
+
+/// Forward attempts per event, and the pause after the first failure (doubled each time).
+const TRIES: u32 = 5;
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct Events {
@@ -30,9 +44,15 @@ impl Events {
         Events { tx }
     }
 
-    fn send(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
+    fn send<M: Message>(&self, topic: &'static str, type_name: &'static str, event: &M) {
         log::debug!("event {topic}");
-        let _ = self.tx.send((topic, event));
+        match event.write_to_bytes() {
+            Ok(bytes) => {
+                let now = Timestamp::from(std::time::SystemTime::now());
+                let _ = self.tx.send((topic, type_name, bytes, now));
+            }
+            Err(e) => log::warn!("encode {topic}: {e}"),
+        }
     }
 
     pub fn create(&self, id: &str, bundle: &str, pid: u32, stdio: [&str; 3], terminal: bool) {
@@ -46,14 +66,14 @@ impl Events {
         io.stderr = stdio[2].into();
         io.terminal = terminal;
         e.io = Some(io).into();
-        self.send(TASK_CREATE_EVENT_TOPIC, Box::new(e));
+        self.send(TASK_CREATE_EVENT_TOPIC, "containerd.events.TaskCreate", &e);
     }
 
     pub fn start_(&self, id: &str, pid: u32) {
         let mut e = TaskStart::new();
         e.container_id = id.into();
         e.pid = pid;
-        self.send(TASK_START_EVENT_TOPIC, Box::new(e));
+        self.send(TASK_START_EVENT_TOPIC, "containerd.events.TaskStart", &e);
     }
 
     pub fn exit(&self, id: &str, exec_id: &str, pid: u32, exit: Exit) {
@@ -63,13 +83,13 @@ impl Events {
         e.pid = pid;
         e.exit_status = exit.status;
         e.exited_at = Some(Timestamp::from(exit.at)).into();
-        self.send(TASK_EXIT_EVENT_TOPIC, Box::new(e));
+        self.send(TASK_EXIT_EVENT_TOPIC, "containerd.events.TaskExit", &e);
     }
 
     pub fn oom(&self, id: &str) {
         let mut e = TaskOOM::new();
         e.container_id = id.into();
-        self.send(TASK_OOM_EVENT_TOPIC, Box::new(e));
+        self.send(TASK_OOM_EVENT_TOPIC, "containerd.events.TaskOOM", &e);
     }
 
     pub fn delete(&self, id: &str, pid: u32, exit: Option<Exit>) {
@@ -81,14 +101,14 @@ impl Events {
             e.exit_status = x.status;
             e.exited_at = Some(Timestamp::from(x.at)).into();
         }
-        self.send(TASK_DELETE_EVENT_TOPIC, Box::new(e));
+        self.send(TASK_DELETE_EVENT_TOPIC, "containerd.events.TaskDelete", &e);
     }
 
     pub fn exec_added(&self, id: &str, exec_id: &str) {
         let mut e = TaskExecAdded::new();
         e.container_id = id.into();
         e.exec_id = exec_id.into();
-        self.send(TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(e));
+        self.send(TASK_EXEC_ADDED_EVENT_TOPIC, "containerd.events.TaskExecAdded", &e);
     }
 
     pub fn exec_started(&self, id: &str, exec_id: &str, pid: u32) {
@@ -96,40 +116,64 @@ impl Events {
         e.container_id = id.into();
         e.exec_id = exec_id.into();
         e.pid = pid;
-        self.send(TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(e));
+        self.send(TASK_EXEC_STARTED_EVENT_TOPIC, "containerd.events.TaskExecStarted", &e);
     }
 
     pub fn paused(&self, id: &str) {
         let mut e = TaskPaused::new();
         e.container_id = id.into();
-        self.send(TASK_PAUSED_EVENT_TOPIC, Box::new(e));
+        self.send(TASK_PAUSED_EVENT_TOPIC, "containerd.events.TaskPaused", &e);
     }
 
     pub fn resumed(&self, id: &str) {
         let mut e = TaskResumed::new();
         e.container_id = id.into();
-        self.send(TASK_RESUMED_EVENT_TOPIC, Box::new(e));
+        self.send(TASK_RESUMED_EVENT_TOPIC, "containerd.events.TaskResumed", &e);
     }
 }
 
 async fn drain(mut rx: mpsc::UnboundedReceiver<Item>, address: String, namespace: String) {
-    let mut publisher: Option<RemotePublisher> = None;
-    while let Some((topic, event)) = rx.recv().await {
-        if publisher.is_none() && !address.is_empty() {
-            match RemotePublisher::new(&address).await {
-                Ok(p) => publisher = Some(p),
-                Err(e) => log::warn!("connect to containerd at {address} for events: {e}"),
-            }
-        }
-        let Some(p) = &publisher else {
+    let mut client: Option<EventsClient> = None;
+    while let Some((topic, type_name, value, at)) = rx.recv().await {
+        if address.is_empty() {
             log::debug!("no event publisher; dropped {topic}");
             continue;
-        };
-        if let Err(e) = p
-            .publish(ttrpc::context::Context::default(), topic, &namespace, event)
-            .await
-        {
-            log::warn!("publish {topic}: {e}");
+        }
+        let mut env = Envelope::new();
+        env.timestamp = Some(at).into();
+        env.namespace = namespace.clone();
+        env.topic = topic.into();
+        env.event = Some(Any {
+            type_url: type_name.into(),
+            value,
+            ..Default::default()
+        })
+        .into();
+        let mut req = ForwardRequest::new();
+        req.envelope = Some(env).into();
+        let mut pause = FIRST_PAUSE;
+        for attempt in 1..=TRIES {
+            if client.is_none() {
+                match ttrpc::r#async::Client::connect(&format!("unix://{address}")).await {
+                    Ok(c) => client = Some(EventsClient::new(c)),
+                    Err(e) => log::warn!("connect to containerd at {address} for events: {e}"),
+                }
+            }
+            if let Some(c) = &client {
+                match c.forward(ttrpc::context::Context::default(), &req).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        log::warn!("publish {topic} (attempt {attempt}): {e}");
+                        client = None;
+                    }
+                }
+            }
+            if attempt == TRIES {
+                log::warn!("dropped {topic} after {TRIES} attempts");
+            } else {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
         }
     }
 }
