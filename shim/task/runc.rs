@@ -5,7 +5,6 @@
 //! claimed through it. runc writes its errors as JSON lines to `<bundle>/log.json`; the
 //! last error line a failed command wrote becomes the RPC's error message.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -226,20 +225,12 @@ pub async fn run_command(
     let mut exit = reaper.watch(child.id() as i32);
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     if captured {
-        let o = child.stdout.take();
-        let e = child.stderr.take();
-        (stdout, stderr) = tokio::task::spawn_blocking(move || {
-            let (mut ob, mut eb) = (Vec::new(), Vec::new());
-            if let Some(mut s) = o {
-                let _ = s.read_to_end(&mut ob);
-            }
-            if let Some(mut s) = e {
-                let _ = s.read_to_end(&mut eb);
-            }
-            (ob, eb)
-        })
-        .await
-        .unwrap_or_default();
+        // Read on the shim's own event loop: no blocking-pool thread (and no malloc arena
+        // of its own) per runc call.
+        let o = child.stdout.take().map(|s| pipe_reader(s.into()));
+        let e = child.stderr.take().map(|s| pipe_reader(s.into()));
+        let (ob, eb) = tokio::join!(read_all(o), read_all(e));
+        (stdout, stderr) = (ob?, eb?);
     }
     drop(child);
     let status = wait_exit(&mut exit).await.map(|e| e.status).unwrap_or(255);
@@ -248,6 +239,20 @@ pub async fn run_command(
         stdout,
         stderr,
     })
+}
+
+fn pipe_reader(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+}
+
+async fn read_all(
+    r: Option<std::io::Result<tokio::net::unix::pipe::Receiver>>,
+) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if let Some(r) = r {
+        tokio::io::AsyncReadExt::read_to_end(&mut r?, &mut buf).await?;
+    }
+    Ok(buf)
 }
 
 /// runc's own words for a missing container become NOT_FOUND; the rest UNKNOWN, as

@@ -524,11 +524,12 @@ async fn spawn_logger(
         .context(|| format!("start log driver {}", path.display()))?;
     let _ = owner.reaper.watch(child.id() as i32);
     drop((out_r, err_r, ready_w));
-    let ready = tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::File::from(ready_r);
+    // The driver closes its end (fd 5) when it is ready; read until EOF on the event loop.
+    let ready = async move {
+        let mut r = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r)?;
         let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut f, &mut buf)
-    });
+        tokio::io::AsyncReadExt::read_to_end(&mut r, &mut buf).await
+    };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, ready).await {
         Ok(_) => Ok((out_w, err_w)),
         Err(_) => Err(Error::Internal(format!(
