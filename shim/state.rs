@@ -74,15 +74,16 @@ impl Leftovers {
         })
     }
 
-    /// Persists the record in `bundle`, atomically.
+    /// Persists the record in `bundle`, atomically (write, then rename). There is no
+    /// fsync: the record guards against a crash of the shim, which leaves the page cache
+    /// intact. A crash of the host takes the pause process, its mounts and cgroups with it,
+    /// and the bundle lives in containerd's state directory, which does not outlive a boot.
     pub fn save(&self, bundle: &Path) -> Result<()> {
         let path = bundle.join(STATE_FILE);
         let tmp = bundle.join(format!(".{STATE_FILE}.tmp"));
         let mut f = std::fs::File::create(&tmp).context(|| format!("create {}", tmp.display()))?;
         f.write_all(self.to_json().as_bytes())
             .context(|| format!("write {}", tmp.display()))?;
-        f.sync_all()
-            .context(|| format!("fsync {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).context(|| format!("rename to {}", path.display()))
     }
 
