@@ -220,7 +220,8 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
     cd.stop_pod(&pod).await;
     cd.remove_pod(&pod).await;
 
-    // Nothing of the pod's containers is left: processes, mounts, bundles.
+    // Nothing of the pod's containers is left: processes, mounts, bundles, runc state,
+    // cgroups.
     let mut left_behind = Vec::new();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     for c in [&app, &echo, &stubborn, &hog, &pod] {
@@ -237,6 +238,19 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
             .join(c);
         if bundle.exists() {
             left_behind.push(format!("bundle {}", bundle.display()));
+        }
+        // runc's state and the container's cgroups, whoever removed them.
+        let state = std::path::Path::new("/run/containerd/runc")
+            .join(NS)
+            .join(c);
+        if state.exists() {
+            left_behind.push(format!("runc state {}", state.display()));
+        }
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let cg = h.path().join(parent.trim_start_matches('/')).join(c);
+            if cg.exists() {
+                left_behind.push(format!("cgroup {}", cg.display()));
+            }
         }
     }
     Seen {

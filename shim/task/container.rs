@@ -25,6 +25,9 @@ pub struct Container {
     /// The init shares a pid namespace (the pod's or the host's): when it exits, the rest
     /// of the container's processes are killed, as no kernel will do it.
     pub kill_all_on_exit: bool,
+    /// runc's delete of the stopped container would only remove its state and cgroups
+    /// (cgroupfs driver, no poststop hooks, no Intel RDT): the shim can do that itself.
+    pub plain_delete: bool,
     /// The container's cgroup (relative), known once it is created.
     pub cgroup: Mutex<Option<PathBuf>>,
     pub oom: Mutex<Option<Arc<Oom>>>,

@@ -108,7 +108,11 @@ impl Events {
         let mut e = TaskExecAdded::new();
         e.container_id = id.into();
         e.exec_id = exec_id.into();
-        self.send(TASK_EXEC_ADDED_EVENT_TOPIC, "containerd.events.TaskExecAdded", &e);
+        self.send(
+            TASK_EXEC_ADDED_EVENT_TOPIC,
+            "containerd.events.TaskExecAdded",
+            &e,
+        );
     }
 
     pub fn exec_started(&self, id: &str, exec_id: &str, pid: u32) {
@@ -116,7 +120,11 @@ impl Events {
         e.container_id = id.into();
         e.exec_id = exec_id.into();
         e.pid = pid;
-        self.send(TASK_EXEC_STARTED_EVENT_TOPIC, "containerd.events.TaskExecStarted", &e);
+        self.send(
+            TASK_EXEC_STARTED_EVENT_TOPIC,
+            "containerd.events.TaskExecStarted",
+            &e,
+        );
     }
 
     pub fn paused(&self, id: &str) {
@@ -128,7 +136,11 @@ impl Events {
     pub fn resumed(&self, id: &str) {
         let mut e = TaskResumed::new();
         e.container_id = id.into();
-        self.send(TASK_RESUMED_EVENT_TOPIC, "containerd.events.TaskResumed", &e);
+        self.send(
+            TASK_RESUMED_EVENT_TOPIC,
+            "containerd.events.TaskResumed",
+            &e,
+        );
     }
 }
 

@@ -147,6 +147,7 @@ impl Inner {
         })?;
         let kill_all_on_exit = shares_pid_namespace(&spec);
         let runc = self.runc_for(&options);
+        let plain_delete = !runc.systemd_cgroup && !has_poststop_or_rdt(&spec);
 
         let rootfs = bundle.join("rootfs");
         let rootfs_mounted = !r.rootfs.is_empty();
@@ -185,6 +186,7 @@ impl Inner {
             execs: Mutex::default(),
             rootfs_mounted,
             kill_all_on_exit,
+            plain_delete,
             cgroup: Mutex::default(),
             oom: Mutex::default(),
             gate: tokio::sync::watch::channel(false).0,
@@ -388,9 +390,13 @@ impl Inner {
             return Err(Error::NotFound(format!("task {id} is being deleted")));
         }
         c.open_gate();
-        if let Err(e) = c.runc.delete(id, &c.bundle, true).await {
-            if !matches!(e, Error::NotFound(_)) {
-                log::warn!("{e}");
+        // A container whose processes are all gone needs no runc run to be deleted.
+        let removed = c.plain_delete && p.exit().is_some() && c.runc.remove_stopped(id);
+        if !removed {
+            if let Err(e) = c.runc.delete(id, &c.bundle, true).await {
+                if !matches!(e, Error::NotFound(_)) {
+                    log::warn!("{e}");
+                }
             }
         }
         let exit = match p.exit() {
@@ -727,6 +733,20 @@ fn parse_options(any: Option<&Any>) -> Result<Options> {
 }
 
 /// Whether the container's pid namespace is shared (joined by path, or the host's).
+/// Whether `runc delete` would do more than remove state and cgroups for this spec.
+fn has_poststop_or_rdt(spec: &Spec) -> bool {
+    let poststop = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.poststop().as_ref())
+        .is_some_and(|v| !v.is_empty());
+    let rdt = spec
+        .linux()
+        .as_ref()
+        .is_some_and(|l| l.intel_rdt().is_some());
+    poststop || rdt
+}
+
 fn shares_pid_namespace(spec: &Spec) -> bool {
     let Some(ns) = spec.linux().as_ref().and_then(|l| l.namespaces().clone()) else {
         return true;
