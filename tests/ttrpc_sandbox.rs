@@ -4,18 +4,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
+use common::shim::{create_req, ctx, pod_options, run_start, Shim};
 use common::{alive, eventually, ns_of, pids_with};
 use containerd_shim_protos::api::{
     ConnectRequest, CreateTaskRequest, KillRequest, ShutdownRequest, StartRequest, StateRequest,
     WaitRequest,
 };
 use containerd_shim_protos::sandbox_api::*;
-use containerd_shim_protos::sandbox_async::SandboxClient;
-use containerd_shim_protos::shim_async::TaskClient;
 use cove::protos::update::UpdateSandboxRequest;
 use protobuf::well_known_types::any::Any;
 use protobuf::Message;
@@ -24,150 +22,10 @@ use ttrpc::Code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-cove-v1");
 
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests create namespaces and cgroups: run them as root"
-    );
-}
-
-struct Shim {
-    dir: PathBuf,
-    bundle: PathBuf,
-    id: String,
-    address: String,
-}
-
-impl Shim {
-    /// Runs `start` in a bundle laid out as containerd's shim sandbox controller lays it out.
-    fn start(tag: &str) -> Shim {
-        require_root();
-        let id = format!("cove-t-{tag}-{}", std::process::id());
-        let dir = std::env::temp_dir().join(&id);
-        let bundle = dir
-            .join("state/io.containerd.sandbox.controller.v1.shim/cove-test")
-            .join(&id);
-        let work = dir
-            .join("root/io.containerd.sandbox.controller.v1.shim/cove-test")
-            .join(&id);
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        std::os::unix::fs::symlink(&work, bundle.join("work")).unwrap();
-        let address = run_start(&bundle, &id);
-        Shim {
-            dir,
-            bundle,
-            id,
-            address,
-        }
-    }
-
-    async fn clients(&self) -> (SandboxClient, TaskClient, ttrpc::r#async::Client) {
-        let c = ttrpc::r#async::Client::connect(&self.address)
-            .await
-            .expect("connect to the shim");
-        (SandboxClient::new(c.clone()), TaskClient::new(c.clone()), c)
-    }
-
-    fn delete(&self) -> std::process::Output {
-        Command::new(BIN)
-            .args([
-                "-namespace",
-                "cove-test",
-                "-address",
-                "/run/cove-test/containerd.sock",
-                "-id",
-                &self.id,
-                "-bundle",
-            ])
-            .arg(&self.bundle)
-            .arg("delete")
-            .current_dir(&self.bundle)
-            .output()
-            .unwrap()
-    }
-
-    fn socket(&self) -> PathBuf {
-        PathBuf::from(self.address.trim_start_matches("unix://"))
-    }
-}
-
-impl Drop for Shim {
-    fn drop(&mut self) {
-        let _ = self.delete();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn run_start(bundle: &Path, id: &str) -> String {
-    let out = Command::new(BIN)
-        .args([
-            "-namespace",
-            "cove-test",
-            "-address",
-            "/run/cove-test/containerd.sock",
-            "-publish-binary",
-            "/bin/true",
-            "-id",
-            id,
-            "start",
-        ])
-        .current_dir(bundle)
-        .env("TTRPC_ADDRESS", "/run/cove-test/containerd.sock.ttrpc")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "start failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "start wrote to stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("start prints only the JSON reply");
-    assert_eq!(v["version"], 3);
-    assert_eq!(v["protocol"], "ttrpc");
-    v["address"].as_str().unwrap().to_string()
-}
-
-fn ctx() -> ttrpc::context::Context {
-    context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
-}
-
 fn code<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> Code {
     match r {
         Err(ttrpc::Error::RpcStatus(s)) => s.code(),
         other => panic!("expected an error status, got {other:?}"),
-    }
-}
-
-fn create_req(id: &str, bundle: &Path) -> CreateSandboxRequest {
-    let mut r = CreateSandboxRequest::new();
-    r.sandbox_id = id.into();
-    r.bundle_path = bundle.to_string_lossy().into_owned();
-    r
-}
-
-fn pod_options(hostname: &str, cgroup_parent: &str) -> Any {
-    use cove::protos::cri::*;
-    let mut linux = LinuxPodSandboxConfig::new();
-    linux.cgroup_parent = cgroup_parent.into();
-    linux.sysctls.insert("kernel.shmmni".into(), "1000".into());
-    let mut dns = DNSConfig::new();
-    dns.servers = vec!["10.96.0.10".into()];
-    dns.searches = vec!["default.svc.cluster.local".into()];
-    let mut cfg = PodSandboxConfig::new();
-    cfg.hostname = hostname.into();
-    cfg.dns_config = Some(dns).into();
-    cfg.linux = Some(linux).into();
-    Any {
-        type_url: "runtime.v1.PodSandboxConfig".into(),
-        value: cfg.write_to_bytes().unwrap(),
-        ..Default::default()
     }
 }
 
@@ -236,6 +94,9 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let want = format!(":memory:{parent}/{}", shim.id);
     assert!(cg.lines().any(|l| l.ends_with(&want)), "{cg}");
+    // In every hierarchy, the cgroup v2 one included (the pause is born there).
+    let leaf = format!(":{parent}/{}", shim.id);
+    assert!(cg.lines().all(|l| l.ends_with(&leaf)), "{cg}");
     let hostname = Command::new("nsenter")
         .args(["-t", &pid.to_string(), "-u", "hostname"])
         .output()

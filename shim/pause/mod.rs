@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -282,8 +282,29 @@ fn setup_and_fork_pause(
     cfg: &PauseConfig,
     netns: Option<&File>,
 ) -> std::result::Result<i32, String> {
+    // cgroup v1: this single-threaded child moves itself through `tasks`, which spares the
+    // kernel the global threadgroup lock (and its RCU grace period) that `cgroup.procs`
+    // takes; the pause process inherits the cgroups. cgroup v2 has no such file: the pause
+    // process is born in its v2 cgroup instead (clone3 CLONE_INTO_CGROUP).
+    let mut v2_dir: Option<(PathBuf, OwnedFd)> = None;
     for procs in &cfg.cgroup_procs {
-        std::fs::write(procs, "0").map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+        let dir = procs.parent().unwrap_or(procs);
+        let tasks = dir.join("tasks");
+        if tasks.exists() {
+            std::fs::write(&tasks, "0")
+                .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
+        } else {
+            let fd = nix::fcntl::open(
+                dir,
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| format!("open cgroup {}: {e}", dir.display()))?;
+            // SAFETY: open returned a new descriptor that nothing else owns.
+            v2_dir = Some((procs.clone(), unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
     }
     if let Some(ns) = netns {
         nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
@@ -304,7 +325,18 @@ fn setup_and_fork_pause(
         std::fs::write(&path, value).map_err(|e| format!("set sysctl {key}={value}: {e}"))?;
     }
     let (ready_rd, ready_wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    match sys::fork_single_threaded().map_err(|e| format!("fork pause: {e}"))? {
+    let forked = match &v2_dir {
+        Some((procs, fd)) => match sys::fork_into_cgroup(fd.as_fd()) {
+            Err(nix::Error::ENOSYS | nix::Error::EINVAL | nix::Error::E2BIG) => {
+                std::fs::write(procs, "0")
+                    .map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+                sys::fork_single_threaded()
+            }
+            r => r,
+        },
+        None => sys::fork_single_threaded(),
+    };
+    match forked.map_err(|e| format!("fork pause: {e}"))? {
         Forked::Child => {
             drop(ready_rd);
             pause_main(ready_wr)
