@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN   := target/release/containerd-shim-cove-v1
 
-.PHONY: all build deps images test lint demo install clean
+.PHONY: all build deps images test bench lint demo install clean
 
 all: build
 
@@ -24,6 +24,12 @@ test: deps images
 	else \
 		$(CARGO) test --no-fail-fast; \
 	fi
+
+## bench: cove against containerd's runc pod path in one private containerd, through CRI;
+## prints the table and writes target/bench/report.md and target/bench/latency.svg.
+## Sizes: COVE_BENCH_N (serial pods, 50), COVE_BENCH_BURST (20), COVE_BENCH_DENSITY (200).
+bench: deps images
+	$(CARGO) bench --bench pods
 
 lint:
 	$(CARGO) fmt --check

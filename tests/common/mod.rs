@@ -5,6 +5,7 @@
 //! when a test fails.
 #![allow(dead_code)]
 
+pub mod shim;
 pub mod ws;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub struct Containerd {
     pub dir: PathBuf,
     pub sock: PathBuf,
     pub cgroup_root: String,
+    /// containerd's Prometheus endpoint (`host:port`), when started with metrics.
+    pub metrics: Option<String>,
     child: Option<Child>,
     pub channel: Channel,
 }
@@ -68,8 +71,15 @@ fn images_dir() -> PathBuf {
 }
 
 impl Containerd {
-    /// Starts a private containerd named after `tag` (unique per test).
+    /// Starts a private containerd named after `tag` (unique per test), logging at debug.
     pub async fn start(tag: &str) -> Containerd {
+        Containerd::start_with(tag, "debug", false).await
+    }
+
+    /// Starts a private containerd logging at `log_level` (benchmarks use `info`: debug
+    /// logging costs containerd and the shims time on every call), optionally serving its
+    /// Prometheus metrics on a free loopback port.
+    pub async fn start_with(tag: &str, log_level: &str, metrics: bool) -> Containerd {
         require("root", nix::unistd::geteuid().is_root());
         for bin in ["containerd", "ctr", "runc", "nsenter", "ip"] {
             require(&format!("{bin} on PATH"), have(bin));
@@ -101,6 +111,14 @@ impl Containerd {
             .to_string(),
         )
         .unwrap();
+        let metrics = metrics.then(|| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+            l.local_addr().expect("its address").to_string()
+        });
+        let metrics_cfg = metrics
+            .as_ref()
+            .map(|a| format!("[metrics]\n  address = \"{a}\"\n"))
+            .unwrap_or_default();
         let cfg = format!(
             r#"version = 3
 root = "{d}/root"
@@ -141,7 +159,7 @@ state = "{d}/state"
             sock = sock.display(),
             pause = PAUSE,
             cove = cove_bin(),
-        );
+        ) + &metrics_cfg;
         std::fs::write(dir.join("config.toml"), cfg).unwrap();
         // `--runtime io.containerd.cove.v1` resolves to containerd-shim-cove-v1 on PATH.
         std::fs::create_dir_all(dir.join("bin")).unwrap();
@@ -157,7 +175,7 @@ state = "{d}/state"
             .arg("--config")
             .arg(dir.join("config.toml"))
             .arg("--log-level")
-            .arg("debug")
+            .arg(log_level)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -165,6 +183,7 @@ state = "{d}/state"
         let mut c = Containerd {
             bridge_n: n,
             cgroup_root: format!("/cove-e2e-{tag}-{}", std::process::id()),
+            metrics,
             dir,
             sock: sock.clone(),
             child: Some(child),
@@ -237,6 +256,25 @@ state = "{d}/state"
             .into_iter()
             .filter(|p| ours.contains(p))
             .collect()
+    }
+
+    /// The sum of a metric's samples on containerd's Prometheus endpoint (e.g. a timer's
+    /// `_seconds_sum`); 0 when it has none yet.
+    pub fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let addr = self
+            .metrics
+            .as_ref()
+            .expect("containerd started with metrics");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+        s.write_all(b"GET /v1/metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .expect("ask for metrics");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read metrics");
+        body.lines()
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     pub fn rt(&self) -> RuntimeServiceClient<Channel> {

@@ -1,0 +1,154 @@
+//! The shim driven directly, as containerd drives it: `start` in a bundle laid out as
+//! containerd's shim sandbox controller lays it out, the generated ttrpc clients, `delete`.
+//! Needs root (namespaces, cgroups, mounts).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use containerd_shim_protos::sandbox_api::CreateSandboxRequest;
+use containerd_shim_protos::sandbox_async::SandboxClient;
+use containerd_shim_protos::shim_async::TaskClient;
+use protobuf::well_known_types::any::Any;
+use protobuf::Message;
+use ttrpc::context;
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests create namespaces and cgroups: run them as root"
+    );
+}
+
+pub struct Shim {
+    pub dir: PathBuf,
+    pub bundle: PathBuf,
+    pub id: String,
+    pub address: String,
+}
+
+impl Shim {
+    /// Runs `start` in a bundle laid out as containerd's shim sandbox controller lays it out.
+    pub fn start(tag: &str) -> Shim {
+        require_root();
+        let id = format!("cove-t-{tag}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&id);
+        let bundle = dir
+            .join("state/io.containerd.sandbox.controller.v1.shim/cove-test")
+            .join(&id);
+        let work = dir
+            .join("root/io.containerd.sandbox.controller.v1.shim/cove-test")
+            .join(&id);
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        std::os::unix::fs::symlink(&work, bundle.join("work")).unwrap();
+        let address = run_start(&bundle, &id);
+        Shim {
+            dir,
+            bundle,
+            id,
+            address,
+        }
+    }
+
+    pub async fn clients(&self) -> (SandboxClient, TaskClient, ttrpc::r#async::Client) {
+        let c = ttrpc::r#async::Client::connect(&self.address)
+            .await
+            .expect("connect to the shim");
+        (SandboxClient::new(c.clone()), TaskClient::new(c.clone()), c)
+    }
+
+    pub fn delete(&self) -> std::process::Output {
+        Command::new(super::cove_bin())
+            .args([
+                "-namespace",
+                "cove-test",
+                "-address",
+                "/run/cove-test/containerd.sock",
+                "-id",
+                &self.id,
+                "-bundle",
+            ])
+            .arg(&self.bundle)
+            .arg("delete")
+            .current_dir(&self.bundle)
+            .output()
+            .unwrap()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        PathBuf::from(self.address.trim_start_matches("unix://"))
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.delete();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn run_start(bundle: &Path, id: &str) -> String {
+    let out = Command::new(super::cove_bin())
+        .args([
+            "-namespace",
+            "cove-test",
+            "-address",
+            "/run/cove-test/containerd.sock",
+            "-publish-binary",
+            "/bin/true",
+            "-id",
+            id,
+            "start",
+        ])
+        .current_dir(bundle)
+        .env("TTRPC_ADDRESS", "/run/cove-test/containerd.sock.ttrpc")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "start failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "start wrote to stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("start prints only the JSON reply");
+    assert_eq!(v["version"], 3);
+    assert_eq!(v["protocol"], "ttrpc");
+    v["address"].as_str().unwrap().to_string()
+}
+
+pub fn ctx() -> ttrpc::context::Context {
+    context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
+}
+
+pub fn create_req(id: &str, bundle: &Path) -> CreateSandboxRequest {
+    let mut r = CreateSandboxRequest::new();
+    r.sandbox_id = id.into();
+    r.bundle_path = bundle.to_string_lossy().into_owned();
+    r
+}
+
+pub fn pod_options(hostname: &str, cgroup_parent: &str) -> Any {
+    use cove::protos::cri::*;
+    let mut linux = LinuxPodSandboxConfig::new();
+    linux.cgroup_parent = cgroup_parent.into();
+    linux.sysctls.insert("kernel.shmmni".into(), "1000".into());
+    let mut dns = DNSConfig::new();
+    dns.servers = vec!["10.96.0.10".into()];
+    dns.searches = vec!["default.svc.cluster.local".into()];
+    let mut cfg = PodSandboxConfig::new();
+    cfg.hostname = hostname.into();
+    cfg.dns_config = Some(dns).into();
+    cfg.linux = Some(linux).into();
+    Any {
+        type_url: "runtime.v1.PodSandboxConfig".into(),
+        value: cfg.write_to_bytes().unwrap(),
+        ..Default::default()
+    }
+}
