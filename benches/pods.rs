@@ -95,6 +95,14 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+fn pods(n: usize) -> String {
+    if n == 1 {
+        "1 pod".into()
+    } else {
+        format!("{n} pods")
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -620,10 +628,10 @@ fn svg(serial: &Samples, shim: &BTreeMap<&'static str, Vec<Duration>>) -> String
             let _ = writeln!(
                 s,
                 r#"<rect x="{}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
-                x1 - 150.0,
-                y0 - 40.0 + j as f64 * 14.0,
-                x1 - 136.0,
-                y0 - 31.0 + j as f64 * 14.0,
+                x0 + 8.0,
+                y1 + 4.0 + j as f64 * 14.0,
+                x0 + 22.0,
+                y1 + 13.0 + j as f64 * 14.0,
                 xml_escape(label)
             );
             let mut pts = format!("{x0},{y0}");
@@ -723,21 +731,21 @@ async fn main() {
         let goal = (k > 0).then_some(0.2);
         let q = mc.pss_per_pod() / mu.pss_per_pod();
         r.row(
-            &format!("Runtime PSS per pod at {} pods", mc.pods),
+            &format!("Runtime PSS per pod at {}", pods(mc.pods)),
             format!("{:.0} kB", mc.pss_per_pod()),
             format!("{:.0} kB", mu.pss_per_pod()),
             ratio(mc.pss_per_pod(), mu.pss_per_pod()),
             goal.map(|g| verdict(q, g)).unwrap_or_default(),
         );
         r.row(
-            &format!("Runtime RSS per pod at {} pods", mc.pods),
+            &format!("Runtime RSS per pod at {}", pods(mc.pods)),
             format!("{:.0} kB", mc.rss_per_pod()),
             format!("{:.0} kB", mu.rss_per_pod()),
             ratio(mc.rss_per_pod(), mu.rss_per_pod()),
             String::new(),
         );
         r.row(
-            &format!("Runtime processes at {} pods", mc.pods),
+            &format!("Runtime processes at {}", pods(mc.pods)),
             mc.procs.to_string(),
             mu.procs.to_string(),
             ratio(mc.procs as f64, mu.procs as f64),
