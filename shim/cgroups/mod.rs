@@ -168,14 +168,6 @@ impl Layout {
         }
     }
 
-    /// `cgroup.procs` of `rel` in every hierarchy.
-    pub fn procs_files(&self, rel: &Path) -> Vec<PathBuf> {
-        self.dirs(rel)
-            .into_iter()
-            .map(|d| d.join("cgroup.procs"))
-            .collect()
-    }
-
     /// Creates `rel` (and missing ancestors) in every hierarchy. Returns the directories
     /// this call created, parents before children, so the caller can remove exactly those.
     pub fn create(&self, rel: &Path) -> Result<Vec<PathBuf>> {
@@ -455,7 +447,7 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/memory/pod/x"))
         );
         assert_eq!(l.controller_dir("pids", Path::new("/pod")), None);
-        assert_eq!(l.procs_files(Path::new("/p")).len(), 5);
+        assert_eq!(l.dirs(Path::new("/p")).len(), 5);
     }
 
     #[test]
@@ -516,10 +508,10 @@ mod tests {
         let rel = PathBuf::from(format!("/cove-unit-kill-{}", std::process::id()));
         let made = layout.create(&rel).unwrap();
         // A shell in the cgroup that keeps a child and a grandchild.
-        let procs = layout.procs_files(&rel);
         let script = format!(
-            "for f in {}; do echo $$ > $f; done; sleep 1000 & (sleep 1000 & wait) & wait",
-            procs
+            "for d in {}; do echo $$ > $d/cgroup.procs; done; sleep 1000 & (sleep 1000 & wait) & wait",
+            layout
+                .dirs(&rel)
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()

@@ -39,8 +39,8 @@ pub struct PauseConfig {
     pub hostname: Option<String>,
     /// `(key, value)` written under `/proc/sys` inside the pod namespaces.
     pub sysctls: Vec<(String, String)>,
-    /// `cgroup.procs` files the pause process is written into, one per hierarchy.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// The pause process's cgroup directory in every hierarchy.
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl PauseConfig {
@@ -52,7 +52,7 @@ impl PauseConfig {
             "new_pid": self.new_pid,
             "hostname": self.hostname,
             "sysctls": self.sysctls,
-            "cgroup_procs": self.cgroup_procs.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            "cgroups": self.cgroups.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>(),
         })
         .to_string()
     }
@@ -76,8 +76,8 @@ impl PauseConfig {
                     .collect()
             })
             .unwrap_or_default();
-        let cgroup_procs = v
-            .get("cgroup_procs")
+        let cgroups = v
+            .get("cgroups")
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
@@ -93,7 +93,7 @@ impl PauseConfig {
             new_pid: b("new_pid"),
             hostname: s("hostname"),
             sysctls,
-            cgroup_procs,
+            cgroups,
         })
     }
 }
@@ -286,9 +286,8 @@ fn setup_and_fork_pause(
     // kernel the global threadgroup lock (and its RCU grace period) that `cgroup.procs`
     // takes; the pause process inherits the cgroups. cgroup v2 has no such file: the pause
     // process is born in its v2 cgroup instead (clone3 CLONE_INTO_CGROUP).
-    let mut v2_dir: Option<(PathBuf, OwnedFd)> = None;
-    for procs in &cfg.cgroup_procs {
-        let dir = procs.parent().unwrap_or(procs);
+    let mut v2_dir: Option<(&PathBuf, OwnedFd)> = None;
+    for dir in &cfg.cgroups {
         let tasks = dir.join("tasks");
         if tasks.exists() {
             std::fs::write(&tasks, "0")
@@ -303,7 +302,7 @@ fn setup_and_fork_pause(
             )
             .map_err(|e| format!("open cgroup {}: {e}", dir.display()))?;
             // SAFETY: open returned a new descriptor that nothing else owns.
-            v2_dir = Some((procs.clone(), unsafe { OwnedFd::from_raw_fd(fd) }));
+            v2_dir = Some((dir, unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
     if let Some(ns) = netns {
@@ -326,10 +325,10 @@ fn setup_and_fork_pause(
     }
     let (ready_rd, ready_wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     let forked = match &v2_dir {
-        Some((procs, fd)) => match sys::fork_into_cgroup(fd.as_fd()) {
+        Some((dir, fd)) => match sys::fork_into_cgroup(fd.as_fd()) {
             Err(nix::Error::ENOSYS | nix::Error::EINVAL | nix::Error::E2BIG) => {
-                std::fs::write(procs, "0")
-                    .map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+                std::fs::write(dir.join("cgroup.procs"), "0")
+                    .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
                 sys::fork_single_threaded()
             }
             r => r,
@@ -434,7 +433,7 @@ mod tests {
             new_pid: false,
             hostname: Some("web-0".into()),
             sysctls: vec![("net.ipv4.ip_forward".into(), "1".into())],
-            cgroup_procs: vec!["/sys/fs/cgroup/memory/p/cgroup.procs".into()],
+            cgroups: vec!["/sys/fs/cgroup/memory/p".into()],
         };
         assert_eq!(PauseConfig::from_json(&cfg.to_json()).unwrap(), cfg);
         assert!(PauseConfig::from_json("{not json").is_err());

@@ -386,7 +386,7 @@ impl Manager {
             new_pid: !spec.host_pid,
             hostname: (spec.own_uts() && !spec.hostname.is_empty()).then(|| spec.hostname.clone()),
             sysctls: spec.sysctls.clone(),
-            cgroup_procs: self.layout.procs_files(&pause_cg),
+            cgroups: self.layout.dirs(&pause_cg),
         };
         let pid = self.spawner.spawn(&cfg).await?;
         let at = SystemTime::now();

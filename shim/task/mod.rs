@@ -732,7 +732,6 @@ fn parse_options(any: Option<&Any>) -> Result<Options> {
     }
 }
 
-/// Whether the container's pid namespace is shared (joined by path, or the host's).
 /// Whether `runc delete` would do more than remove state and cgroups for this spec.
 fn has_poststop_or_rdt(spec: &Spec) -> bool {
     let poststop = spec
@@ -747,6 +746,7 @@ fn has_poststop_or_rdt(spec: &Spec) -> bool {
     poststop || rdt
 }
 
+/// Whether the container's pid namespace is shared (joined by path, or the host's).
 fn shares_pid_namespace(spec: &Spec) -> bool {
     let Some(ns) = spec.linux().as_ref().and_then(|l| l.namespaces().clone()) else {
         return true;

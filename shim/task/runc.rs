@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use crate::error::{Error, IoContext, Result};
 use crate::reaper::{wait_exit, Reaper};
+use crate::task::stdio::read_pipe;
 
 /// Where runc keeps container state when the runtime options name no root.
 pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
@@ -280,10 +281,10 @@ pub async fn run_command(
     if captured {
         // Read on the shim's own event loop: no blocking-pool thread (and no malloc arena
         // of its own) per runc call.
-        let o = child.stdout.take().map(|s| pipe_reader(s.into()));
-        let e = child.stderr.take().map(|s| pipe_reader(s.into()));
-        let (ob, eb) = tokio::join!(read_all(o), read_all(e));
-        (stdout, stderr) = (ob?, eb?);
+        if let (Some(o), Some(e)) = (child.stdout.take(), child.stderr.take()) {
+            let (ob, eb) = tokio::join!(read_pipe(o.into()), read_pipe(e.into()));
+            (stdout, stderr) = (ob?, eb?);
+        }
     }
     drop(child);
     let status = wait_exit(&mut exit).await.map(|e| e.status).unwrap_or(255);
@@ -292,20 +293,6 @@ pub async fn run_command(
         stdout,
         stderr,
     })
-}
-
-fn pipe_reader(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
-    tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-}
-
-async fn read_all(
-    r: Option<std::io::Result<tokio::net::unix::pipe::Receiver>>,
-) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    if let Some(r) = r {
-        tokio::io::AsyncReadExt::read_to_end(&mut r?, &mut buf).await?;
-    }
-    Ok(buf)
 }
 
 /// runc's own words for a missing container become NOT_FOUND; the rest UNKNOWN, as

@@ -525,18 +525,21 @@ async fn spawn_logger(
     let _ = owner.reaper.watch(child.id() as i32);
     drop((out_r, err_r, ready_w));
     // The driver closes its end (fd 5) when it is ready; read until EOF on the event loop.
-    let ready = async move {
-        let mut r = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r)?;
-        let mut buf = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut r, &mut buf).await
-    };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, ready).await {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_pipe(ready_r)).await {
         Ok(_) => Ok((out_w, err_w)),
         Err(_) => Err(Error::Internal(format!(
             "log driver {} did not become ready",
             path.display()
         ))),
     }
+}
+
+/// Reads a pipe until EOF on the event loop (no blocking-pool thread).
+pub async fn read_pipe(fd: OwnedFd) -> io::Result<Vec<u8>> {
+    let mut r = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let mut buf = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut r, &mut buf).await?;
+    Ok(buf)
 }
 
 #[cfg(test)]
