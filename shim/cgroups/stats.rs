@@ -148,6 +148,104 @@ fn read_v1(layout: &Layout, rel: &Path) -> Result<v1::Metrics> {
     Ok(m)
 }
 
+/// A single-value cgroup v2 file as containerd reads it: `max` is `u64::MAX`, a missing or
+/// unreadable file is 0 (containerd/cgroups `getStatFileContentUint64`).
+fn v2_num(dir: &Path, file: &str) -> u64 {
+    match read(dir, file) {
+        Some(s) if s.trim() == "max" => u64::MAX,
+        Some(s) => s.trim().parse().unwrap_or(0),
+        None => 0,
+    }
+}
+
+/// A pressure file (`cpu.pressure`, ...): `some`/`full` lines of `avg10=.. avg60=.. avg300=.. total=..`.
+fn psi(dir: &Path, file: &str) -> protobuf::MessageField<v2::PSIStats> {
+    let Some(text) = read(dir, file) else {
+        return protobuf::MessageField::none();
+    };
+    let mut out = v2::PSIStats::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let slot = match parts.next() {
+            Some("some") => &mut out.some,
+            Some("full") => &mut out.full,
+            _ => continue,
+        };
+        let mut d = v2::PSIData::new();
+        for kv in parts {
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
+            match k {
+                "avg10" => d.avg10 = v.parse().unwrap_or(0.0),
+                "avg60" => d.avg60 = v.parse().unwrap_or(0.0),
+                "avg300" => d.avg300 = v.parse().unwrap_or(0.0),
+                "total" => d.total = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        *slot = Some(d).into();
+    }
+    Some(out).into()
+}
+
+/// `io.stat`: one line per device, `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. ...`.
+fn io_entries(dir: &Path) -> Vec<v2::IOEntry> {
+    read(dir, "io.stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let (major, minor) = parts.next()?.split_once(':')?;
+            let mut e = v2::IOEntry {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                ..Default::default()
+            };
+            for kv in parts {
+                let Some((k, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                let v = v.parse().unwrap_or(0);
+                match k {
+                    "rbytes" => e.rbytes = v,
+                    "wbytes" => e.wbytes = v,
+                    "rios" => e.rios = v,
+                    "wios" => e.wios = v,
+                    _ => {}
+                }
+            }
+            Some(e)
+        })
+        .collect()
+}
+
+/// The host's huge page sizes as cgroup v2 names them (`2MB`, `1GB`).
+fn hugepage_sizes() -> Vec<String> {
+    let mut sizes: Vec<(u64, String)> = std::fs::read_dir("/sys/kernel/mm/hugepages")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let kb: u64 = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("hugepages-")?
+                .strip_suffix("kB")?
+                .parse()
+                .ok()?;
+            let name = match kb {
+                k if k >= 1 << 20 && k % (1 << 20) == 0 => format!("{}GB", k >> 20),
+                k if k >= 1 << 10 && k % (1 << 10) == 0 => format!("{}MB", k >> 10),
+                k => format!("{k}KB"),
+            };
+            Some((kb, name))
+        })
+        .collect();
+    sizes.sort();
+    sizes.into_iter().map(|(_, n)| n).collect()
+}
+
 fn read_v2(dir: &Path) -> Result<v2::Metrics> {
     if !dir.exists() {
         return Err(Error::NotFound(format!(
@@ -178,26 +276,42 @@ fn read_v2(dir: &Path) -> Result<v2::Metrics> {
         slab_unreclaimable: g("slab_unreclaimable"),
         pgfault: g("pgfault"),
         pgmajfault: g("pgmajfault"),
-        usage: num(dir, "memory.current"),
-        usage_limit: num(dir, "memory.max"),
-        swap_usage: num(dir, "memory.swap.current"),
-        swap_limit: num(dir, "memory.swap.max"),
-        max_usage: num(dir, "memory.peak"),
+        workingset_refault: g("workingset_refault"),
+        workingset_activate: g("workingset_activate"),
+        workingset_nodereclaim: g("workingset_nodereclaim"),
+        pgrefill: g("pgrefill"),
+        pgscan: g("pgscan"),
+        pgsteal: g("pgsteal"),
+        pgactivate: g("pgactivate"),
+        pgdeactivate: g("pgdeactivate"),
+        pglazyfree: g("pglazyfree"),
+        pglazyfreed: g("pglazyfreed"),
+        thp_fault_alloc: g("thp_fault_alloc"),
+        thp_collapse_alloc: g("thp_collapse_alloc"),
+        usage: v2_num(dir, "memory.current"),
+        usage_limit: v2_num(dir, "memory.max"),
+        swap_usage: v2_num(dir, "memory.swap.current"),
+        swap_limit: v2_num(dir, "memory.swap.max"),
+        max_usage: v2_num(dir, "memory.peak"),
+        swap_max_usage: v2_num(dir, "memory.swap.peak"),
+        psi: psi(dir, "memory.pressure"),
         ..Default::default()
     };
     m.memory = Some(mem).into();
     let ev = kv(dir, "memory.events");
-    let e = |k: &str| ev.get(k).copied().unwrap_or(0);
-    m.memory_events = Some(v2::MemoryEvents {
-        low: e("low"),
-        high: e("high"),
-        max: e("max"),
-        oom: e("oom"),
-        oom_kill: e("oom_kill"),
-        oom_group_kill: e("oom_group_kill"),
-        ..Default::default()
-    })
-    .into();
+    if !ev.is_empty() {
+        let e = |k: &str| ev.get(k).copied().unwrap_or(0);
+        m.memory_events = Some(v2::MemoryEvents {
+            low: e("low"),
+            high: e("high"),
+            max: e("max"),
+            oom: e("oom"),
+            oom_kill: e("oom_kill"),
+            oom_group_kill: e("oom_group_kill"),
+            ..Default::default()
+        })
+        .into();
+    }
     let c = kv(dir, "cpu.stat");
     let cg = |k: &str| c.get(k).copied().unwrap_or(0);
     m.cpu = Some(v2::CPUStat {
@@ -207,15 +321,37 @@ fn read_v2(dir: &Path) -> Result<v2::Metrics> {
         nr_periods: cg("nr_periods"),
         nr_throttled: cg("nr_throttled"),
         throttled_usec: cg("throttled_usec"),
+        nr_bursts: cg("nr_bursts"),
+        burst_usec: cg("burst_usec"),
+        psi: psi(dir, "cpu.pressure"),
         ..Default::default()
     })
     .into();
     m.pids = Some(v2::PidsStat {
-        current: num(dir, "pids.current"),
-        limit: num(dir, "pids.max"),
+        current: v2_num(dir, "pids.current"),
+        limit: v2_num(dir, "pids.max"),
         ..Default::default()
     })
     .into();
+    m.io = Some(v2::IOStat {
+        usage: io_entries(dir),
+        psi: psi(dir, "io.pressure"),
+        ..Default::default()
+    })
+    .into();
+    m.hugetlb = hugepage_sizes()
+        .into_iter()
+        .map(|size| v2::HugeTlbStat {
+            current: v2_num(dir, &format!("hugetlb.{size}.current")),
+            max: v2_num(dir, &format!("hugetlb.{size}.max")),
+            failcnt: kv(dir, &format!("hugetlb.{size}.events"))
+                .get("max")
+                .copied()
+                .unwrap_or(0),
+            pagesize: size,
+            ..Default::default()
+        })
+        .collect();
     Ok(m)
 }
 
@@ -240,11 +376,38 @@ mod tests {
         std::fs::write(dir.join("memory.stat"), "anon 1024\nfile 2048\n").unwrap();
         std::fs::write(dir.join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
         std::fs::write(dir.join("pids.current"), "3\n").unwrap();
+        std::fs::write(dir.join("pids.max"), "max\n").unwrap();
         std::fs::write(dir.join("cpu.stat"), "usage_usec 77\n").unwrap();
+        std::fs::write(
+            dir.join("io.stat"),
+            "8:0 rbytes=512 wbytes=1024 rios=1 wios=2 dbytes=0 dios=0\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("cpu.pressure"),
+            "some avg10=1.50 avg60=0.00 avg300=0.00 total=42\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+        )
+        .unwrap();
         let m = read_v2(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(m.memory.usage, 4096);
-        assert_eq!(m.memory.usage_limit, 0, "\"max\" is no limit");
+        assert_eq!(
+            m.memory.usage_limit,
+            u64::MAX,
+            "\"max\" is reported as containerd reports it"
+        );
+        assert_eq!(m.pids.limit, u64::MAX);
+        assert_eq!(m.memory.swap_limit, 0, "an absent file reads as 0");
+        assert_eq!(
+            (
+                m.io.usage[0].major,
+                m.io.usage[0].rbytes,
+                m.io.usage[0].wios
+            ),
+            (8, 512, 2)
+        );
+        assert_eq!(m.cpu.psi.some.avg10, 1.5);
+        assert_eq!(m.cpu.psi.full.total, 7);
         assert_eq!((m.memory.anon, m.memory.file), (1024, 2048));
         assert_eq!(m.memory_events.oom_kill, 1);
         assert_eq!(m.pids.current, 3);
