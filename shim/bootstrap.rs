@@ -217,6 +217,10 @@ pub fn delete(flags: &Flags) -> Result<()> {
                 wait_gone(pid);
             }
         }
+        if !left.units.is_empty() {
+            let layout = crate::cgroups::Layout::detect()?;
+            crate::cgroups::systemd::stop_units_blocking(&left.units, &layout)?;
+        }
         left.clean()?;
         Leftovers::forget(&bundle)?;
     }

@@ -25,6 +25,8 @@ pub struct Leftovers {
     pub shm: Option<PathBuf>,
     pub files: Vec<PathBuf>,
     pub dirs: Vec<PathBuf>,
+    /// systemd units to stop, in order: the pause scope, then the slices it made appear.
+    pub units: Vec<String>,
 }
 
 fn paths(v: &Value, k: &str) -> Vec<PathBuf> {
@@ -56,6 +58,7 @@ impl Leftovers {
             "shm": self.shm.as_ref().map(|p| p.to_string_lossy().into_owned()),
             "files": strs(&self.files),
             "dirs": strs(&self.dirs),
+            "units": self.units,
         })
         .to_string()
     }
@@ -71,6 +74,16 @@ impl Leftovers {
             shm: v.get("shm").and_then(Value::as_str).map(PathBuf::from),
             files: paths(&v, "files"),
             dirs: paths(&v, "dirs"),
+            units: v
+                .get("units")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -189,6 +202,7 @@ mod tests {
             shm: Some("/run/x/shm".into()),
             files: vec!["/var/lib/x/hosts".into()],
             dirs: vec!["/var/lib/x".into()],
+            units: vec!["cri-containerd-x.scope".into(), "pod1.slice".into()],
         };
         l.save(&dir).unwrap();
         assert_eq!(Leftovers::load(&dir).unwrap(), Some(l));

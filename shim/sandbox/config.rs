@@ -50,8 +50,11 @@ pub struct PodSpec {
     pub uid: String,
     pub hostname: String,
     pub dns: Option<Dns>,
-    /// cgroupfs path of the pod cgroup; empty when the client gave none.
+    /// The pod cgroup as CRI names it: a cgroupfs path, a systemd slice
+    /// (`kubepods-besteffort-pod<uid>.slice`), or empty when the client gave none.
     pub cgroup_parent: String,
+    /// Where a systemd slice parent lives in the cgroup tree; `None` for cgroupfs.
+    pub slice_path: Option<PathBuf>,
     pub sysctls: Vec<(String, String)>,
     pub host_network: bool,
     pub host_pid: bool,
@@ -99,7 +102,7 @@ impl PodSpec {
             })
             .unwrap_or_default();
         sysctls.sort();
-        let spec = PodSpec {
+        let mut spec = PodSpec {
             from_cri: true,
             name: cfg.metadata.name.clone(),
             namespace: cfg.metadata.namespace.clone(),
@@ -111,6 +114,7 @@ impl PodSpec {
                 options: d.options.clone(),
             }),
             cgroup_parent: linux.map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+            slice_path: None,
             sysctls,
             host_network: node(ns.map(|n| n.network)),
             host_pid: node(ns.map(|n| n.pid)),
@@ -122,6 +126,9 @@ impl PodSpec {
                 .collect(),
         };
         spec.validate()?;
+        if crate::cgroups::systemd::is_slice(&spec.cgroup_parent) {
+            spec.slice_path = Some(crate::cgroups::systemd::expand(&spec.cgroup_parent)?);
+        }
         Ok(spec)
     }
 
@@ -133,7 +140,9 @@ impl PodSpec {
                 self.hostname
             )));
         }
-        if !self.cgroup_parent.is_empty() {
+        if crate::cgroups::systemd::is_slice(&self.cgroup_parent) {
+            crate::cgroups::systemd::validate_slice(&self.cgroup_parent)?;
+        } else if !self.cgroup_parent.is_empty() {
             crate::cgroups::validate_path(std::path::Path::new(&self.cgroup_parent))?;
         }
         for (k, _) in &self.sysctls {
@@ -187,8 +196,17 @@ impl PodSpec {
         !self.host_network
     }
 
-    /// The cgroup of the pause process: `<cgroup_parent>/<id>`, or `/cove/<id>` without a parent.
+    /// Whether the pod's cgroups are systemd's (a slice parent): the systemd cgroup driver.
+    pub fn systemd(&self) -> bool {
+        self.slice_path.is_some()
+    }
+
+    /// The cgroup of the pause process: `<cgroup_parent>/<id>`, or `/cove/<id>` without a
+    /// parent; under systemd the scope `cri-containerd-<id>.scope` in the pod's slice.
     pub fn pause_cgroup(&self, id: &str) -> PathBuf {
+        if let Some(slice) = &self.slice_path {
+            return slice.join(crate::cgroups::systemd::scope_name(id));
+        }
         let parent = if self.cgroup_parent.is_empty() {
             "/cove"
         } else {
@@ -200,7 +218,9 @@ impl PodSpec {
     /// The pod cgroup that metrics read and updates write: `cgroup_parent`, which holds the
     /// pause process and every container of the pod; the pause cgroup when there is none.
     pub fn pod_cgroup(&self, id: &str) -> PathBuf {
-        if self.cgroup_parent.is_empty() {
+        if let Some(slice) = &self.slice_path {
+            slice.clone()
+        } else if self.cgroup_parent.is_empty() {
             self.pause_cgroup(id)
         } else {
             PathBuf::from(&self.cgroup_parent)
@@ -309,7 +329,8 @@ mod tests {
             (false, "kernel.panic", ""),
             (true, "net.ipv4.ip_forward", ""),
             (false, "net..x", ""),
-            (false, "net.ipv4.ip_forward", "kubepods.slice"),
+            (false, "net.ipv4.ip_forward", "kubepods--x.slice"),
+            (false, "net.ipv4.ip_forward", "pods/a"),
         ] {
             let r = PodSpec::from_options(Some(&any(&cri(host_net, &[(key, "1")], parent))));
             assert!(
@@ -317,6 +338,29 @@ mod tests {
                 "{key} {parent}"
             );
         }
+    }
+
+    #[test]
+    fn slice_parents_select_the_systemd_driver() {
+        let s = PodSpec::from_options(Some(&any(&cri(
+            false,
+            &[],
+            "kubepods-besteffort-pod1a.slice",
+        ))))
+        .unwrap();
+        assert!(s.systemd());
+        assert_eq!(
+            s.pod_cgroup("abc"),
+            PathBuf::from(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a.slice"
+            )
+        );
+        assert_eq!(
+            s.pause_cgroup("abc"),
+            s.pod_cgroup("abc").join("cri-containerd-abc.scope")
+        );
+        let fs = PodSpec::from_options(Some(&any(&cri(false, &[], "/kubepods/pod1")))).unwrap();
+        assert!(!fs.systemd());
     }
 
     #[test]

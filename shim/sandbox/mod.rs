@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use protobuf::well_known_types::any::Any;
 use tokio::sync::watch;
 
+use crate::cgroups::systemd::Systemd;
 use crate::cgroups::Layout;
 use crate::error::{Error, Result};
 use crate::pause::{PauseConfig, PauseSpawner};
@@ -264,6 +265,9 @@ impl Manager {
     pub fn create(&self, p: CreateParams) -> Result<()> {
         crate::ids::validate("sandbox id", &p.id)?;
         let spec = PodSpec::from_options(p.options.as_ref())?;
+        if spec.systemd() {
+            crate::cgroups::systemd::check_available(&spec.cgroup_parent)?;
+        }
         let netns = if p.netns_path.is_empty() {
             None
         } else {
@@ -324,7 +328,18 @@ impl Manager {
         let result = self.start_locked(&sb, &mut host).await;
         if let Err(e) = &result {
             log::error!("start sandbox {id}: {e}; undoing what was made");
-            if let Err(ce) = host.clean() {
+            if host.kill_pause() {
+                if let Some((pid, _)) = host.pause {
+                    let mut rx = self.reaper.watch(pid);
+                    let _ = tokio::time::timeout(DEFAULT_STOP_GRACE, wait_exit(&mut rx)).await;
+                }
+            }
+            let undone = match crate::cgroups::systemd::stop_units(&host.units, &self.layout).await
+            {
+                Ok(()) => host.clean(),
+                Err(e) => Err(e),
+            };
+            if let Err(ce) = undone {
                 log::warn!("undo sandbox {id}: {ce}");
             } else {
                 *host = Leftovers::default();
@@ -357,13 +372,32 @@ impl Manager {
     async fn start_locked(&self, sb: &Sandbox, host: &mut Leftovers) -> Result<(i32, SystemTime)> {
         let spec = &sb.spec;
         let pause_cg = spec.pause_cgroup(&sb.id);
-        let mut made = self.layout.create(&pause_cg)?;
-        for d in self.layout.dirs(&pause_cg) {
-            if !made.contains(&d) {
-                made.push(d);
+        // cgroupfs: cove makes the directories and the pause is born in them. systemd: the
+        // pause starts where the shim is, and systemd moves it into its scope.
+        let systemd = if spec.systemd() {
+            Some(Systemd::connect().await?)
+        } else {
+            None
+        };
+        let scope = crate::cgroups::systemd::scope_name(&sb.id);
+        let pause_dirs = match &systemd {
+            None => {
+                let mut made = self.layout.create(&pause_cg)?;
+                for d in self.layout.dirs(&pause_cg) {
+                    if !made.contains(&d) {
+                        made.push(d);
+                    }
+                }
+                host.cgroups = made;
+                self.layout.dirs(&pause_cg)
             }
-        }
-        host.cgroups = made;
+            Some(sd) => {
+                let mut created = sd.missing_slices(&spec.cgroup_parent).await?;
+                created.reverse();
+                host.units = std::iter::once(scope.clone()).chain(created).collect();
+                Vec::new()
+            }
+        };
         host.save(&sb.bundle)?;
         if spec.from_cri {
             match PodFiles::locate(&sb.bundle, &sb.id) {
@@ -386,7 +420,7 @@ impl Manager {
             new_pid: !spec.host_pid,
             hostname: (spec.own_uts() && !spec.hostname.is_empty()).then(|| spec.hostname.clone()),
             sysctls: spec.sysctls.clone(),
-            cgroups: self.layout.dirs(&pause_cg),
+            cgroups: pause_dirs,
         };
         let pid = self.spawner.spawn(&cfg).await?;
         let at = SystemTime::now();
@@ -398,6 +432,11 @@ impl Manager {
             ),
         }
         host.save(&sb.bundle)?;
+        if let Some(sd) = &systemd {
+            let what = format!("cove pod sandbox {}", sb.id);
+            sd.start_scope(&scope, &spec.cgroup_parent, pid as u32, &what)
+                .await?;
+        }
         Ok((pid, at))
     }
 
@@ -489,6 +528,7 @@ impl Manager {
         let sb = self.get(id)?;
         let mut host = sb.host.lock().await;
         self.stop_locked(&sb, Duration::ZERO).await?;
+        crate::cgroups::systemd::stop_units(&host.units, &self.layout).await?;
         host.clean()?;
         *host = Leftovers::default();
         Leftovers::forget(&sb.bundle)?;

@@ -146,7 +146,17 @@ impl Inner {
             Error::InvalidArgument(format!("task {}: read the bundle's config.json: {e}", r.id))
         })?;
         let kill_all_on_exit = shares_pid_namespace(&spec);
-        let runc = self.runc_for(&options);
+        let mut runc = self.runc_for(&options);
+        // CRI writes `<slice>:cri-containerd:<id>` for pods under the systemd cgroup driver;
+        // runc then needs its systemd driver, whatever the runtime options say.
+        if spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .is_some_and(|p| crate::cgroups::systemd::is_systemd_cgroups_path(&p.to_string_lossy()))
+        {
+            runc.systemd_cgroup = true;
+        }
         let plain_delete = !runc.systemd_cgroup && !has_poststop_or_rdt(&spec);
 
         let rootfs = bundle.join("rootfs");
