@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use k8s_cri::v1::{NamespaceMode, PodSandboxState};
 
@@ -47,11 +45,22 @@ async fn cove_pod_is_ready_in_its_cni_netns_with_its_own_namespaces() {
         .trim(),
         "80"
     );
-    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    // In its cgroup: `<parent>/<id>`, or `<pod slice>/cri-containerd-<id>.scope` under the
+    // systemd driver; on v1 in every hierarchy, as runc places containers.
+    assert_eq!(cgroup_of(pid), task_cgroup(&cfg, &id));
+    let procs: Vec<bool> = layout()
+        .dirs(&task_cgroup(&cfg, &id))
+        .iter()
+        .map(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.trim() == pid.to_string())
+        })
+        .collect();
     assert!(
-        cg.lines()
-            .any(|l| l.ends_with(&format!(":memory:{}/web/{id}", cd.cgroup_root))),
-        "{cg}"
+        procs.iter().all(|&p| p),
+        "pause in every hierarchy: {procs:?}"
     );
 
     // The pod files CRI mounts into containers.
@@ -272,8 +281,25 @@ async fn stop_and_remove_leave_nothing_behind_for_cove_and_runc() {
         );
         if handler == "cove" {
             eventually("no cove shim left", || pids_with(&id).is_empty()).await;
-            let cg = format!("/sys/fs/cgroup/memory{}/{name}", cd.cgroup_root);
-            assert!(!Path::new(&cg).exists(), "pod cgroup {cg} left behind");
+            let pause_cg = task_cgroup(&cfg, &id);
+            assert!(
+                !cgroup_exists(&pause_cg),
+                "{} left behind",
+                pause_cg.display()
+            );
+            if systemd_driver() {
+                // The pod slice is kubelet's (here the harness's); the pause scope was cove's.
+                let scope = cove::cgroups::systemd::scope_name(&id);
+                assert!(!unit_loaded(&scope), "unit {scope} left behind");
+            } else {
+                // cove made the missing cgroup parent, and removes it.
+                let pod = pod_cgroup(&cfg);
+                assert!(
+                    !cgroup_exists(&pod),
+                    "pod cgroup {} left behind",
+                    pod.display()
+                );
+            }
             for dir in [
                 cd.dir
                     .join("state/io.containerd.sandbox.controller.v1.shim")
@@ -298,9 +324,9 @@ async fn stop_and_remove_leave_nothing_behind_for_cove_and_runc() {
 async fn sandbox_metrics_through_containerds_controller_api() {
     use containerd_client::services::v1::sandbox::controller_client::ControllerClient;
     use containerd_client::services::v1::sandbox::ControllerMetricsRequest;
-    use protobuf::Message;
     let cd = Containerd::start("metrics").await;
-    let id = cd.run_pod(&cd.pod_config("stats"), "cove").await;
+    let cfg = cd.pod_config("stats");
+    let id = cd.run_pod(&cfg, "cove").await;
     let mut c = ControllerClient::new(cd.channel.clone());
     let resp = c
         .metrics(ns_request(ControllerMetricsRequest {
@@ -313,19 +339,25 @@ async fn sandbox_metrics_through_containerds_controller_api() {
     let metric = resp.metrics.expect("a metric");
     assert_eq!(metric.id, id);
     let data = metric.data.expect("metric data");
-    assert_eq!(data.type_url, "io.containerd.cgroups.v1.Metrics");
-    let m =
-        containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&data.value).unwrap();
-    assert!(
-        m.pids.current >= 1,
-        "the pause process is in the pod cgroup"
-    );
-    let usage = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/memory{}/stats/memory.usage_in_bytes",
-        cd.cgroup_root
-    ))
-    .unwrap();
-    assert!(m.memory.usage.usage > 0 && usage.trim().parse::<u64>().unwrap() > 0);
+    let data = protobuf::well_known_types::any::Any {
+        type_url: data.type_url,
+        value: data.value,
+        ..Default::default()
+    };
+    // The pod cgroup's own counters, in the type containerd uses on this host.
+    let (pids, usage) = decode_metrics(&data);
+    assert!(pids >= 1, "the pause process is in the pod cgroup");
+    let file = if cgroup_v2() {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    let on_disk: u64 = std::fs::read_to_string(cg_dir("memory", &pod_cgroup(&cfg)).join(file))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(usage > 0 && on_disk > 0, "usage {usage}, {file} {on_disk}");
     cd.stop_pod(&id).await;
     cd.remove_pod(&id).await;
 }

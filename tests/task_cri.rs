@@ -162,18 +162,15 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
         })
         .await
         .unwrap();
-    let updated_memory_limit = cd
-        .exec_sync(
-            &app,
-            &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
-        )
-        .await
-        .0;
-    let cgroup = std::fs::read_to_string(format!("/proc/{app_pid}/cgroup")).unwrap();
-    let parent = &pod_cfg.linux.as_ref().unwrap().cgroup_parent;
-    let in_pod_cgroup = cgroup
-        .lines()
-        .any(|l| l.contains(":memory:") && l.ends_with(&format!("{parent}/{app}")));
+    // Inside the container (its own cgroup namespace) its memory limit file.
+    let limit_file = if cgroup_v2() {
+        "/sys/fs/cgroup/memory.max"
+    } else {
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    };
+    let updated_memory_limit = cd.exec_sync(&app, &["cat", limit_file]).await.0;
+    // CRI's cgroupsPath: `<parent>/<id>`, or `<slice>:cri-containerd:<id>` under systemd.
+    let in_pod_cgroup = cgroup_of(app_pid) == task_cgroup(&pod_cfg, &app);
 
     // StopContainer: SIGTERM handled by the app; SIGKILL after the timeout otherwise.
     cd.stop_container(&app, 10).await;
@@ -239,18 +236,21 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
         if bundle.exists() {
             left_behind.push(format!("bundle {}", bundle.display()));
         }
-        // runc's state and the container's cgroups, whoever removed them.
+        // runc's state and the container's cgroups (and systemd units), whoever removed them.
         let state = std::path::Path::new("/run/containerd/runc")
             .join(NS)
             .join(c);
         if state.exists() {
             left_behind.push(format!("runc state {}", state.display()));
         }
-        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            let cg = h.path().join(parent.trim_start_matches('/')).join(c);
-            if cg.exists() {
-                left_behind.push(format!("cgroup {}", cg.display()));
+        for d in layout().dirs(&task_cgroup(&pod_cfg, c)) {
+            if d.exists() {
+                left_behind.push(format!("cgroup {}", d.display()));
             }
+        }
+        let scope = cove::cgroups::systemd::scope_name(c);
+        if systemd_driver() && unit_loaded(&scope) {
+            left_behind.push(format!("unit {scope}"));
         }
     }
     Seen {

@@ -66,13 +66,39 @@ async fn ctr_run_exec_signal_pause_metrics_and_delete() {
     cd.ctr(&["task", "resume", "svc"]);
     assert!(cd.ctr(&["task", "ls"]).contains("RUNNING"));
     let metrics = cd.ctr(&["task", "metrics", "svc"]);
-    assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
+    // ctr prints cgroup v1 and v2 metrics under different names.
+    let usage_key = if cgroup_v2() {
+        "memory.usage"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    let usage: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(usage_key)).then(|| f.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {usage_key} in {metrics}"));
+    assert!(usage > 0, "{metrics}");
     assert!(metrics.contains("pids.current"), "{metrics}");
 
-    // Checkpoint goes through runc; CRIU cannot run here and the error says so.
+    // Checkpoint goes through runc. Where CRIU cannot run (our hosts: its kernel feature
+    // check fails) the error says so; where it can (the guest kernels), runc and CRIU have
+    // their say, and the task keeps running either way.
+    let criu_runs = Command::new("criu")
+        .arg("check")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     let (code, _, err) = cd.ctr_status(&["task", "checkpoint", "svc"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("needs CRIU"), "{err}");
+    if criu_runs {
+        assert!(code == 0 || err.contains("criu"), "{err}");
+    } else {
+        assert_ne!(code, 0);
+        assert!(err.contains("needs CRIU"), "{err}");
+    }
+    assert!(cd.ctr(&["task", "ls"]).contains("RUNNING"));
 
     // sleep is PID 1 of its own pid namespace, where SIGTERM has no default action.
     cd.ctr(&["task", "kill", "-s", "KILL", "svc"]);

@@ -8,7 +8,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::shim::{create_req, ctx, pod_options, run_start, Shim};
-use common::{alive, eventually, ns_of, pids_with};
+use common::{
+    alive, cg_dir, cgroup_exists, cgroup_of, cgroup_v2, decode_metrics, eventually, layout, ns_of,
+    pids_with, unit_loaded,
+};
 use containerd_shim_protos::api::{
     ConnectRequest, CreateTaskRequest, KillRequest, ShutdownRequest, StartRequest, StateRequest,
     WaitRequest,
@@ -92,11 +95,21 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
         "cove-pause"
     );
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let want = format!(":memory:{parent}/{}", shim.id);
-    assert!(cg.lines().any(|l| l.ends_with(&want)), "{cg}");
     // In every hierarchy, the cgroup v2 one included (the pause is born there).
     let leaf = format!(":{parent}/{}", shim.id);
     assert!(cg.lines().all(|l| l.ends_with(&leaf)), "{cg}");
+    if cgroup_v2() {
+        // A pure v2 host: the pod cgroup passes its controllers on to the pause's, and to
+        // the containers that will sit beside it.
+        let pod = cg_dir("memory", Path::new(&parent));
+        let enabled = std::fs::read_to_string(pod.join("cgroup.subtree_control")).unwrap();
+        for c in ["cpu", "memory", "pids", "io"] {
+            assert!(
+                enabled.split_whitespace().any(|e| e == c),
+                "{c} not delegated: {enabled}"
+            );
+        }
+    }
     let hostname = Command::new("nsenter")
         .args(["-t", &pid.to_string(), "-u", "hostname"])
         .output()
@@ -174,15 +187,15 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     m.sandbox_id = shim.id.clone();
     let metrics = sb.sandbox_metrics(ctx(), &m).await.unwrap();
     let data = metrics.metrics.data.clone().unwrap();
-    assert_eq!(data.type_url, "io.containerd.cgroups.v1.Metrics");
-    let stats =
-        containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&data.value).unwrap();
-    assert!(
-        stats.pids.current >= 1,
-        "the pause process is counted: {:?}",
-        stats.pids
-    );
-    assert!(stats.memory.usage.usage > 0);
+    let (pids, usage) = decode_metrics(&data);
+    assert!(pids >= 1, "the pause process is counted: {pids}");
+    assert!(usage > 0);
+    if cgroup_v2() {
+        // No limit is reported as containerd reports it: u64::MAX, not 0.
+        let m = containerd_shim_protos::cgroups_v2::metrics::Metrics::parse_from_bytes(&data.value)
+            .unwrap();
+        assert_eq!((m.memory.usage_limit, m.pids.limit), (u64::MAX, u64::MAX));
+    }
 
     // UpdateSandbox (containerd 2.4) as a direct ttrpc call: pod-level memory and pids limits.
     let mut up = UpdateSandboxRequest::new();
@@ -206,12 +219,16 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
         .await
         .unwrap();
     assert_eq!(resp.status.code(), Code::OK, "{:?}", resp.status);
-    let limit = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/memory{parent}/memory.limit_in_bytes"
-    ))
-    .unwrap();
+    let limit_file = if cgroup_v2() {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    let limit =
+        std::fs::read_to_string(cg_dir("memory", Path::new(&parent)).join(limit_file)).unwrap();
     assert_eq!(limit.trim(), "268435456");
-    let pids = std::fs::read_to_string(format!("/sys/fs/cgroup/pids{parent}/pids.max")).unwrap();
+    let pids =
+        std::fs::read_to_string(cg_dir("pids", Path::new(&parent)).join("pids.max")).unwrap();
     assert_eq!(pids.trim(), "100");
     let s = sb.sandbox_status(ctx(), &sreq).await.unwrap();
     assert!(s.info["info"].contains("cove.test/updated"));
@@ -257,10 +274,7 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     sb.shutdown_sandbox(ctx(), &sd).await.unwrap();
     assert!(!files.join("hostname").exists() && !files.exists());
     assert!(!mountinfo_has(&shm));
-    assert!(
-        !Path::new(&format!("/sys/fs/cgroup/memory{parent}")).exists(),
-        "pod cgroup left behind"
-    );
+    assert!(!cgroup_exists(Path::new(&parent)), "pod cgroup left behind");
     assert!(!shim.bundle.join(cove::state::STATE_FILE).exists());
     eventually("server socket removed", || !shim.socket().exists()).await;
     let out = shim.delete();
@@ -317,13 +331,20 @@ async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
         code(sb.create_sandbox(ctx(), &r).await),
         Code::INVALID_ARGUMENT
     );
-    let mut r = create_req(&shim.id, &shim.bundle);
-    r.options = Some(pod_options("x", "kubepods.slice")).into();
-    assert_eq!(
-        code(sb.create_sandbox(ctx(), &r).await),
-        Code::INVALID_ARGUMENT,
-        "systemd slice"
-    );
+    for bad in [
+        "kubepods--x.slice",
+        "pods/relative",
+        "/a/../b",
+        "a.slice:cri:x",
+    ] {
+        let mut r = create_req(&shim.id, &shim.bundle);
+        r.options = Some(pod_options("x", bad)).into();
+        assert_eq!(
+            code(sb.create_sandbox(ctx(), &r).await),
+            Code::INVALID_ARGUMENT,
+            "cgroup parent {bad:?}"
+        );
+    }
 
     // Unknown sandbox, Start before Create.
     let mut st = StartSandboxRequest::new();
@@ -456,7 +477,7 @@ async fn delete_cleans_up_after_a_crashed_shim() {
     assert_eq!(resp.exit_status, 137);
     assert!(!alive(pid));
     assert!(!files.exists());
-    assert!(!Path::new(&format!("/sys/fs/cgroup/memory{parent}")).exists());
+    assert!(!cgroup_exists(Path::new(&parent)));
     assert!(!shim.socket().exists());
     // Idempotent.
     assert!(shim.delete().status.success());
@@ -474,4 +495,116 @@ fn server_pid(socket: &Path) -> i32 {
                 != "cove-pause"
         })
         .unwrap_or_else(|| panic!("no server for {}", socket.display()))
+}
+
+/// A pod whose `cgroup_parent` is a systemd slice (kubelet's systemd cgroup driver). Where
+/// systemd runs the host, the pause lives in `cri-containerd-<id>.scope` in that slice, a
+/// unit systemd delegates; slices that appeared for it go with it; `delete` after a crash
+/// stops them too. Where it does not, CreateSandbox says why and what to change.
+#[tokio::test]
+async fn a_systemd_slice_parent_gets_a_scope_or_a_clear_error() {
+    let shim = Shim::start("slice");
+    let (sb, _, _) = shim.clients().await;
+    let tag = std::process::id();
+    let slice = format!("covetest{tag}-covetest{tag}_pod.slice");
+    let mut req = create_req(&shim.id, &shim.bundle);
+    req.options = Some(pod_options("slice", &slice)).into();
+    if !cove::cgroups::systemd::booted() {
+        let r = sb.create_sandbox(ctx(), &req).await;
+        let Err(ttrpc::Error::RpcStatus(s)) = r else {
+            panic!("a slice without systemd must fail: {r:?}");
+        };
+        assert_eq!(s.code(), Code::FAILED_PRECONDITION);
+        assert!(
+            s.message.contains("systemd does not run this host")
+                && s.message.contains("cgroupDriver: cgroupfs"),
+            "the error names the cause and the fix: {}",
+            s.message
+        );
+        return;
+    }
+    sb.create_sandbox(ctx(), &req).await.unwrap();
+    let mut st = StartSandboxRequest::new();
+    st.sandbox_id = shim.id.clone();
+    let pid = sb.start_sandbox(ctx(), &st).await.unwrap().pid;
+    let scope = cove::cgroups::systemd::scope_name(&shim.id);
+    let pod = cove::cgroups::systemd::expand(&slice).unwrap();
+    assert_eq!(cgroup_of(pid), pod.join(&scope));
+    let show = std::process::Command::new("systemctl")
+        .args([
+            "show",
+            "-p",
+            "Delegate",
+            "-p",
+            "ActiveState",
+            "-p",
+            "Slice",
+            &scope,
+        ])
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout).into_owned();
+    for want in [
+        "Delegate=yes",
+        "ActiveState=active",
+        &format!("Slice={slice}"),
+    ] {
+        assert!(show.lines().any(|l| l == want), "{want} in {show}");
+    }
+    // Metrics read the pod slice.
+    let mut m = SandboxMetricsRequest::new();
+    m.sandbox_id = shim.id.clone();
+    let data = sb
+        .sandbox_metrics(ctx(), &m)
+        .await
+        .unwrap()
+        .metrics
+        .data
+        .clone()
+        .unwrap();
+    assert!(decode_metrics(&data).0 >= 1);
+    // Both slices appeared for this pod: shutdown stops the scope and them.
+    let mut sd = ShutdownSandboxRequest::new();
+    sd.sandbox_id = shim.id.clone();
+    sb.shutdown_sandbox(ctx(), &sd).await.unwrap();
+    assert!(!alive(pid));
+    for unit in [
+        scope.as_str(),
+        slice.as_str(),
+        &format!("covetest{tag}.slice"),
+    ] {
+        assert!(!unit_loaded(unit), "{unit} left behind");
+    }
+    assert!(layout().dirs(&pod).iter().all(|d| !d.exists()));
+
+    // After a crash, `delete` stops the units the shim recorded.
+    let crashed = Shim::start("slice-crash");
+    let (sb, _, _) = crashed.clients().await;
+    let mut req = create_req(&crashed.id, &crashed.bundle);
+    req.options = Some(pod_options("slice", &slice)).into();
+    sb.create_sandbox(ctx(), &req).await.unwrap();
+    let mut st = StartSandboxRequest::new();
+    st.sandbox_id = crashed.id.clone();
+    let pid = sb.start_sandbox(ctx(), &st).await.unwrap().pid;
+    let server = server_pid(&crashed.socket());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("server gone", || {
+        cove::state::proc_start_time(server).is_none()
+    })
+    .await;
+    let out = crashed.delete();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!alive(pid));
+    let scope = cove::cgroups::systemd::scope_name(&crashed.id);
+    for unit in [scope.as_str(), slice.as_str()] {
+        assert!(!unit_loaded(unit), "{unit} left behind after delete");
+    }
 }

@@ -28,6 +28,103 @@ pub const NS: &str = "k8s.io";
 pub const BUSYBOX: &str = "cove.test/busybox:latest";
 pub const PAUSE: &str = "cove.test/pause:latest";
 
+/// Whether this run uses the systemd cgroup driver (`COVE_TEST_CGROUP_DRIVER=systemd`, set by
+/// the VM leg whose PID 1 is systemd): pods get slice parents, as kubelet's systemd driver
+/// gives them, and containerd's runc handler runs with `SystemdCgroup = true`.
+pub fn systemd_driver() -> bool {
+    let on = std::env::var("COVE_TEST_CGROUP_DRIVER").is_ok_and(|d| d == "systemd");
+    if on {
+        require(
+            "the systemd cgroup driver needs systemd as PID 1",
+            cove::cgroups::systemd::booted(),
+        );
+    }
+    on
+}
+
+/// This host's cgroup layout (v1/hybrid or pure v2), as cove reads it.
+pub fn layout() -> cove::cgroups::Layout {
+    cove::cgroups::Layout::detect().expect("read the cgroup layout")
+}
+
+/// Whether this host runs pure cgroup v2.
+pub fn cgroup_v2() -> bool {
+    matches!(layout(), cove::cgroups::Layout::V2(_))
+}
+
+/// The directory of cgroup `rel` in the hierarchy that holds `controller`.
+pub fn cg_dir(controller: &str, rel: &Path) -> PathBuf {
+    layout()
+        .controller_dir(controller, rel)
+        .unwrap_or_else(|| panic!("no {controller} hierarchy on this host"))
+}
+
+/// The type URL containerd gives cgroup metrics on this host.
+pub fn metrics_type() -> &'static str {
+    if cgroup_v2() {
+        cove::cgroups::stats::V2_METRICS_TYPE
+    } else {
+        cove::cgroups::stats::V1_METRICS_TYPE
+    }
+}
+
+/// (pids.current, memory usage) from a `Metric.data` of this host's metrics type.
+pub fn decode_metrics(data: &protobuf::well_known_types::any::Any) -> (u64, u64) {
+    use protobuf::Message;
+    assert_eq!(data.type_url, metrics_type());
+    if cgroup_v2() {
+        let m = containerd_shim_protos::cgroups_v2::metrics::Metrics::parse_from_bytes(&data.value)
+            .expect("decode cgroup v2 metrics");
+        (m.pids.current, m.memory.usage)
+    } else {
+        let m = containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&data.value)
+            .expect("decode cgroup v1 metrics");
+        (m.pids.current, m.memory.usage.usage)
+    }
+}
+
+/// The cgroup of a process as cove and runc place it (the memory hierarchy's on v1).
+pub fn cgroup_of(pid: u32) -> PathBuf {
+    cove::cgroups::cgroup_of(pid, &layout())
+        .unwrap_or_else(|| panic!("/proc/{pid}/cgroup names no cgroup"))
+}
+
+/// The cgroup path of a pod's `cgroup_parent` (a slice is expanded as systemd nests it).
+pub fn pod_cgroup(cfg: &PodSandboxConfig) -> PathBuf {
+    let parent = &cfg.linux.as_ref().expect("linux config").cgroup_parent;
+    if cove::cgroups::systemd::is_slice(parent) {
+        cove::cgroups::systemd::expand(parent).expect("a valid slice")
+    } else {
+        PathBuf::from(parent)
+    }
+}
+
+/// Where a pod's sandbox (cove's pause, or the runc path's pause container) and its
+/// containers live: `<parent>/<id>` under cgroupfs, `<slice>/cri-containerd-<id>.scope`
+/// under systemd, as containerd's CRI names them.
+pub fn task_cgroup(cfg: &PodSandboxConfig, id: &str) -> PathBuf {
+    let pod = pod_cgroup(cfg);
+    if systemd_driver() {
+        pod.join(cove::cgroups::systemd::scope_name(id))
+    } else {
+        pod.join(id)
+    }
+}
+
+/// Whether any hierarchy still has cgroup `rel`.
+pub fn cgroup_exists(rel: &Path) -> bool {
+    layout().dirs(rel).iter().any(|d| d.exists())
+}
+
+/// Whether systemd still knows unit `name` (loaded in any state).
+pub fn unit_loaded(name: &str) -> bool {
+    let out = Command::new("systemctl")
+        .args(["list-units", "--all", "--plain", "--no-legend", name])
+        .output()
+        .expect("run systemctl");
+    String::from_utf8_lossy(&out.stdout).contains(name)
+}
+
 /// Fails with the reason when a prerequisite is missing: tests never skip silently.
 pub fn require(what: &str, ok: bool) {
     assert!(ok, "cannot run: {what} (run `make deps` as root)");
@@ -52,6 +149,8 @@ pub struct Containerd {
     bridge_n: u32,
     pub dir: PathBuf,
     pub sock: PathBuf,
+    /// Where this harness's pods live: a cgroupfs path, or (systemd driver) the slice that
+    /// holds every pod slice of this harness.
     pub cgroup_root: String,
     /// containerd's Prometheus endpoint (`host:port`), when started with metrics.
     pub metrics: Option<String>,
@@ -144,7 +243,7 @@ state = "{d}/state"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
         runtime_type = 'io.containerd.runc.v2'
         [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-          SystemdCgroup = false
+          SystemdCgroup = {systemd}
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.cove]
         runtime_type = '{cove}'
         sandboxer = 'shim'
@@ -159,6 +258,7 @@ state = "{d}/state"
             sock = sock.display(),
             pause = PAUSE,
             cove = cove_bin(),
+            systemd = systemd_driver(),
         ) + &metrics_cfg;
         std::fs::write(dir.join("config.toml"), cfg).unwrap();
         // `--runtime io.containerd.cove.v1` resolves to containerd-shim-cove-v1 on PATH.
@@ -180,9 +280,18 @@ state = "{d}/state"
             .stderr(log)
             .spawn()
             .expect("start containerd");
+        let cgroup_root = if systemd_driver() {
+            format!(
+                "cove_e2e_{}_{}.slice",
+                tag.replace('-', "_"),
+                std::process::id()
+            )
+        } else {
+            format!("/cove-e2e-{tag}-{}", std::process::id())
+        };
         let mut c = Containerd {
             bridge_n: n,
-            cgroup_root: format!("/cove-e2e-{tag}-{}", std::process::id()),
+            cgroup_root,
             metrics,
             dir,
             sock: sock.clone(),
@@ -281,8 +390,27 @@ state = "{d}/state"
         RuntimeServiceClient::new(self.channel.clone())
     }
 
-    /// A pod config with a unique name, the given hostname and a cgroup parent of this harness.
+    /// A pod config with a unique name, the given hostname and a cgroup parent of this
+    /// harness. Under the systemd driver the parent is a pod slice that exists before the
+    /// pod, as kubelet creates it.
     pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        let cgroup_parent = if systemd_driver() {
+            let slice = format!(
+                "{}-{}.slice",
+                self.cgroup_root.trim_end_matches(".slice"),
+                name.replace('-', "_")
+            );
+            // What kubelet does before RunPodSandbox: the pod slice is started, so that it
+            // is active (an empty scope in it makes systemd start it and its parents).
+            let st = Command::new("systemd-run")
+                .args(["--quiet", "--scope", "--slice", &slice, "true"])
+                .status()
+                .expect("run systemd-run");
+            assert!(st.success(), "create pod slice {slice}");
+            slice
+        } else {
+            format!("{}/{name}", self.cgroup_root)
+        };
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
@@ -297,7 +425,7 @@ state = "{d}/state"
                 options: vec!["ndots:5".into()],
             }),
             linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: format!("{}/{name}", self.cgroup_root),
+                cgroup_parent,
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption::default()),
                     ..Default::default()
@@ -588,17 +716,16 @@ impl Drop for Containerd {
         for pid in pids_with(&self.sock.to_string_lossy()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        let mut cg_dirs = Vec::new();
-        for h in std::fs::read_dir("/sys/fs/cgroup")
+        let root = if systemd_driver() {
+            cove::cgroups::systemd::expand(&self.cgroup_root).unwrap_or_default()
+        } else {
+            PathBuf::from(&self.cgroup_root)
+        };
+        let cg_dirs: Vec<PathBuf> = layout()
+            .dirs(&root)
             .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let d = h.path().join(self.cgroup_root.trim_start_matches('/'));
-            if d.exists() {
-                cg_dirs.push(d);
-            }
-        }
+            .filter(|d| d.exists())
+            .collect();
         let _ = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -612,6 +739,12 @@ impl Drop for Containerd {
                 cove = cove_bin(),
             ))
             .status();
+        if systemd_driver() {
+            // The harness's slice, as kubelet removes pod slices: it takes every unit in it.
+            let _ = Command::new("systemctl")
+                .args(["stop", &self.cgroup_root])
+                .status();
+        }
         for d in cg_dirs {
             let _ = Command::new("sh")
                 .arg("-c")
