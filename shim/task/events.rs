@@ -33,7 +33,14 @@ const FIRST_PAUSE: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub struct Events {
     tx: mpsc::UnboundedSender<Item>,
+    /// Tests keep what would be published, and the OOM events seen so far.
+    #[cfg(test)]
+    kept: Option<std::sync::Arc<std::sync::Mutex<Kept>>>,
 }
+
+/// What detached events keep: the queue, and the OOM events read from it so far.
+#[cfg(test)]
+type Kept = (mpsc::UnboundedReceiver<Item>, Vec<String>);
 
 impl Events {
     /// Starts the publishing task for `namespace`.
@@ -41,7 +48,35 @@ impl Events {
         let (tx, rx) = mpsc::unbounded_channel();
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         tokio::spawn(drain(rx, address, namespace));
-        Events { tx }
+        Events {
+            tx,
+            #[cfg(test)]
+            kept: None,
+        }
+    }
+
+    /// Events that go nowhere but can be read back with [`Events::sent_oom`].
+    #[cfg(test)]
+    pub fn detached(_namespace: &str) -> Events {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Events {
+            tx,
+            kept: Some(std::sync::Arc::new(std::sync::Mutex::new((rx, Vec::new())))),
+        }
+    }
+
+    /// The container ids of the `/tasks/oom` events queued so far, in order.
+    #[cfg(test)]
+    pub fn sent_oom(&self) -> Vec<String> {
+        let kept = self.kept.as_ref().expect("detached events");
+        let mut k = kept.lock().unwrap();
+        while let Ok((topic, _, bytes, _)) = k.0.try_recv() {
+            if topic == TASK_OOM_EVENT_TOPIC {
+                let e = TaskOOM::parse_from_bytes(&bytes).expect("a TaskOOM");
+                k.1.push(e.container_id);
+            }
+        }
+        k.1.clone()
     }
 
     fn send<M: Message>(&self, topic: &'static str, type_name: &'static str, event: &M) {

@@ -55,6 +55,7 @@ struct Inner {
     events: Events,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     creating: Mutex<HashSet<String>>,
+    oom_ledgers: oom::Ledgers,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -76,6 +77,7 @@ impl TaskService {
                 events: Events::start(namespace.to_owned()),
                 containers: Mutex::default(),
                 creating: Mutex::default(),
+                oom_ledgers: oom::Ledgers::default(),
             }),
         }
     }
@@ -247,7 +249,13 @@ impl Inner {
         let io = prep.finish().await?;
         c.init.set_created(pid, io);
         if let Some(cg) = crate::cgroups::cgroup_of(pid, &self.layout) {
-            *locked(&c.oom) = oom::Oom::watch(&self.layout, &cg, &c.id, self.events.clone());
+            *locked(&c.oom) = oom::Oom::watch(
+                &self.layout,
+                &cg,
+                &c.id,
+                self.events.clone(),
+                &self.oom_ledgers,
+            );
             *locked(&c.cgroup) = Some(cg);
         }
         locked(&self.containers).insert(c.id.clone(), c.clone());
@@ -277,7 +285,7 @@ impl Inner {
         let mut gate = c.gate.subscribe();
         let _ = gate.wait_for(|open| *open).await;
         if let Some(oom) = locked(&c.oom).clone() {
-            oom.check();
+            oom.check_exit(exit.status == 128 + libc::SIGKILL as u32);
         }
         if c.kill_all_on_exit {
             if let Err(e) = self.kill_all(&c, libc::SIGKILL).await {

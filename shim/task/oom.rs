@@ -4,11 +4,19 @@
 //! cgroup v2: inotify on `memory.events`. Either wakes the watcher, which publishes when
 //! the `oom_kill` counter has grown. The exit path runs the same check before it publishes
 //! the exit, so an OOM kill is always reported before the exit it caused.
+//!
+//! Under the systemd driver a container's cgroup is a scope that systemd removes as soon as
+//! its last process is gone, possibly before the shim has read the counter. The parent's
+//! `memory.events` counts the kills of every cgroup below it (cgroup v2 counters are
+//! hierarchical), so a [`Ledger`] per parent keeps how many of its kills the containers of
+//! this shim have claimed; a container killed by SIGKILL whose own counter is gone claims
+//! one the parent counted and nobody has claimed.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::cgroups::Layout;
 use crate::task::events::Events;
@@ -19,6 +27,34 @@ pub struct Oom {
     v2: bool,
     seen: AtomicU64,
     events: Events,
+    parent: Option<(PathBuf, Arc<Ledger>)>,
+}
+
+/// The OOM kills counted in one parent cgroup since this shim began to watch below it, and
+/// how many of them its containers have claimed.
+pub struct Ledger {
+    base: u64,
+    claimed: AtomicU64,
+}
+
+/// The ledgers of the parents this shim watches below, shared by every container.
+#[derive(Default)]
+pub struct Ledgers(Mutex<HashMap<PathBuf, Weak<Ledger>>>);
+
+impl Ledgers {
+    fn get(&self, parent: &Path) -> Option<Arc<Ledger>> {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, l| l.strong_count() > 0);
+        if let Some(l) = all.get(parent).and_then(Weak::upgrade) {
+            return Some(l);
+        }
+        let l = Arc::new(Ledger {
+            base: oom_kills(parent, true)?,
+            claimed: AtomicU64::new(0),
+        });
+        all.insert(parent.to_owned(), Arc::downgrade(&l));
+        Some(l)
+    }
 }
 
 fn oom_kills(dir: &Path, v2: bool) -> Option<u64> {
@@ -36,15 +72,26 @@ fn oom_kills(dir: &Path, v2: bool) -> Option<u64> {
 
 impl Oom {
     /// Watches the memory cgroup `rel` of container `id`; None without a memory controller.
-    pub fn watch(layout: &Layout, rel: &Path, id: &str, events: Events) -> Option<Arc<Oom>> {
+    pub fn watch(
+        layout: &Layout,
+        rel: &Path,
+        id: &str,
+        events: Events,
+        ledgers: &Ledgers,
+    ) -> Option<Arc<Oom>> {
         let v2 = matches!(layout, Layout::V2(_));
         let dir = layout.controller_dir("memory", rel)?;
+        let parent = match dir.parent() {
+            Some(p) if v2 => ledgers.get(p).map(|l| (p.to_owned(), l)),
+            _ => None,
+        };
         let oom = Arc::new(Oom {
             id: id.to_owned(),
             seen: AtomicU64::new(oom_kills(&dir, v2).unwrap_or(0)),
             dir,
             v2,
             events,
+            parent,
         });
         let o = oom.clone();
         let started = if v2 {
@@ -58,13 +105,49 @@ impl Oom {
         Some(oom)
     }
 
-    /// Publishes `/tasks/oom` if the kill counter grew since the last look.
-    pub fn check(&self) {
+    /// Publishes `/tasks/oom` if the kill counter grew since the last look. Returns false
+    /// when the container's counter cannot be read (its cgroup is gone).
+    pub fn check(&self) -> bool {
         let Some(now) = oom_kills(&self.dir, self.v2) else {
+            return false;
+        };
+        let before = self.seen.swap(now, Ordering::SeqCst);
+        if now > before {
+            if let Some((_, ledger)) = &self.parent {
+                ledger.claimed.fetch_add(now - before, Ordering::SeqCst);
+            }
+            log::info!("container {} was OOM-killed", self.id);
+            self.events.oom(&self.id);
+        }
+        true
+    }
+
+    /// The check on the init's exit. When the container's cgroup is already gone (systemd
+    /// removed its scope) and the init died of SIGKILL, an OOM kill its parent counted and
+    /// no container of this shim claimed is this one's.
+    pub fn check_exit(&self, sigkilled: bool) {
+        if self.check() || !sigkilled {
+            return;
+        }
+        let Some((parent, ledger)) = &self.parent else {
             return;
         };
-        if now > self.seen.swap(now, Ordering::SeqCst) {
-            log::info!("container {} was OOM-killed", self.id);
+        let Some(total) = oom_kills(parent, true) else {
+            return;
+        };
+        let counted = total.saturating_sub(ledger.base);
+        let claimed = ledger.claimed.load(Ordering::SeqCst);
+        if counted > claimed
+            && ledger
+                .claimed
+                .compare_exchange(claimed, claimed + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            log::info!(
+                "container {} was OOM-killed (counted in {}; its own cgroup is gone)",
+                self.id,
+                parent.display()
+            );
             self.events.oom(&self.id);
         }
     }
@@ -156,5 +239,57 @@ mod tests {
         assert_eq!(oom_kills(&d, false), Some(3));
         assert_eq!(oom_kills(&d, true), Some(1));
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    fn counters(dir: &Path, kills: u64) {
+        std::fs::write(
+            dir.join("memory.events"),
+            format!("low 0\nhigh 0\nmax 9\noom 1\noom_kill {kills}\n"),
+        )
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_kill_counted_by_the_parent_is_claimed_once_when_the_scope_is_gone() {
+        let root = std::env::temp_dir().join(format!("cove-oom-ledger-{}", std::process::id()));
+        let (a, b) = (root.join("a.scope"), root.join("b.scope"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d).unwrap();
+            counters(d, 0);
+        }
+        counters(&root, 5);
+        let layout = Layout::V2(PathBuf::from("/"));
+        let ledgers = Ledgers::default();
+        let events = Events::detached("test");
+        let oa = Oom::watch(&layout, &a, "a", events.clone(), &ledgers).unwrap();
+        let ob = Oom::watch(&layout, &b, "b", events.clone(), &ledgers).unwrap();
+        // a is OOM-killed and the watcher sees it: the parent's kill is a's.
+        counters(&a, 1);
+        counters(&root, 6);
+        assert!(oa.check());
+        // b is SIGKILLed (not by the OOM killer) and its scope is gone: nothing to claim.
+        std::fs::remove_dir_all(&b).unwrap();
+        ob.check_exit(true);
+        // a's scope goes too, and its exit finds the kill claimed already.
+        std::fs::remove_dir_all(&a).unwrap();
+        oa.check_exit(true);
+        assert_eq!(events.sent_oom(), vec!["a".to_string()]);
+        // A new container c is OOM-killed and its scope is gone before any look: claimed once.
+        let c = root.join("c.scope");
+        std::fs::create_dir_all(&c).unwrap();
+        counters(&c, 0);
+        let oc = Oom::watch(&layout, &c, "c", events.clone(), &ledgers).unwrap();
+        counters(&root, 7);
+        std::fs::remove_dir_all(&c).unwrap();
+        oc.check_exit(false);
+        assert_eq!(
+            events.sent_oom().len(),
+            1,
+            "an exit not by SIGKILL is no OOM kill"
+        );
+        oc.check_exit(true);
+        oc.check_exit(true);
+        assert_eq!(events.sent_oom(), vec!["a".to_string(), "c".to_string()]);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
