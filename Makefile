@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN   := target/release/containerd-shim-cove-v1
 
-.PHONY: all build deps images test bench lint demo install clean
+.PHONY: all build deps images test test-vm bench lint demo install clean
 
 all: build
 
@@ -10,8 +10,9 @@ build:
 	$(CARGO) build --release
 
 ## deps: install containerd 2.x (from Debian unstable), runc, CNI plugins, busybox-static, ...
+## (DEPS=vm adds what test-vm boots: QEMU, a Debian kernel, virtme-ng)
 deps:
-	scripts/deps.sh
+	scripts/deps.sh $(DEPS)
 
 ## images: the busybox and pause OCI archives the tests import (no registry needed)
 images:
@@ -24,6 +25,12 @@ test: deps images
 	else \
 		$(CARGO) test --no-fail-fast; \
 	fi
+
+## test-vm: the suite again in a guest kernel with pure cgroup v2, under QEMU: once with
+## the cgroupfs driver, once with systemd as PID 1 and the systemd driver (VM_LEGS picks)
+test-vm: DEPS += vm
+test-vm: deps images
+	scripts/vm/run.sh $(VM_LEGS)
 
 ## bench: cove against containerd's runc pod path in one private containerd, through CRI;
 ## prints the table and writes target/bench/report.md and target/bench/latency.svg.

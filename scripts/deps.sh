@@ -3,22 +3,36 @@
 # containerd 2.x from Debian unstable (the stable release has none), runc, the CNI
 # plugins, busybox-static, util-linux (nsenter), iproute2, protobuf-compiler (for the
 # test clients' generated code), gcc and libc6-dev (for the static test pause binary).
+#
+# Usage: deps.sh [vm]
+#   vm   also what `make test-vm` boots: QEMU, Debian's kernel (its modules serve the
+#        guest; no initramfs is generated, virtme-ng makes its own) and virtme-ng
+#        (from Debian unstable), with the tools virtme-ng runs in the guest.
 set -eu
 [ "$(id -u)" = 0 ] || { echo "deps: run as root" >&2; exit 1; }
 
+want="runc containernetworking-plugins busybox-static util-linux iproute2 protobuf-compiler gcc libc6-dev"
+for extra in "$@"; do
+    case $extra in
+    vm) want="$want qemu-system-x86 linux-image-amd64 python3-argcomplete python3-requests util-linux-extra kbd file dbus systemd" ;;
+    *) echo "deps: unknown component $extra" >&2; exit 2 ;;
+    esac
+done
+
 need=""
-for pkg in runc containernetworking-plugins busybox-static util-linux iproute2 protobuf-compiler gcc libc6-dev; do
+for pkg in $want; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done
 if [ -n "$need" ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+    # INITRD=No: the guest boots from virtme-ng's own initramfs.
+    INITRD=No DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
 fi
 
-if ! containerd --version 2>/dev/null | grep -q ' v\?2\.'; then
-    # containerd 2.x is only in unstable: derive a private apt source from this machine's
-    # own Debian entry (same mirror, suite sid), download just that package, install it
-    # with dpkg. Nothing is added to the system's apt sources.
+# Packages only Debian unstable has: a private apt source derived from this machine's own
+# Debian entry (same mirror, suite sid); the package alone is downloaded and installed
+# with dpkg. Nothing is added to the system's apt sources.
+from_unstable() { # PACKAGE
     dir=/var/cache/cove-deps
     mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
     uri=""
@@ -30,10 +44,24 @@ if ! containerd --version 2>/dev/null | grep -q ' v\?2\.'; then
     fi
     [ -n "$uri" ] || { echo "deps: no Debian apt source found to derive unstable from" >&2; exit 1; }
     printf 'Types: deb\nURIs: %s\nSuites: sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" > "$dir/sid.sources"
-    set -- -o Dir::Etc::SourceList="$dir/sid.sources" -o Dir::Etc::SourceParts=/dev/null \
+    set -- "$1" -o Dir::Etc::SourceList="$dir/sid.sources" -o Dir::Etc::SourceParts=/dev/null \
         -o Dir::State::Lists="$dir/lists" -o Dir::Cache="$dir/cache"
+    pkg=$1
+    shift
     apt-get "$@" update -qq
-    (cd "$dir" && rm -f containerd_*.deb && apt-get "$@" download containerd 2>/dev/null)
-    dpkg -i "$dir"/containerd_*.deb >/dev/null
+    (cd "$dir" && rm -f "${pkg}"_*.deb && apt-get "$@" download "$pkg" 2>/dev/null)
+    dpkg -i "$dir/${pkg}"_*.deb >/dev/null
+}
+
+if ! containerd --version 2>/dev/null | grep -q ' v\?2\.'; then
+    from_unstable containerd
 fi
+for extra in "$@"; do
+    case $extra in
+    vm)
+        command -v vng >/dev/null || from_unstable virtme-ng
+        ls /boot/vmlinuz-* >/dev/null 2>&1 || { echo "deps: no kernel in /boot for the guest" >&2; exit 1; }
+        ;;
+    esac
+done
 echo "deps: $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1)"

@@ -205,7 +205,9 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
     let st = cd.exited(&hog).await;
     let oom = (st.reason.clone(), st.exit_code);
 
-    cd.stop_container(&echo, 1).await;
+    // echo ends on SIGTERM: a timeout short enough to lapse before containerd has seen the
+    // exit makes CRI kill a task it is deleting (a race of its own, under slow guests).
+    cd.stop_container(&echo, 10).await;
     for c in [&app, &echo, &stubborn, &hog] {
         cd.remove_container(c).await;
     }

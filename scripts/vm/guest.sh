@@ -1,0 +1,48 @@
+#!/bin/sh
+# Runs inside the test guest (see run.sh): the root integration suites, from a build made
+# on the host, against the guest's pure cgroup v2.
+# Usage: guest.sh DRIVER CHECKOUT OUT [NEXTEST-ARGS...]
+#   DRIVER   cgroupfs (virtme-ng's own init) or systemd (systemd is PID 1; we are a unit)
+#   CHECKOUT the host checkout (read-only in the guest)
+#   OUT      a directory shared read-write with the host: the log and exit code go there
+set -u
+driver=$1 checkout=$2 out=$3
+shift 3
+
+# The guest's root is the host's, read-only. The tests write to /tmp (containerd's root
+# and state: overlayfs needs a real upper filesystem, not an overlay of 9p): a plain
+# tmpfs, gone with the guest.
+mount -t tmpfs -o mode=1777 tmpfs /tmp || exit 1
+if [ "$driver" = systemd ]; then
+    # virtme-ng's init overlays /var and mounts the shared directory in the other leg;
+    # under systemd we do (the CNI plugins cache results in /var/lib/cni).
+    mkdir -p /tmp/.var/upper /tmp/.var/work
+    mount -t overlay -o lowerdir=/var,upperdir=/tmp/.var/upper,workdir=/tmp/.var/work overlay /var || exit 1
+    mount -t 9p -o trans=virtio,version=9p2000.L,access=any,msize=524288 virtme.initmount0 "$out" || exit 1
+fi
+finish() {
+    # What a failed test kept (containerd's log, the shims' logs within it) goes home.
+    for l in /tmp/cove-e2e-*/containerd.log; do
+        [ -f "$l" ] && mkdir -p "$out/kept" && cp "$l" "$out/kept/$(basename "$(dirname "$l")").log"
+    done
+    echo "$1" > "$out/rc"
+    sync
+    if [ "$driver" = systemd ]; then echo o > /proc/sysrq-trigger; fi
+    exit "$1"
+}
+echo "guest: $(uname -r), pid 1 is $(cat /proc/1/comm), cgroup $(stat -fc %T /sys/fs/cgroup)"
+echo "guest: controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
+    echo "guest: /sys/fs/cgroup is not a pure cgroup v2 mount"; finish 3
+fi
+mkdir -p /run/netns /tmp/home
+export HOME=/tmp/home PATH=/usr/local/bin:/root/.cargo/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export COVE_TEST_CGROUP_DRIVER="$driver"
+cd "$checkout" || finish 4
+{
+    cargo-nextest nextest run --profile vm --no-fail-fast \
+        --binaries-metadata "$out/binaries.json" --cargo-metadata "$out/cargo-metadata.json" \
+        --workspace-remap "$checkout" "$@" 2>&1
+    echo $? > /tmp/nextest.rc
+} | tee "$out/log"
+finish "$(cat /tmp/nextest.rc 2>/dev/null || echo 5)"

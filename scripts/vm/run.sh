@@ -1,0 +1,62 @@
+#!/bin/sh
+# `make test-vm`: the root integration suites in a guest kernel with pure cgroup v2, under
+# QEMU (TCG: KVM guests hang on our machines) through virtme-ng, on the host's own root,
+# read-only. Two legs: `cgroupfs` (virtme-ng's init; cove and runc use cgroupfs) and
+# `systemd` (systemd is PID 1 and both use the systemd cgroup driver).
+# Builds on the host; the guest writes only to tmpfs and to one directory under /var/tmp.
+# Usage: run.sh [LEG...]; COVE_VM_TESTS=<filter> runs only the tests nextest's -E selects.
+set -eu
+cd "$(dirname "$0")/../.."
+checkout=$(pwd)
+legs=${*:-cgroupfs systemd}
+kernel=$(ls -v /boot/vmlinuz-* 2>/dev/null | tail -1)
+[ -n "$kernel" ] || { echo "test-vm: no guest kernel in /boot (make deps-vm installs one)" >&2; exit 1; }
+command -v vng >/dev/null || { echo "test-vm: virtme-ng is not installed (make deps-vm)" >&2; exit 1; }
+command -v cargo-nextest >/dev/null || { echo "test-vm: cargo-nextest is required" >&2; exit 1; }
+
+work=/var/tmp/cove-vm.$$
+mkdir -p "$work"
+echo "test-vm: building the tests on the host"
+cargo nextest list --list-type binaries-only --message-format json > "$work/binaries.json"
+cargo metadata --format-version 1 --no-deps > "$work/cargo-metadata.json"
+
+units=${HOME:-/root}/.cache/virtme-ng
+failed=""
+for leg in $legs; do
+    out="$work/$leg"
+    mkdir -p "$out"
+    guest="$checkout/scripts/vm/guest.sh $leg $checkout $out${COVE_VM_TESTS:+ -E '$COVE_VM_TESTS'}"
+    cp "$work/binaries.json" "$work/cargo-metadata.json" "$out/"
+    set -- --run "$kernel" --disable-kvm --cpus 2 --memory 6G --user root --rwdir="$out" \
+        --append cgroup_no_v1=all --append systemd.unified_cgroup_hierarchy=1
+    case $leg in
+    cgroupfs)
+        set -- "$@" --exec "$guest" ;;
+    systemd)
+        # systemd as PID 1 on a read-only root. virtme-ng adds $units to systemd's unit
+        # path; our target starts only D-Bus and the test unit. `container=` tells systemd
+        # that it is not in a container (the host root has /.dockerenv), so it reads the
+        # kernel command line.
+        mkdir -p "$units"
+        printf '[Unit]\nDescription=cove tests\nAllowIsolate=yes\nWants=cove-vm-test.service\n' > "$units/cove-vm.target"
+        printf '[Unit]\nDefaultDependencies=no\nWants=dbus.socket\nAfter=dbus.socket\n[Service]\nType=oneshot\nExecStart=%s\nStandardOutput=tty\nStandardError=tty\nTTYPath=/dev/ttyS0\n' \
+            "$guest" > "$units/cove-vm-test.service"
+        set -- "$@" --systemd --append container= --append systemd.unit=cove-vm.target \
+            --append systemd.show_status=0 ;;
+    *) echo "test-vm: unknown leg $leg" >&2; exit 2 ;;
+    esac
+    echo "test-vm: leg $leg: booting $(basename "$kernel") under QEMU (TCG)"
+    start=$(date +%s)
+    timeout --kill-after=30 "${COVE_VM_TIMEOUT:-2400}" vng "$@" < /dev/null || true
+    rc=$(cat "$out/rc" 2>/dev/null || echo "none")
+    [ "$leg" = systemd ] && rm -f "$units/cove-vm.target" "$units/cove-vm-test.service"
+    summary=$(grep -a 'Summary \[' "$out/log" 2>/dev/null | tail -1 || true)
+    echo "test-vm: leg $leg: $(( $(date +%s) - start )) s, exit $rc: ${summary:-no test summary (the guest did not run the suite)}"
+    [ "$rc" = 0 ] || failed="$failed $leg"
+done
+if [ -n "$failed" ]; then
+    echo "test-vm: FAILED:$failed (guest logs kept in $work)" >&2
+    exit 1
+fi
+rm -rf "$work"
+echo "test-vm: every leg passed: $legs"
