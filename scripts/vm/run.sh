@@ -47,7 +47,8 @@ for leg in $legs; do
     esac
     echo "test-vm: leg $leg: booting $(basename "$kernel") under QEMU (TCG)"
     start=$(date +%s)
-    timeout --kill-after=30 "${COVE_VM_TIMEOUT:-2400}" vng "$@" < /dev/null || true
+    # Through a pipe: QEMU reopens /proc/self/fd/1, which would truncate a log file.
+    timeout --kill-after=30 "${COVE_VM_TIMEOUT:-2400}" vng "$@" < /dev/null 2>&1 | cat
     rc=$(cat "$out/rc" 2>/dev/null || echo "none")
     [ "$leg" = systemd ] && rm -f "$units/cove-vm.target" "$units/cove-vm-test.service"
     summary=$(grep -a 'Summary \[' "$out/log" 2>/dev/null | tail -1 || true)
