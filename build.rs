@@ -15,6 +15,7 @@ fn main() {
             "protos/cri.proto",
             "protos/update.proto",
             "protos/runc.proto",
+            "protos/runtimeoptions.proto",
         ])
         .cargo_out_dir("protos")
         .run_from_script();

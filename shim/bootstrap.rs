@@ -251,7 +251,16 @@ fn wait_gone(pid: i32) {
     }
 }
 
-/// `-info`: RuntimeInfo for containerd's introspection.
+/// The type URL containerd registers for the OCI runtime features document
+/// (`typeurl.Register(&features.Features{}, "types.containerd.io",
+/// "opencontainers/runtime-spec", "1", "features", "Features")`); the value is its JSON.
+pub const FEATURES_TYPE: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
+
+/// `-info`: RuntimeInfo for containerd's introspection, with the OCI runtime features of
+/// the runc cove runs (`runc features`), as containerd's runc shim reports them: CRI
+/// (2.2.7, 2.3.4, 2.4 on) reads recursive read-only mounts and user namespace support of a
+/// handler from them. The runtime options containerd may pass on stdin name the binary.
 pub fn info() -> Result<()> {
     use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
     let mut v = RuntimeVersion::new();
@@ -259,7 +268,52 @@ pub fn info() -> Result<()> {
     let mut info = RuntimeInfo::new();
     info.name = RUNTIME_NAME.into();
     info.version = Some(v).into();
+    let options = read_info_options();
+    let binary = options
+        .as_ref()
+        .and_then(|a| crate::options::runc_options(Some(a)).ok())
+        .map(|o| o.binary_name)
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "runc".into());
+    info.options = options.into();
+    if let Some(features) = runtime_features(&binary) {
+        info.features = Some(protobuf::well_known_types::any::Any {
+            type_url: FEATURES_TYPE.into(),
+            value: features,
+            ..Default::default()
+        })
+        .into();
+    }
     print_message(&info, "runtime info")
+}
+
+/// The runtime options `-info` may get on stdin (a protobuf Any), if any.
+fn read_info_options() -> Option<protobuf::well_known_types::any::Any> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return None;
+    }
+    let mut input = Vec::new();
+    stdin.lock().take(MAX_STDIN).read_to_end(&mut input).ok()?;
+    if input.is_empty() {
+        return None;
+    }
+    protobuf::well_known_types::any::Any::parse_from_bytes(&input).ok()
+}
+
+/// `<binary> features`: the OCI runtime features JSON, checked to be JSON.
+fn runtime_features(binary: &str) -> Option<Vec<u8>> {
+    let out = Command::new(binary)
+        .arg("features")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()?;
+    Some(out.stdout)
 }
 
 /// The server: runs until its last sandbox is shut down (or Task.Shutdown with none alive).

@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod cgroups;
 pub mod error;
 pub mod ids;
+pub mod options;
 pub mod pause;
 pub mod reaper;
 pub mod sandbox;

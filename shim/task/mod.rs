@@ -739,15 +739,9 @@ fn read_pid(file: &Path) -> Result<u32> {
         .map_err(|e| Error::Internal(format!("pid file {}: {e}", file.display())))
 }
 
-/// runc `Options` from a create request; other option types (or none) give the defaults.
+/// runc `Options` from a create request (runc's own type, or CRI's generic TOML body).
 fn parse_options(any: Option<&Any>) -> Result<Options> {
-    match any {
-        Some(a) if a.type_url.ends_with("containerd.runc.v1.Options") => {
-            Options::parse_from_bytes(&a.value)
-                .map_err(|e| Error::InvalidArgument(format!("runtime options: {e}")))
-        }
-        _ => Ok(Options::default()),
-    }
+    crate::options::runc_options(any)
 }
 
 /// Whether `runc delete` would do more than remove state and cgroups for this spec.
