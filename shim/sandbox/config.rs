@@ -61,6 +61,9 @@ pub struct PodSpec {
     pub host_ipc: bool,
     /// Pod annotations CRI carries inside the config (2.1.x sends none in the request).
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// The pod config as JSON in the form of CRI's Go types (what `crictl inspectp` shows
+    /// under `info.config`); null for non-CRI clients.
+    pub config: serde_json::Value,
 }
 
 impl PodSpec {
@@ -124,6 +127,7 @@ impl PodSpec {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            config: config_json(cfg),
         };
         spec.validate()?;
         if crate::cgroups::systemd::is_slice(&spec.cgroup_parent) {
@@ -228,6 +232,66 @@ impl PodSpec {
     }
 }
 
+/// A PodSandboxConfig as Go's encoding/json writes CRI's generated type (the json tags of
+/// k8s.io/cri-api: snake_case names, enums as numbers, empty fields left out), for the
+/// fields cove decodes.
+fn config_json(cfg: &PodSandboxConfig) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    fn put(m: &mut Map<String, Value>, k: &str, v: Value) {
+        let empty = match &v {
+            Value::Null => true,
+            Value::String(s) => s.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.is_empty(),
+            Value::Number(n) => n.as_u64() == Some(0),
+            Value::Bool(b) => !b,
+        };
+        if !empty {
+            m.insert(k.into(), v);
+        }
+    }
+    let mut top = Map::new();
+    if let Some(md) = cfg.metadata.as_ref() {
+        let mut m = Map::new();
+        put(&mut m, "name", json!(md.name));
+        put(&mut m, "uid", json!(md.uid));
+        put(&mut m, "namespace", json!(md.namespace));
+        put(&mut m, "attempt", json!(md.attempt));
+        top.insert("metadata".into(), Value::Object(m));
+    }
+    put(&mut top, "hostname", json!(cfg.hostname));
+    put(&mut top, "log_directory", json!(cfg.log_directory));
+    if let Some(d) = cfg.dns_config.as_ref() {
+        let mut m = Map::new();
+        put(&mut m, "servers", json!(d.servers));
+        put(&mut m, "searches", json!(d.searches));
+        put(&mut m, "options", json!(d.options));
+        top.insert("dns_config".into(), Value::Object(m));
+    }
+    put(&mut top, "labels", json!(cfg.labels));
+    put(&mut top, "annotations", json!(cfg.annotations));
+    if let Some(l) = cfg.linux.as_ref() {
+        let mut m = Map::new();
+        put(&mut m, "cgroup_parent", json!(l.cgroup_parent));
+        if let Some(sc) = l.security_context.as_ref() {
+            let mut s = Map::new();
+            if let Some(ns) = sc.namespace_options.as_ref() {
+                let mut n = Map::new();
+                put(&mut n, "network", json!(ns.network.value()));
+                put(&mut n, "pid", json!(ns.pid.value()));
+                put(&mut n, "ipc", json!(ns.ipc.value()));
+                put(&mut n, "target_id", json!(ns.target_id));
+                s.insert("namespace_options".into(), Value::Object(n));
+            }
+            put(&mut s, "privileged", json!(sc.privileged));
+            m.insert("security_context".into(), Value::Object(s));
+        }
+        put(&mut m, "sysctls", json!(l.sysctls));
+        top.insert("linux".into(), Value::Object(m));
+    }
+    Value::Object(top)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,8 +362,26 @@ mod tests {
         assert_eq!(s.pause_cgroup("abc"), PathBuf::from("/kubepods/pod1/abc"));
         assert_eq!(s.pod_cgroup("abc"), PathBuf::from("/kubepods/pod1"));
         assert_eq!(
-            s.dns.unwrap().resolv_conf(),
+            s.dns.clone().unwrap().resolv_conf(),
             "search svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+        );
+        // The config as CRI's Go types write it: snake_case, enums as numbers, no empties.
+        assert_eq!(
+            s.config,
+            serde_json::json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "hostname": "web-0",
+                "dns_config": {
+                    "servers": ["10.0.0.10"],
+                    "searches": ["svc.cluster.local"],
+                    "options": ["ndots:5"]
+                },
+                "linux": {
+                    "cgroup_parent": "/kubepods/pod1",
+                    "security_context": {"namespace_options": {"pid": 2}},
+                    "sysctls": {"net.ipv4.ip_forward": "1"}
+                }
+            })
         );
     }
 

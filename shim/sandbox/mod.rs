@@ -110,6 +110,8 @@ pub struct Meta {
     pub annotations: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub extensions: Vec<String>,
+    /// CRI's last UpdatePodSandboxResources (`{"Overhead": .., "Resources": ..}`).
+    pub updated_resources: Option<serde_json::Value>,
 }
 
 /// One pod sandbox.
@@ -491,6 +493,11 @@ impl Manager {
         })
     }
 
+    /// The verbose status, `info["info"]`. Its keys follow containerd's own sandbox info
+    /// (`pid`, `processStatus`, `netNamespaceClosed`, `runtimeType`, `config`: the JSON of
+    /// `internal/cri/types.SandboxInfo`), which CRI parses from containerd 2.3 on (and then
+    /// keeps only those keys); cove's own details follow and show on 2.1 and 2.2.
+    /// `sandboxMetadata` is left out: CRI reads it as its versioned store record.
     fn info_json(&self, sb: &Sandbox, phase: &Phase) -> String {
         let pid = phase.pid();
         let ns = |kind: &str| {
@@ -505,6 +512,9 @@ impl Manager {
         serde_json::json!({
             "pid": pid,
             "processStatus": match phase { Phase::Created => "created", Phase::Running { .. } => "running", Phase::Stopped { .. } => "stopped" },
+            "netNamespaceClosed": sb.netns.as_ref().is_some_and(|p| !p.exists()),
+            "runtimeType": crate::bootstrap::RUNTIME_NAME,
+            "config": sb.spec.config,
             "netnsPath": sb.netns.as_ref().map(|p| p.to_string_lossy().into_owned()),
             "namespaces": { "net": ns("net"), "uts": ns("uts"), "ipc": ns("ipc"), "pid": ns("pid") },
             "hostname": sb.spec.hostname,
@@ -512,12 +522,13 @@ impl Manager {
             "hostPID": sb.spec.host_pid,
             "hostIPC": sb.spec.host_ipc,
             "cgroupParent": sb.spec.cgroup_parent,
+            "cgroupDriver": if sb.spec.systemd() { "systemd" } else { "cgroupfs" },
             "pauseCgroup": sb.spec.pause_cgroup(&sb.id),
             "bundle": sb.bundle,
-            "runtimeType": "io.containerd.cove.v1",
-            "sandboxMetadata": { "name": sb.spec.name, "namespace": sb.spec.namespace, "uid": sb.spec.uid },
+            "pod": { "name": sb.spec.name, "namespace": sb.spec.namespace, "uid": sb.spec.uid },
             "labels": meta.labels,
             "annotations": meta.annotations,
+            "updatedResources": meta.updated_resources,
         })
         .to_string()
     }
@@ -525,7 +536,15 @@ impl Manager {
     /// Kills the pause process, removes everything the sandbox made and forgets it.
     /// The server exits once its last sandbox is shut down.
     pub async fn shutdown(&self, id: &str) -> Result<()> {
-        let sb = self.get(id)?;
+        let sb = match self.get(id) {
+            Ok(sb) => sb,
+            Err(e) => {
+                // containerd shuts a shim down this way when CreateSandbox failed: with no
+                // sandbox (and no task) left, the server must not linger.
+                self.exit_if_idle(true);
+                return Err(e);
+            }
+        };
         let mut host = sb.host.lock().await;
         self.stop_locked(&sb, Duration::ZERO).await?;
         crate::cgroups::systemd::stop_units(&host.units, &self.layout).await?;
@@ -573,6 +592,9 @@ impl Manager {
         }
         if let Some(ext) = change.extensions {
             meta.extensions = ext;
+        }
+        if let Some(r) = change.updated_resources {
+            meta.updated_resources = Some(r);
         }
         log::info!("updated sandbox {id}");
         Ok(())

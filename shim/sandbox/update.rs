@@ -4,7 +4,15 @@
 //!
 //! Resources come either in the deprecated `resources` field (an Any of OCI
 //! `LinuxResources`, JSON as containerd's typeurl registers it) or in the sandbox object's
-//! `spec` (an OCI runtime Spec, JSON) when the changed `fields` include `spec`.
+//! `spec` (an OCI runtime Spec, JSON) when the changed `fields` include `spec`; both are
+//! written to the pod cgroup.
+//!
+//! CRI's UpdatePodSandboxResources (containerd 2.3+) reaches a shim as `fields =
+//! ["extensions"]` with the extension `updated-resources` (type
+//! `io.containerd.cri.v1/UpdatedResources`, JSON `{"Overhead": .., "Resources": ..}` of CRI
+//! `LinuxContainerResources`; internal/cri/server/podsandbox/helpers.go). Kubelet has
+//! resized the pod cgroup before it asks, so cove records them (verbose status shows them)
+//! and leaves the cgroup as kubelet set it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,7 +37,13 @@ pub struct Change {
     pub annotations: BTreeMap<String, String>,
     pub labels: Option<BTreeMap<String, String>>,
     pub extensions: Option<Vec<String>>,
+    /// CRI's pod-level resources and overhead, as CRI sent them (recorded, not applied).
+    pub updated_resources: Option<serde_json::Value>,
 }
+
+/// The sandbox extension CRI keeps UpdatePodSandboxResources in, and its type URL.
+pub const UPDATED_RESOURCES_KEY: &str = "updated-resources";
+pub const UPDATED_RESOURCES_TYPE: &str = "io.containerd.cri.v1/UpdatedResources";
 
 fn json_any<T: serde::de::DeserializeOwned>(any: &Any, what: &str) -> Result<T> {
     serde_json::from_slice(&any.value).map_err(|e| {
@@ -72,6 +86,22 @@ impl Change {
                 let mut keys: Vec<String> = sb.extensions.keys().cloned().collect();
                 keys.sort();
                 c.extensions = Some(keys);
+                if let Some(ext) = sb.extensions.get(UPDATED_RESOURCES_KEY) {
+                    if ext.type_url.rsplit('/').next() != UPDATED_RESOURCES_TYPE.rsplit('/').next()
+                    {
+                        return Err(Error::InvalidArgument(format!(
+                            "extension {UPDATED_RESOURCES_KEY} has type {:?}, want {UPDATED_RESOURCES_TYPE}",
+                            ext.type_url
+                        )));
+                    }
+                    let v: serde_json::Value = json_any(ext, UPDATED_RESOURCES_KEY)?;
+                    if !v.is_object() {
+                        return Err(Error::InvalidArgument(format!(
+                            "extension {UPDATED_RESOURCES_KEY} is not a JSON object: {v}"
+                        )));
+                    }
+                    c.updated_resources = Some(v);
+                }
             }
         }
         Ok(c)
@@ -172,6 +202,34 @@ mod tests {
         assert_eq!(
             c.resources.unwrap().pids().as_ref().map(|p| p.limit()),
             Some(64)
+        );
+    }
+
+    #[test]
+    fn cri_pod_resources_arrive_in_the_updated_resources_extension() {
+        let mut sb = SandboxObject::new();
+        sb.extensions.insert(
+            UPDATED_RESOURCES_KEY.into(),
+            Any {
+                type_url: UPDATED_RESOURCES_TYPE.into(),
+                value: br#"{"Overhead":{"memory_limit_in_bytes":16777216},"Resources":{"cpu_shares":256,"memory_limit_in_bytes":268435456}}"#.to_vec(),
+                ..Default::default()
+            },
+        );
+        let mut r = UpdateSandboxRequest::new();
+        r.sandbox = Some(sb).into();
+        r.fields = vec!["extensions".into()];
+        let c = Change::from_request(&r).unwrap();
+        assert!(
+            c.resources.is_none(),
+            "nothing is written to the pod cgroup"
+        );
+        let u = c.updated_resources.unwrap();
+        assert_eq!(u["Resources"]["memory_limit_in_bytes"], 268435456);
+        assert_eq!(u["Overhead"]["memory_limit_in_bytes"], 16777216);
+        assert_eq!(
+            c.extensions.unwrap(),
+            vec![UPDATED_RESOURCES_KEY.to_string()]
         );
     }
 
