@@ -48,6 +48,17 @@ async fn version_and_info_answer() {
             .unwrap();
     assert_eq!(info.name, "io.containerd.cove.v1");
     assert_eq!(info.version.version, env!("CARGO_PKG_VERSION"));
+    // The OCI runtime features of the runc cove runs, as containerd's runc shim reports
+    // them: CRI reads recursive read-only mount and user namespace support from them.
+    let features = info.features.as_ref().expect("runtime features");
+    assert_eq!(
+        features.type_url,
+        "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
+    );
+    let ours: serde_json::Value = serde_json::from_slice(&features.value).unwrap();
+    let runc = Command::new("runc").arg("features").output().unwrap();
+    let runc: serde_json::Value = serde_json::from_slice(&runc.stdout).unwrap();
+    assert_eq!(ours, runc);
 }
 
 #[tokio::test]
@@ -232,6 +243,44 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     assert_eq!(pids.trim(), "100");
     let s = sb.sandbox_status(ctx(), &sreq).await.unwrap();
     assert!(s.info["info"].contains("cove.test/updated"));
+
+    // UpdateSandbox as containerd 2.4's CRI sends UpdatePodSandboxResources: the sandbox
+    // object, fields = ["extensions"], the resources in the `updated-resources` extension.
+    // Kubelet has resized the pod cgroup already: cove records, and does not write it.
+    let mut obj = cove::protos::update::SandboxObject::new();
+    obj.sandbox_id = shim.id.clone();
+    obj.extensions.insert(
+        "updated-resources".into(),
+        Any {
+            type_url: "io.containerd.cri.v1/UpdatedResources".into(),
+            value: br#"{"Overhead":{"memory_limit_in_bytes":16777216},"Resources":{"memory_limit_in_bytes":134217728}}"#.to_vec(),
+            ..Default::default()
+        },
+    );
+    let mut up = UpdateSandboxRequest::new();
+    up.sandbox_id = shim.id.clone();
+    up.sandbox = Some(obj).into();
+    up.fields = vec!["extensions".into()];
+    let resp = raw
+        .request(ttrpc::Request {
+            service: "containerd.runtime.sandbox.v1.Sandbox".into(),
+            method: "UpdateSandbox".into(),
+            payload: up.write_to_bytes().unwrap(),
+            timeout_nano: ctx().timeout_nano,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(resp.status.code(), Code::OK, "{:?}", resp.status);
+    let limit =
+        std::fs::read_to_string(cg_dir("memory", Path::new(&parent)).join(limit_file)).unwrap();
+    assert_eq!(limit.trim(), "268435456", "the pod cgroup is kubelet's");
+    let s = sb.sandbox_status(ctx(), &sreq).await.unwrap();
+    let info: serde_json::Value = serde_json::from_str(&s.info["info"]).unwrap();
+    assert_eq!(
+        info["updatedResources"]["Resources"]["memory_limit_in_bytes"],
+        134217728
+    );
 
     // Waiters before the exit, Stop, then a waiter after the exit.
     let mut w = WaitSandboxRequest::new();
@@ -510,6 +559,7 @@ async fn a_systemd_slice_parent_gets_a_scope_or_a_clear_error() {
     let mut req = create_req(&shim.id, &shim.bundle);
     req.options = Some(pod_options("slice", &slice)).into();
     if !cove::cgroups::systemd::booted() {
+        let server = server_pid(&shim.socket());
         let r = sb.create_sandbox(ctx(), &req).await;
         let Err(ttrpc::Error::RpcStatus(s)) = r else {
             panic!("a slice without systemd must fail: {r:?}");
@@ -521,6 +571,14 @@ async fn a_systemd_slice_parent_gets_a_scope_or_a_clear_error() {
             "the error names the cause and the fix: {}",
             s.message
         );
+        // containerd then shuts the sandbox down; the shim, holding nothing, exits.
+        let mut sd = ShutdownSandboxRequest::new();
+        sd.sandbox_id = shim.id.clone();
+        assert_eq!(code(sb.shutdown_sandbox(ctx(), &sd).await), Code::NOT_FOUND);
+        eventually("the shim exits", || {
+            cove::state::proc_start_time(server).is_none()
+        })
+        .await;
         return;
     }
     sb.create_sandbox(ctx(), &req).await.unwrap();

@@ -1,13 +1,12 @@
 #!/bin/sh
 # Runs inside the test guest (see run.sh): the root integration suites, from a build made
 # on the host, against the guest's pure cgroup v2.
-# Usage: guest.sh DRIVER CHECKOUT OUT [NEXTEST-ARGS...]
+# Usage: guest.sh DRIVER CHECKOUT OUT [FILTER]   (FILTER: a nextest expression to narrow to)
 #   DRIVER   cgroupfs (virtme-ng's own init) or systemd (systemd is PID 1; we are a unit)
 #   CHECKOUT the host checkout (read-only in the guest)
 #   OUT      a directory shared read-write with the host: the log and exit code go there
 set -u
-driver=$1 checkout=$2 out=$3
-shift 3
+driver=$1 checkout=$2 out=$3 only=${4:-all()}
 
 # The guest's root is the host's, read-only. The tests write to /tmp (containerd's root
 # and state: overlayfs needs a real upper filesystem, not an overlay of 9p): a plain
@@ -42,7 +41,7 @@ cd "$checkout" || finish 4
 {
     cargo-nextest nextest run --profile vm --no-fail-fast \
         --binaries-metadata "$out/binaries.json" --cargo-metadata "$out/cargo-metadata.json" \
-        --workspace-remap "$checkout" "$@" 2>&1
+        --workspace-remap "$checkout" -E "($("$checkout/scripts/test-filter.sh")) & ($only)" 2>&1
     echo $? > /tmp/nextest.rc
 } | tee "$out/log"
 finish "$(cat /tmp/nextest.rc 2>/dev/null || echo 5)"

@@ -25,7 +25,7 @@ failed=""
 for leg in $legs; do
     out="$work/$leg"
     mkdir -p "$out"
-    guest="$checkout/scripts/vm/guest.sh $leg $checkout $out${COVE_VM_TESTS:+ -E '$COVE_VM_TESTS'}"
+    guest="$checkout/scripts/vm/guest.sh $leg $checkout $out${COVE_VM_TESTS:+ '$COVE_VM_TESTS'}"
     cp "$work/binaries.json" "$work/cargo-metadata.json" "$out/"
     set -- --run "$kernel" --disable-kvm --cpus 2 --memory 6G --user root --rwdir="$out" \
         --append cgroup_no_v1=all --append systemd.unified_cgroup_hierarchy=1

@@ -28,6 +28,38 @@ pub const NS: &str = "k8s.io";
 pub const BUSYBOX: &str = "cove.test/busybox:latest";
 pub const PAUSE: &str = "cove.test/pause:latest";
 
+/// The containerd on PATH (the matrix leg puts each version's directory first): its
+/// (major, minor, patch), from `containerd --version`.
+pub fn containerd_version() -> (u32, u32, u32) {
+    static V: std::sync::OnceLock<(u32, u32, u32)> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        let out = Command::new("containerd")
+            .arg("--version")
+            .output()
+            .expect("run containerd --version");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // "containerd github.com/containerd/containerd/v2 v2.3.4 <commit>" or "2.1.9+unknown"
+        let v = text
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_else(|| panic!("containerd --version: {text}"));
+        let mut nums = v
+            .trim_start_matches('v')
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse().unwrap_or(0));
+        (
+            nums.next().unwrap_or(0),
+            nums.next().unwrap_or(0),
+            nums.next().unwrap_or(0),
+        )
+    })
+}
+
+/// Whether the containerd under test is at least `major.minor.patch`.
+pub fn containerd_at_least(major: u32, minor: u32, patch: u32) -> bool {
+    containerd_version() >= (major, minor, patch)
+}
+
 /// Whether this run uses the systemd cgroup driver (`COVE_TEST_CGROUP_DRIVER=systemd`, set by
 /// the VM leg whose PID 1 is systemd): pods get slice parents, as kubelet's systemd driver
 /// gives them, and containerd's runc handler runs with `SystemdCgroup = true`.
@@ -154,6 +186,7 @@ pub struct Containerd {
     pub cgroup_root: String,
     /// containerd's Prometheus endpoint (`host:port`), when started with metrics.
     pub metrics: Option<String>,
+    log_level: String,
     child: Option<Child>,
     pub channel: Channel,
 }
@@ -250,6 +283,14 @@ state = "{d}/state"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.cove-pod]
         runtime_type = '{cove}'
         sandboxer = 'podsandbox'
+      # The cove handler with an options table (containerd 2.3.1+ passes it to a shim
+      # sandboxer; 2.1 and 2.2 fail StartContainer when one is set).
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.cove-opts]
+        runtime_type = '{cove}'
+        sandboxer = 'shim'
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.cove-opts.options]
+          Root = '{d}/cove-opts-runc'
+          SystemdCgroup = {systemd}
     [plugins.'io.containerd.cri.v1.runtime'.cni]
       bin_dirs = ['/usr/lib/cni']
       conf_dir = '{d}/cni/net.d'
@@ -264,22 +305,7 @@ state = "{d}/state"
         // `--runtime io.containerd.cove.v1` resolves to containerd-shim-cove-v1 on PATH.
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         std::os::unix::fs::symlink(cove_bin(), dir.join("bin/containerd-shim-cove-v1")).unwrap();
-        let path = format!(
-            "{}:{}",
-            dir.join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .env("PATH", path)
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .arg("--log-level")
-            .arg(log_level)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let child = spawn_containerd(&dir, log_level);
         let cgroup_root = if systemd_driver() {
             format!(
                 "cove_e2e_{}_{}.slice",
@@ -293,6 +319,7 @@ state = "{d}/state"
             bridge_n: n,
             cgroup_root,
             metrics,
+            log_level: log_level.to_owned(),
             dir,
             sock: sock.clone(),
             child: Some(child),
@@ -311,24 +338,43 @@ state = "{d}/state"
         c
     }
 
+    /// Stops containerd (SIGTERM, as systemd stops it; shims and pods live on) and starts
+    /// it again with the same configuration, root and state.
+    pub async fn restart(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(nix::unistd::Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        self.child = Some(spawn_containerd(&self.dir, &self.log_level));
+        self.channel = self.wait_ready().await;
+    }
+
+    /// Waits until CRI reports the two conditions kubelet waits for, RuntimeReady and
+    /// NetworkReady (newer containerd adds others, e.g. about deprecated configuration).
     async fn wait_ready(&self) -> Channel {
+        let mut last = Vec::new();
         for _ in 0..600 {
             if let Ok(ch) = containerd_client::connect(&self.sock).await {
                 let mut rt = RuntimeServiceClient::new(ch.clone());
                 if let Ok(st) = rt.status(StatusRequest { verbose: false }).await {
-                    let conds = st
+                    last = st
                         .into_inner()
                         .status
                         .map(|s| s.conditions)
                         .unwrap_or_default();
-                    if conds.iter().all(|c| c.status) && !conds.is_empty() {
+                    let ready = |t: &str| last.iter().any(|c| c.r#type == t && c.status);
+                    if ready("RuntimeReady") && ready("NetworkReady") {
                         return ch;
                     }
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("containerd did not become ready; log:\n{}", self.log());
+        panic!(
+            "containerd did not become ready ({last:?}); log:\n{}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -358,12 +404,17 @@ state = "{d}/state"
         out
     }
 
-    /// cove shim processes of this containerd (their command lines name its socket).
+    /// cove shim processes of this containerd (their command lines name its socket; the
+    /// pause processes, forked from them, carry the same command line and are left out).
     pub fn cove_shims(&self) -> Vec<i32> {
         let ours = pids_with(&self.sock.to_string_lossy());
         pids_with("containerd-shim-cove-v1")
             .into_iter()
             .filter(|p| ours.contains(p))
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() != cove::pause::PAUSE_COMM)
+            })
             .collect()
     }
 
@@ -602,6 +653,31 @@ state = "{d}/state"
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
+}
+
+/// Starts containerd on `dir/config.toml`, logging (appending) to `dir/containerd.log`,
+/// with the cove binary on its PATH.
+fn spawn_containerd(dir: &Path, log_level: &str) -> Child {
+    let path = format!(
+        "{}:{}",
+        dir.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .unwrap();
+    Command::new("containerd")
+        .env("PATH", path)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .arg("--log-level")
+        .arg(log_level)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start containerd")
 }
 
 /// A busybox container config running `sh -c script`, logging to `<name>.log`.
