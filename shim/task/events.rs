@@ -26,13 +26,20 @@ use crate::reaper::Exit;
 /// (topic, protobuf type name, encoded event, when it happened)
 type Item = (&'static str, &'static str, Vec<u8>, Timestamp);
 
+/// What the queue carries: an event, or a barrier answered once everything queued before
+/// it has been forwarded (or dropped).
+enum Msg {
+    Event(Item),
+    Flushed(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Forward attempts per event, and the pause after the first failure (doubled each time).
 const TRIES: u32 = 5;
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct Events {
-    tx: mpsc::UnboundedSender<Item>,
+    tx: mpsc::UnboundedSender<Msg>,
     /// Tests keep what would be published, and the OOM events seen so far.
     #[cfg(test)]
     kept: Option<std::sync::Arc<std::sync::Mutex<Kept>>>,
@@ -40,7 +47,7 @@ pub struct Events {
 
 /// What detached events keep: the queue, and the OOM events read from it so far.
 #[cfg(test)]
-type Kept = (mpsc::UnboundedReceiver<Item>, Vec<String>);
+type Kept = (mpsc::UnboundedReceiver<Msg>, Vec<String>);
 
 impl Events {
     /// Starts the publishing task for `namespace`.
@@ -70,7 +77,10 @@ impl Events {
     pub fn sent_oom(&self) -> Vec<String> {
         let kept = self.kept.as_ref().expect("detached events");
         let mut k = kept.lock().unwrap();
-        while let Ok((topic, _, bytes, _)) = k.0.try_recv() {
+        while let Ok(msg) = k.0.try_recv() {
+            let Msg::Event((topic, _, bytes, _)) = msg else {
+                continue;
+            };
             if topic == TASK_OOM_EVENT_TOPIC {
                 let e = TaskOOM::parse_from_bytes(&bytes).expect("a TaskOOM");
                 k.1.push(e.container_id);
@@ -84,9 +94,17 @@ impl Events {
         match event.write_to_bytes() {
             Ok(bytes) => {
                 let now = Timestamp::from(std::time::SystemTime::now());
-                let _ = self.tx.send((topic, type_name, bytes, now));
+                let _ = self.tx.send(Msg::Event((topic, type_name, bytes, now)));
             }
             Err(e) => log::warn!("encode {topic}: {e}"),
+        }
+    }
+
+    /// Waits (at most `limit`) until every event queued so far has left for containerd.
+    pub async fn flushed(&self, limit: Duration) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Flushed(tx)).is_ok() {
+            let _ = tokio::time::timeout(limit, rx).await;
         }
     }
 
@@ -179,9 +197,16 @@ impl Events {
     }
 }
 
-async fn drain(mut rx: mpsc::UnboundedReceiver<Item>, address: String, namespace: String) {
+async fn drain(mut rx: mpsc::UnboundedReceiver<Msg>, address: String, namespace: String) {
     let mut client: Option<EventsClient> = None;
-    while let Some((topic, type_name, value, at)) = rx.recv().await {
+    while let Some(msg) = rx.recv().await {
+        let (topic, type_name, value, at) = match msg {
+            Msg::Event(item) => item,
+            Msg::Flushed(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         if address.is_empty() {
             log::debug!("no event publisher; dropped {topic}");
             continue;

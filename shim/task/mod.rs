@@ -43,6 +43,9 @@ pub const TASK_API_VERSION: &str = "3";
 /// process can keep a terminal open past its parent's exit).
 const IO_DRAIN: Duration = Duration::from_secs(2);
 
+/// How long an OOM-killed init's exit waits for its `/tasks/oom` to reach containerd.
+const OOM_FLUSH: Duration = Duration::from_secs(5);
+
 pub struct TaskService {
     inner: Arc<Inner>,
 }
@@ -284,8 +287,14 @@ impl Inner {
         };
         let mut gate = c.gate.subscribe();
         let _ = gate.wait_for(|open| *open).await;
-        if let Some(oom) = locked(&c.oom).clone() {
-            oom.check_exit(exit.status == 128 + libc::SIGKILL as u32);
+        let oom = locked(&c.oom).clone();
+        if let Some(oom) = oom {
+            // CRI learns of the exit from Task.Wait, which returns once the init is marked
+            // stopped below; its reason is OOMKilled only if /tasks/oom reached containerd
+            // first, so an OOM kill is delivered before the exit is let out.
+            if oom.check_exit(exit.status == 128 + libc::SIGKILL as u32) {
+                self.events.flushed(OOM_FLUSH).await;
+            }
         }
         if c.kill_all_on_exit {
             if let Err(e) = self.kill_all(&c, libc::SIGKILL).await {

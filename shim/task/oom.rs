@@ -28,6 +28,8 @@ pub struct Oom {
     seen: AtomicU64,
     events: Events,
     parent: Option<(PathBuf, Arc<Ledger>)>,
+    /// Whether `/tasks/oom` was published for this container.
+    reported: std::sync::atomic::AtomicBool,
 }
 
 /// The OOM kills counted in one parent cgroup since this shim began to watch below it, and
@@ -92,6 +94,7 @@ impl Oom {
             v2,
             events,
             parent,
+            reported: Default::default(),
         });
         let o = oom.clone();
         let started = if v2 {
@@ -117,6 +120,7 @@ impl Oom {
                 ledger.claimed.fetch_add(now - before, Ordering::SeqCst);
             }
             log::info!("container {} was OOM-killed", self.id);
+            self.reported.store(true, Ordering::SeqCst);
             self.events.oom(&self.id);
         }
         true
@@ -124,16 +128,17 @@ impl Oom {
 
     /// The check on the init's exit. When the container's cgroup is already gone (systemd
     /// removed its scope) and the init died of SIGKILL, an OOM kill its parent counted and
-    /// no container of this shim claimed is this one's.
-    pub fn check_exit(&self, sigkilled: bool) {
+    /// no container of this shim claimed is this one's. Returns whether the container was
+    /// ever reported OOM-killed.
+    pub fn check_exit(&self, sigkilled: bool) -> bool {
         if self.check() || !sigkilled {
-            return;
+            return self.reported.load(Ordering::SeqCst);
         }
         let Some((parent, ledger)) = &self.parent else {
-            return;
+            return self.reported.load(Ordering::SeqCst);
         };
         let Some(total) = oom_kills(parent, true) else {
-            return;
+            return self.reported.load(Ordering::SeqCst);
         };
         let counted = total.saturating_sub(ledger.base);
         let claimed = ledger.claimed.load(Ordering::SeqCst);
@@ -148,8 +153,10 @@ impl Oom {
                 self.id,
                 parent.display()
             );
+            self.reported.store(true, Ordering::SeqCst);
             self.events.oom(&self.id);
         }
+        self.reported.load(Ordering::SeqCst)
     }
 
     fn spawn_v1(self: Arc<Self>) -> std::io::Result<()> {
