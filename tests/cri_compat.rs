@@ -144,7 +144,7 @@ async fn a_recursive_read_only_mount_is_read_only_all_the_way_down_since_2_2_7()
                 let id = r.into_inner().container_id;
                 cd.start_container(&id).await;
                 let (_, err, code) = cd.exec_sync(&id, &["touch", "/vol/sub/y"]).await;
-                cd.stop_container(&id, 1).await;
+                cd.stop_container(&id, GRACE).await;
                 cd.remove_container(&id).await;
                 format!("started; touch below the mount: exit {code} {}", err.trim())
             }
@@ -165,67 +165,83 @@ async fn a_recursive_read_only_mount_is_read_only_all_the_way_down_since_2_2_7()
     assert_eq!(cove, runc, "the same outcome on cove");
 }
 
+/// PodSandboxStats for a pod with a busy container: its CPU use shows, with a memory working
+/// set and the pod's name. From 2.4 CRI asks a shim sandboxer's SandboxMetrics; before, it
+/// reads the cgroup at the pod's cgroup_parent itself, which containerd 2.1 cannot do for a
+/// systemd slice (on either handler: "invalid group path").
+async fn pod_stats(cd: &Containerd, handler: &str) -> Result<(bool, Option<String>), String> {
+    let cfg = cd.pod_config(&format!("stats-{handler}"));
+    let pod = cd.run_pod(&cfg, handler).await;
+    let c = cd
+        .create_container(
+            &pod,
+            &cfg,
+            container_config("busy", "while true; do :; done"),
+        )
+        .await;
+    cd.start_container(&c).await;
+    let mut outcome = Err(format!("{handler}: the pod's CPU use never showed"));
+    for _ in 0..50 {
+        let all = match cd
+            .rt()
+            .pod_sandbox_stats(PodSandboxStatsRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().stats.expect("pod stats"),
+            Err(e) => {
+                outcome = Err(e.message().to_string());
+                break;
+            }
+        };
+        let name = all.attributes.and_then(|a| a.metadata).map(|m| m.name);
+        let s = all.linux.expect("linux pod stats");
+        let busy = s
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .is_some_and(|v| v.value > 0);
+        if busy {
+            let mem = s
+                .memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .is_some_and(|v| v.value > 0);
+            outcome = Ok((mem, name));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cd.stop_container(&c, GRACE).await;
+    cd.remove_container(&c).await;
+    cd.stop_pod(&pod).await;
+    cd.remove_pod(&pod).await;
+    outcome
+}
+
 #[tokio::test]
 async fn pod_stats_through_cri_match_the_runc_pod_path() {
     let cd = Containerd::start("compat-stats").await;
-    let mut seen = Vec::new();
-    for handler in ["runc", "cove"] {
-        let cfg = cd.pod_config(&format!("stats-{handler}"));
-        let pod = cd.run_pod(&cfg, handler).await;
-        let c = cd
-            .create_container(
-                &pod,
-                &cfg,
-                container_config("busy", "while true; do :; done"),
-            )
-            .await;
-        cd.start_container(&c).await;
-        // From 2.4 CRI asks a shim sandboxer's SandboxMetrics; before, it reads the cgroup.
-        let mut stats = None;
-        let mut name = None;
-        for _ in 0..50 {
-            let all = cd
-                .rt()
-                .pod_sandbox_stats(PodSandboxStatsRequest {
-                    pod_sandbox_id: pod.clone(),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("PodSandboxStats ({handler}): {e}"))
-                .into_inner()
-                .stats
-                .expect("pod stats");
-            name = all.attributes.and_then(|a| a.metadata).map(|m| m.name);
-            let s = all.linux.expect("linux pod stats");
-            let busy = s
-                .cpu
-                .as_ref()
-                .and_then(|c| c.usage_core_nano_seconds.as_ref())
-                .is_some_and(|v| v.value > 0);
-            if busy {
-                stats = Some(s);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let runc = pod_stats(&cd, "runc").await;
+    let cove = pod_stats(&cd, "cove").await;
+    match &runc {
+        Ok((mem, _)) => {
+            assert!(mem, "runc: memory working set");
+            assert_eq!(cove, Ok((true, Some("stats-cove".into()))));
         }
-        let s = stats.unwrap_or_else(|| panic!("{handler}: the pod's CPU use never showed"));
-        let mem = s
-            .memory
-            .as_ref()
-            .and_then(|m| m.working_set_bytes.as_ref())
-            .map(|v| v.value)
-            .unwrap_or(0);
-        seen.push((handler, mem > 0, name));
-        cd.stop_container(&c, 1).await;
-        cd.remove_container(&c).await;
-        cd.stop_pod(&pod).await;
-        cd.remove_pod(&pod).await;
+        Err(e) => {
+            // Only containerd's own limit may fail the runc pod path here; cove does as
+            // well, or better where CRI asks the shim.
+            assert!(
+                systemd_driver() && e.contains("invalid group path"),
+                "runc: {e}"
+            );
+            if let Err(ce) = &cove {
+                assert!(ce.contains("invalid group path"), "cove: {ce}");
+            }
+        }
     }
-    assert_eq!(
-        seen[1].1, seen[0].1,
-        "memory working set reported: {seen:?}"
-    );
-    assert!(seen[1].1, "{seen:?}");
-    assert_eq!(seen[1].2.as_deref(), Some("stats-cove"));
 }
 
 /// CRI's UpdatePodSandboxResources (containerd 2.3+; k8s-cri 0.11 predates it, so the call
@@ -332,7 +348,7 @@ async fn a_runtime_options_table_reaches_cove_containers() {
         // `Root` from the table: runc keeps the container's state there.
         assert!(state.exists(), "{} is missing", state.display());
         assert_eq!(cd.exec_sync(&c, &["echo", "ok"]).await.0, "ok\n");
-        cd.stop_container(&c, 1).await;
+        cd.stop_container(&c, GRACE).await;
     } else {
         // containerd 2.1 and 2.2 force the task API address into runc Options, which a
         // non-runc options table is not (fixed in 2.3.1): the README says not to set one.
@@ -386,7 +402,7 @@ async fn host_network_pod_through_cri_since_2_3_0() {
         let me = std::process::id();
         let host = |kind: &str| ns_of(pid, kind) == ns_of(me, kind);
         seen.push((host("net"), host("uts"), host("pid"), host("ipc")));
-        cd.stop_container(&c, 1).await;
+        cd.stop_container(&c, GRACE).await;
         cd.remove_container(&c).await;
         cd.stop_pod(&pod).await;
         cd.remove_pod(&pod).await;
@@ -443,7 +459,7 @@ async fn live_pods_survive_a_containerd_restart() {
         "the same cove shim serves the pod"
     );
     for (handler, cfg, pod, c) in &pods {
-        cd.stop_container(c, 1).await;
+        cd.stop_container(c, GRACE).await;
         cd.remove_container(c).await;
         cd.stop_pod(pod).await;
         cd.remove_pod(pod).await;

@@ -173,7 +173,7 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
     let in_pod_cgroup = cgroup_of(app_pid) == task_cgroup(&pod_cfg, &app);
 
     // StopContainer: SIGTERM handled by the app; SIGKILL after the timeout otherwise.
-    cd.stop_container(&app, 10).await;
+    cd.stop_container(&app, GRACE).await;
     let st = cd.exited(&app).await;
     let log = std::fs::read_to_string(logs.join("app.log")).unwrap_or_default();
     let log_has_stdout_and_stderr =
@@ -205,9 +205,7 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
     let st = cd.exited(&hog).await;
     let oom = (st.reason.clone(), st.exit_code);
 
-    // echo ends on SIGTERM: a timeout short enough to lapse before containerd has seen the
-    // exit makes CRI kill a task it is deleting (a race of its own, under slow guests).
-    cd.stop_container(&echo, 10).await;
+    cd.stop_container(&echo, GRACE).await;
     for c in [&app, &echo, &stubborn, &hog] {
         cd.remove_container(c).await;
     }
@@ -342,7 +340,7 @@ async fn cove_runs_podsandbox_pods_pause_and_containers_in_one_shim() {
         9,
         "exit codes pass through"
     );
-    cd.stop_container(&app, 5).await;
+    cd.stop_container(&app, GRACE).await;
     assert_eq!(
         cd.exited(&app).await.exit_code,
         143,

@@ -25,6 +25,11 @@ pub fn cove_bin() -> String {
     }
 }
 pub const NS: &str = "k8s.io";
+/// StopContainer's timeout for containers that end on SIGTERM. It must not lapse while
+/// containerd is still taking in the exit (seconds under emulation), or CRI kills a task
+/// it is deleting and fails with "ttrpc: closed": a race in containerd's CRI, on both
+/// handlers.
+pub const GRACE: i64 = 30;
 pub const BUSYBOX: &str = "cove.test/busybox:latest";
 pub const PAUSE: &str = "cove.test/pause:latest";
 
