@@ -12,7 +12,7 @@
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -47,19 +47,28 @@ enum Target {
     Binary { path: PathBuf, args: Vec<String> },
 }
 
+/// URL percent-decoding, as Go's url.PathUnescape / QueryUnescape read containerd's stdio
+/// URIs. Works on bytes: `%` followed by anything but two hex digits stays as it is, and
+/// non-ASCII input (a `%` before a multibyte character) is never split.
 fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(v) => {
-                    out.push(v);
+            b'%' => match (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
                     i += 3;
                     continue;
                 }
-                Err(_) => out.push(b'%'),
+                _ => out.push(b'%'),
             },
             b'+' if plus_is_space => out.push(b' '),
             c => out.push(c),
@@ -242,6 +251,9 @@ async fn copy_in(src: AsyncFd<OwnedFd>, dst: AsyncFd<OwnedFd>, mut close: onesho
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Where console sockets live: root's, mode 0700, on tmpfs.
+pub const CONSOLE_DIR: &str = "/run/cove/console";
+
 /// The socket runc sends a new pty master to (`--console-socket`).
 pub struct ConsoleSocket {
     pub path: PathBuf,
@@ -249,9 +261,17 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
+    /// Binds in [`CONSOLE_DIR`], a directory only root can enter, not the world-shared
+    /// /tmp where another user could race for the name.
     fn new() -> Result<ConsoleSocket> {
-        let path = std::env::temp_dir().join(format!(
-            "cove-pty-{}-{}.sock",
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(CONSOLE_DIR)
+            .context(|| format!("create {CONSOLE_DIR}"))?;
+        let path = Path::new(CONSOLE_DIR).join(format!(
+            "{}-{}.sock",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
@@ -566,5 +586,19 @@ mod tests {
         );
         assert!(parse_target("http://x").is_err());
         assert!(parse_target("binary://").is_err());
+    }
+
+    #[test]
+    fn percent_decoding_never_splits_a_character() {
+        // A `%` right before a multibyte character once sliced the &str mid-character and
+        // panicked Task.Create.
+        assert_eq!(
+            parse_target("file:///x%aé").unwrap(),
+            Target::File("/x%aé".into())
+        );
+        assert_eq!(percent_decode("%é%", false), "%é%");
+        assert_eq!(percent_decode("a%2", false), "a%2");
+        assert_eq!(percent_decode("%C3%A9+x", true), "é x");
+        assert_eq!(percent_decode("%zz", false), "%zz");
     }
 }
