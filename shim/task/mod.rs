@@ -444,7 +444,11 @@ impl Inner {
             io.shutdown();
         }
         if c.rootfs_mounted {
-            container::unmount_rootfs(&c.rootfs())?;
+            if let Err(e) = container::unmount_rootfs(&c.rootfs()) {
+                // Keep the container, and let containerd's retry delete it again.
+                p.unmark_deleted();
+                return Err(e);
+            }
         }
         let _ = std::fs::remove_file(c.bundle.join(TASK_FILE));
         locked(&self.containers).remove(id);

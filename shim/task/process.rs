@@ -108,6 +108,11 @@ impl Process {
         std::mem::replace(&mut self.lock().deleted, true)
     }
 
+    /// Lets a failed delete be retried.
+    pub fn unmark_deleted(&self) {
+        self.lock().deleted = false;
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.lock().deleted
     }
