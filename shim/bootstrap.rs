@@ -150,7 +150,9 @@ fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Re
     }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).context(|| format!("listen on {}", path.display()))?;
-    let (ready_rd, ready_wr) = nix::unistd::pipe().context(|| "readiness pipe".into())?;
+    // Close-on-exec: only the write end (cleared below) and the listener go to the server.
+    let (ready_rd, ready_wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context(|| "readiness pipe".into())?;
     for fd in [listener.as_fd(), ready_wr.as_fd()] {
         crate::sys::inherit_across_exec(fd).context(|| "pass descriptors to the server".into())?;
     }
@@ -322,6 +324,11 @@ pub fn serve(flags: &Flags) -> Result<()> {
         return Err(Error::InvalidArgument("server mode needs -socket".into()));
     }
     nix::sys::prctl::set_child_subreaper(true).context(|| "become a child subreaper".into())?;
+    // Nothing this process inherited goes on to runc, hooks or log drivers; the two
+    // descriptors `start` hands over are adopted below.
+    if let Err(e) = crate::sys::close_on_exec_from(3) {
+        eprintln!("cove: close-on-exec on inherited descriptors: {e}");
+    }
     let listener = take_fd(LISTEN_FD_ENV).map(UnixListener::from);
     let ready = take_fd(READY_FD_ENV);
     // Fork the pause helper while this process has exactly one thread.
@@ -333,10 +340,16 @@ pub fn serve(flags: &Flags) -> Result<()> {
     runtime.block_on(run_server(flags, listener, ready, helper))
 }
 
+/// Adopts a descriptor `start` handed over, close-on-exec again so that no runc, hook or
+/// log driver the server runs inherits it.
 fn take_fd(env: &str) -> Option<OwnedFd> {
     let fd = std::env::var(env).ok()?.parse().ok()?;
     std::env::remove_var(env);
-    crate::sys::adopt_inherited_fd(fd)
+    let fd = crate::sys::adopt_inherited_fd(fd)?;
+    if let Err(e) = crate::sys::close_on_exec(fd.as_fd()) {
+        eprintln!("cove: close-on-exec on fd {}: {e}", fd.as_raw_fd());
+    }
+    Some(fd)
 }
 
 async fn run_server(

@@ -139,6 +139,50 @@ pub fn inherit_across_exec(fd: BorrowedFd<'_>) -> nix::Result<()> {
     Ok(())
 }
 
+/// Sets FD_CLOEXEC so that `fd` does not survive an exec.
+pub fn close_on_exec(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let flags = FdFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD)?);
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC),
+    )?;
+    Ok(())
+}
+
+/// Marks every open descriptor from `first` up close-on-exec: whatever a process inherited
+/// (from containerd, or whoever started containerd) then stays out of what it runs.
+pub fn close_on_exec_from(first: RawFd) -> nix::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors; it
+    // closes nothing, so no owner in this process loses its descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: walk /proc/self/fd.
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: the number was listed as open a moment ago; setting FD_CLOEXEC on a
+        // descriptor that has since closed fails harmlessly with EBADF.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = close_on_exec(fd);
+    }
+    Ok(())
+}
+
 /// Takes ownership of a descriptor number inherited from the parent process.
 ///
 /// Returns `None` unless `fd` is open in this process.

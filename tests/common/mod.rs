@@ -736,6 +736,37 @@ pub fn nsenter(pid: u32, ns: &[&str], cmd: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The descriptors (3 and up) of `pid` that are not close-on-exec: each one would reach
+/// every runc, hook and log driver the process runs. Entries are `fd -> target`.
+pub fn inheritable_fds(pid: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(fd) = name.parse::<i32>() else {
+            continue;
+        };
+        if fd < 3 {
+            continue;
+        }
+        let info = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+        if flags.is_some_and(|f| f & libc::O_CLOEXEC as u32 == 0) {
+            let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push(format!("{fd} -> {target}"));
+        }
+    }
+    out
+}
+
 pub fn alive(pid: u32) -> bool {
     cove::state::proc_start_time(pid as i32).is_some()
 }
