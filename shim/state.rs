@@ -134,8 +134,22 @@ impl Leftovers {
     }
 
     /// Removes everything recorded: shm mount, files, directories, cgroups. Best effort:
-    /// every item is tried, the first failure is returned.
+    /// every item is tried, the first failure is returned. Blocks while a cgroup's last
+    /// task exits: for `delete`; the server uses [`Leftovers::clean_async`].
     pub fn clean(&self) -> Result<()> {
+        let files = self.clean_files();
+        let cgroups = crate::cgroups::remove_dirs(&self.cgroups);
+        files.and(cgroups)
+    }
+
+    /// [`Leftovers::clean`] without blocking the server's runtime thread.
+    pub async fn clean_async(&self) -> Result<()> {
+        let files = self.clean_files();
+        let cgroups = crate::cgroups::remove_dirs_async(&self.cgroups).await;
+        files.and(cgroups)
+    }
+
+    fn clean_files(&self) -> Result<()> {
         let mut first: Option<Error> = None;
         let mut note = |e: Error| {
             log::warn!("cleanup: {e}");
@@ -167,9 +181,6 @@ impl Leftovers {
                 }
                 Err(e) => note(Error::io(format!("remove {}", d.display()), e)),
             }
-        }
-        if let Err(e) = crate::cgroups::remove_dirs(&self.cgroups) {
-            note(e);
         }
         first.map_or(Ok(()), Err)
     }

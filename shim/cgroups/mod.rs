@@ -363,33 +363,66 @@ pub fn validate_path(rel: &Path) -> Result<()> {
 /// cgroups (another pod's, when cove made a missing `cgroup_parent` on a fresh host) is in
 /// use by others: it stays, and that is not a failure. A directory still busy with tasks
 /// after a short, bounded retry (its last task is still exiting) is reported.
+///
+/// This one sleeps between tries: for `delete` and tests. The server uses
+/// [`remove_dirs_async`], which never blocks its runtime thread.
 pub fn remove_dirs(dirs: &[PathBuf]) -> Result<()> {
+    let mut pending = dirs.to_vec();
+    for attempt in 0..=REMOVE_RETRIES {
+        match remove_pass(&pending, attempt == REMOVE_RETRIES) {
+            std::ops::ControlFlow::Break(r) => return r,
+            std::ops::ControlFlow::Continue(busy) => pending = busy,
+        }
+        std::thread::sleep(REMOVE_RETRY_PAUSE);
+    }
+    Ok(())
+}
+
+/// [`remove_dirs`] for the server: waits between tries without holding up other requests.
+pub async fn remove_dirs_async(dirs: &[PathBuf]) -> Result<()> {
+    let mut pending = dirs.to_vec();
+    for attempt in 0..=REMOVE_RETRIES {
+        match remove_pass(&pending, attempt == REMOVE_RETRIES) {
+            std::ops::ControlFlow::Break(r) => return r,
+            std::ops::ControlFlow::Continue(busy) => pending = busy,
+        }
+        tokio::time::sleep(REMOVE_RETRY_PAUSE).await;
+    }
+    Ok(())
+}
+
+/// One pass over `dirs`, deepest first. Breaks with the outcome when nothing is left to
+/// retry; continues with the directories still busy with exiting tasks (and their
+/// ancestors among `dirs`, which cannot go before them). On the `last` pass a busy
+/// directory is an error.
+fn remove_pass(dirs: &[PathBuf], last: bool) -> std::ops::ControlFlow<Result<()>, Vec<PathBuf>> {
     let mut sorted: Vec<&PathBuf> = dirs.iter().collect();
     sorted.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
     let mut first_err = None;
+    let mut busy: Vec<PathBuf> = Vec::new();
     for d in sorted {
-        let mut attempts = 0;
-        loop {
-            match std::fs::remove_dir(d) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && has_child_cgroups(d) => {
-                    log::debug!("cgroup {} holds other cgroups; kept", d.display());
-                    break;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempts < REMOVE_RETRIES => {
-                    attempts += 1;
-                    std::thread::sleep(REMOVE_RETRY_PAUSE);
-                }
-                Err(e) => {
-                    log::warn!("remove cgroup {}: {e}", d.display());
-                    first_err.get_or_insert(Error::io(format!("remove cgroup {}", d.display()), e));
-                    break;
-                }
+        if busy.iter().any(|b| b.starts_with(d)) {
+            busy.push(d.clone());
+            continue;
+        }
+        match std::fs::remove_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && has_child_cgroups(d) => {
+                log::debug!("cgroup {} holds other cgroups; kept", d.display());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && !last => busy.push(d.clone()),
+            Err(e) => {
+                log::warn!("remove cgroup {}: {e}", d.display());
+                first_err.get_or_insert(Error::io(format!("remove cgroup {}", d.display()), e));
             }
         }
     }
-    first_err.map_or(Ok(()), Err)
+    match first_err {
+        Some(e) => std::ops::ControlFlow::Break(Err(e)),
+        None if busy.is_empty() => std::ops::ControlFlow::Break(Ok(())),
+        None => std::ops::ControlFlow::Continue(busy),
+    }
 }
 
 pub(crate) fn has_child_cgroups(d: &Path) -> bool {
@@ -573,6 +606,65 @@ mod tests {
             Some(libc::SIGKILL)
         );
         assert_eq!(left, 0, "nothing is left in the cgroup");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn removing_a_busy_cgroup_lets_other_tasks_run() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test creates cgroups: run it as root"
+        );
+        let layout = Layout::detect().unwrap();
+        let rel = PathBuf::from(format!("/cove-unit-busy-{}", std::process::id()));
+        let made = layout.create(&rel).unwrap();
+        let dirs = layout.dirs(&rel);
+        // A process that stays in the cgroup a little while, then exits by itself.
+        let script = format!(
+            "for d in {}; do echo $$ > $d/cgroup.procs; done; exec sleep 0.2",
+            dirs.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap();
+        let procs = layout
+            .controller_dir("memory", &rel)
+            .unwrap()
+            .join("cgroup.procs");
+        for _ in 0..500 {
+            if std::fs::read_to_string(&procs).is_ok_and(|t| !t.trim().is_empty()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let reaper = std::thread::spawn(move || sh.wait());
+        // On this single-threaded runtime, a ticker only advances while removal waits
+        // without blocking the thread.
+        let ticks = std::sync::Arc::new(AtomicUsize::new(0));
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                t.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let busy_at_start = std::fs::read_to_string(&procs).is_ok_and(|t| !t.trim().is_empty());
+        let removed = remove_dirs_async(&made).await;
+        let ticked = ticks.load(Ordering::SeqCst);
+        ticker.abort();
+        let _ = reaper.join();
+        let _ = remove_dirs(&made);
+        removed.unwrap();
+        assert!(
+            busy_at_start,
+            "the cgroup held a process when removal began"
+        );
+        assert!(dirs.iter().all(|d| !d.exists()), "the cgroup is gone");
+        assert!(ticked > 0, "other tasks ran while the cgroup was busy");
     }
 
     #[test]
