@@ -424,10 +424,47 @@ async fn run_server(
 
     let mut exit = manager.exit_requested();
     let _ = exit.wait_for(|e| *e).await;
-    log::info!("shim for {} exiting", flags.id);
+    // The reply to the request that let the shim go (ShutdownSandbox, Task.Shutdown) is
+    // still on its way out: exiting now can cut it off ("ttrpc: closed" in containerd).
+    // containerd closes its connection once it has the reply; wait for that, bounded.
+    let path = socket_path(&flags.socket);
+    let waited = std::time::Instant::now();
+    while connected_peers(path) > 0 && waited.elapsed() < REPLY_FLUSH {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    log::info!(
+        "shim for {} exiting ({} connection(s) open after {:?})",
+        flags.id,
+        connected_peers(path),
+        waited.elapsed()
+    );
     let _ = server.shutdown().await;
     let _ = std::fs::remove_file(socket_path(&flags.socket));
     Ok(())
+}
+
+/// How long an exiting server waits for its clients to take their last replies and close.
+const REPLY_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How many connections to the server socket at `path` are open (its accepted sockets,
+/// as `/proc/net/unix` lists them: connected, named by the listener's path).
+fn connected_peers(path: &str) -> usize {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return 0;
+    };
+    count_connected(&table, path)
+}
+
+fn count_connected(table: &str, path: &str) -> usize {
+    const SS_CONNECTED: &str = "03";
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 8 && f[5] == SS_CONNECTED && f[7] == path
+        })
+        .count()
 }
 
 #[cfg(test)]
@@ -440,6 +477,37 @@ mod tests {
             namespace: "k8s.io".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn connected_server_sockets_are_counted_by_path() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 100 /run/c/s/abc
+0000000000000000: 00000003 00000000 00000000 0001 03 101 /run/c/s/abc
+0000000000000000: 00000003 00000000 00000000 0001 03 102
+0000000000000000: 00000003 00000000 00000000 0001 03 103 /run/c/s/other
+0000000000000000: 00000003 00000000 00000000 0001 03 104 /run/c/s/abc
+";
+        assert_eq!(count_connected(table, "/run/c/s/abc"), 2);
+        assert_eq!(count_connected(table, "/run/c/s/none"), 0);
+        assert_eq!(count_connected("", "/run/c/s/abc"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_live_connection_is_seen_until_its_peer_closes() {
+        let dir = std::env::temp_dir().join(format!("cove-peers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(connected_peers(p), 0);
+        let client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        assert_eq!(connected_peers(p), 1);
+        drop(client);
+        drop(server_side);
+        assert_eq!(connected_peers(p), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
