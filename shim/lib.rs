@@ -4,10 +4,13 @@
 pub mod bootstrap;
 pub mod cgroups;
 pub mod error;
+pub mod failpoint;
 pub mod ids;
 pub mod options;
+pub mod panic;
 pub mod pause;
 pub mod reaper;
+pub mod request;
 pub mod sandbox;
 pub mod state;
 pub mod sys;

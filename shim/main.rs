@@ -3,6 +3,7 @@
 use cove::bootstrap;
 
 fn main() {
+    cove::panic::install_crash_only();
     let args: Vec<String> = std::env::args().collect();
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(f) => f,

@@ -338,7 +338,7 @@ impl Manager {
             }
             let undone = match crate::cgroups::systemd::stop_units(&host.units, &self.layout).await
             {
-                Ok(()) => host.clean(),
+                Ok(()) => host.clean_async().await,
                 Err(e) => Err(e),
             };
             if let Err(ce) = undone {
@@ -424,6 +424,7 @@ impl Manager {
             sysctls: spec.sysctls.clone(),
             cgroups: pause_dirs,
         };
+        crate::failpoint::hit(crate::failpoint::START_SANDBOX_BEFORE_PAUSE).await;
         let pid = self.spawner.spawn(&cfg).await?;
         let at = SystemTime::now();
         match proc_start_time(pid) {
@@ -434,6 +435,7 @@ impl Manager {
             ),
         }
         host.save(&sb.bundle)?;
+        crate::failpoint::hit(crate::failpoint::START_SANDBOX_AFTER_PAUSE).await;
         if let Some(sd) = &systemd {
             let what = format!("cove pod sandbox {}", sb.id);
             sd.start_scope(&scope, &spec.cgroup_parent, pid as u32, &what)
@@ -548,7 +550,7 @@ impl Manager {
         let mut host = sb.host.lock().await;
         self.stop_locked(&sb, Duration::ZERO).await?;
         crate::cgroups::systemd::stop_units(&host.units, &self.layout).await?;
-        host.clean()?;
+        host.clean_async().await?;
         *host = Leftovers::default();
         Leftovers::forget(&sb.bundle)?;
         let last = {

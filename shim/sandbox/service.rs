@@ -11,6 +11,7 @@ use protobuf::well_known_types::timestamp::Timestamp;
 use ttrpc::r#async::TtrpcContext;
 
 use super::{goarch, CreateParams, Manager};
+use crate::request::to_completion;
 
 pub struct SandboxService {
     pub manager: Arc<Manager>,
@@ -40,7 +41,9 @@ impl Sandbox for SandboxService {
         r: StartSandboxRequest,
     ) -> ttrpc::Result<StartSandboxResponse> {
         log::debug!("StartSandbox {}", r.sandbox_id);
-        let (pid, at) = self.manager.start(&r.sandbox_id).await?;
+        let manager = self.manager.clone();
+        let id = r.sandbox_id;
+        let (pid, at) = to_completion(async move { manager.start(&id).await }).await?;
         let mut resp = StartSandboxResponse::new();
         resp.pid = pid;
         resp.created_at = Some(Timestamp::from(at)).into();
@@ -69,7 +72,8 @@ impl Sandbox for SandboxService {
     ) -> ttrpc::Result<StopSandboxResponse> {
         log::debug!("StopSandbox {} timeout {}s", r.sandbox_id, r.timeout_secs);
         let grace = (r.timeout_secs > 0).then(|| Duration::from_secs(r.timeout_secs.into()));
-        self.manager.stop(&r.sandbox_id, grace).await?;
+        let manager = self.manager.clone();
+        to_completion(async move { manager.stop(&r.sandbox_id, grace).await }).await?;
         Ok(StopSandboxResponse::new())
     }
 
@@ -126,7 +130,8 @@ impl Sandbox for SandboxService {
         r: ShutdownSandboxRequest,
     ) -> ttrpc::Result<ShutdownSandboxResponse> {
         log::debug!("ShutdownSandbox {}", r.sandbox_id);
-        self.manager.shutdown(&r.sandbox_id).await?;
+        let manager = self.manager.clone();
+        to_completion(async move { manager.shutdown(&r.sandbox_id).await }).await?;
         Ok(ShutdownSandboxResponse::new())
     }
 

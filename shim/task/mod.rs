@@ -31,6 +31,7 @@ use crate::cgroups::Layout;
 use crate::error::{Error, IoContext, Result};
 use crate::protos::runc::{CheckpointOptions, Options, ProcessDetails};
 use crate::reaper::{wait_exit, Exit, Reaper};
+use crate::request::to_completion;
 use crate::sandbox::{Manager, Phase};
 use container::{Container, TASK_FILE};
 use events::Events;
@@ -208,6 +209,7 @@ impl Inner {
         });
         // Written before runc runs, so that `delete` cleans up whatever this leaves.
         c.save()?;
+        crate::failpoint::hit(crate::failpoint::TASK_CREATE_BEFORE_RUNC).await;
         match self.launch_init(&c, &options).await {
             Ok(pid) => Ok(pid),
             Err(e) => {
@@ -248,6 +250,7 @@ impl Inner {
             )
             .await?;
         let pid = read_pid(&pid_file)?;
+        crate::failpoint::hit(crate::failpoint::TASK_CREATE_AFTER_RUNC).await;
         let exit = self.reaper.watch(pid as i32);
         let io = prep.finish().await?;
         c.init.set_created(pid, io);
@@ -850,7 +853,8 @@ impl Task for TaskService {
         r: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
         log::debug!("Task.Create {} bundle {}", r.id, r.bundle);
-        let pid = self.inner.create(r).await?;
+        let inner = self.inner.clone();
+        let pid = to_completion(async move { inner.create(r).await }).await?;
         let mut resp = CreateTaskResponse::new();
         resp.pid = pid;
         Ok(resp)
@@ -858,7 +862,8 @@ impl Task for TaskService {
 
     async fn start(&self, _: &TtrpcContext, r: StartRequest) -> ttrpc::Result<StartResponse> {
         log::debug!("Task.Start {} {}", r.id, r.exec_id);
-        let pid = self.inner.start(&r.id, &r.exec_id).await?;
+        let inner = self.inner.clone();
+        let pid = to_completion(async move { inner.start(&r.id, &r.exec_id).await }).await?;
         let mut resp = StartResponse::new();
         resp.pid = pid;
         Ok(resp)
@@ -866,7 +871,8 @@ impl Task for TaskService {
 
     async fn delete(&self, _: &TtrpcContext, r: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
         log::debug!("Task.Delete {} {}", r.id, r.exec_id);
-        Ok(self.inner.delete(&r.id, &r.exec_id).await?)
+        let inner = self.inner.clone();
+        Ok(to_completion(async move { inner.delete(&r.id, &r.exec_id).await }).await?)
     }
 
     async fn pids(&self, _: &TtrpcContext, r: PidsRequest) -> ttrpc::Result<PidsResponse> {
@@ -876,17 +882,20 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _: &TtrpcContext, r: PauseRequest) -> ttrpc::Result<Empty> {
-        self.inner.pause(&r.id, true).await?;
+        let inner = self.inner.clone();
+        to_completion(async move { inner.pause(&r.id, true).await }).await?;
         Ok(Empty::new())
     }
 
     async fn resume(&self, _: &TtrpcContext, r: ResumeRequest) -> ttrpc::Result<Empty> {
-        self.inner.pause(&r.id, false).await?;
+        let inner = self.inner.clone();
+        to_completion(async move { inner.pause(&r.id, false).await }).await?;
         Ok(Empty::new())
     }
 
     async fn checkpoint(&self, _: &TtrpcContext, r: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
-        self.inner.checkpoint(&r).await?;
+        let inner = self.inner.clone();
+        to_completion(async move { inner.checkpoint(&r).await }).await?;
         Ok(Empty::new())
     }
 
@@ -898,7 +907,8 @@ impl Task for TaskService {
             r.signal,
             r.all
         );
-        self.inner.kill(&r).await?;
+        let inner = self.inner.clone();
+        to_completion(async move { inner.kill(&r).await }).await?;
         Ok(Empty::new())
     }
 
@@ -930,7 +940,8 @@ impl Task for TaskService {
     }
 
     async fn update(&self, _: &TtrpcContext, r: UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        self.inner.update(&r).await?;
+        let inner = self.inner.clone();
+        to_completion(async move { inner.update(&r).await }).await?;
         Ok(Empty::new())
     }
 

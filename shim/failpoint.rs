@@ -1,0 +1,73 @@
+//! Named points in the request paths where a test can make the server crash or stall, to
+//! check what containerd's `delete` and a caller's deadline leave behind.
+//!
+//! `COVE_FAILPOINT=<name>` makes the server panic at that point (with cove's crash-only
+//! panic policy the process aborts there, as if killed); `COVE_FAILPOINT=<name>=sleep:<ms>`
+//! stalls it. The variable is read once; unset, a point costs one comparison.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The failpoints, in the order a request reaches them.
+pub const START_SANDBOX_BEFORE_PAUSE: &str = "start-sandbox:before-pause";
+pub const START_SANDBOX_AFTER_PAUSE: &str = "start-sandbox:after-pause";
+pub const TASK_CREATE_BEFORE_RUNC: &str = "task-create:before-runc";
+pub const TASK_CREATE_AFTER_RUNC: &str = "task-create:after-runc";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Action {
+    Panic,
+    Sleep(Duration),
+}
+
+fn parse(var: &str) -> Option<(String, Action)> {
+    let (name, action) = match var.split_once('=') {
+        None => (var, Action::Panic),
+        Some((name, a)) => {
+            let ms = a.strip_prefix("sleep:")?.parse().ok()?;
+            (name, Action::Sleep(Duration::from_millis(ms)))
+        }
+    };
+    (!name.is_empty()).then(|| (name.to_owned(), action))
+}
+
+fn armed() -> Option<&'static (String, Action)> {
+    static POINT: OnceLock<Option<(String, Action)>> = OnceLock::new();
+    POINT
+        .get_or_init(|| {
+            std::env::var("COVE_FAILPOINT")
+                .ok()
+                .as_deref()
+                .and_then(parse)
+        })
+        .as_ref()
+}
+
+/// Passes point `name`: panics or stalls when it is the armed one.
+pub async fn hit(name: &str) {
+    match armed() {
+        Some((n, Action::Panic)) if n == name => panic!("failpoint {name}"),
+        Some((n, Action::Sleep(d))) if n == name => {
+            log::warn!("failpoint {name}: sleeping {d:?}");
+            tokio::time::sleep(*d).await
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_actions_are_parsed() {
+        assert_eq!(parse("a:b"), Some(("a:b".into(), Action::Panic)));
+        assert_eq!(
+            parse("a=sleep:250"),
+            Some(("a".into(), Action::Sleep(Duration::from_millis(250))))
+        );
+        assert_eq!(parse("a=explode"), None);
+        assert_eq!(parse("=sleep:1"), None);
+        assert_eq!(parse(""), None);
+    }
+}
