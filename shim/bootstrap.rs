@@ -208,10 +208,21 @@ pub fn delete(flags: &Flags) -> Result<()> {
         PathBuf::from(&flags.bundle)
     };
     let mut resp = DeleteResponse::new();
-    if crate::task::container::cleanup_leftover(&bundle)? {
+    if crate::task::container::cleanup_leftover(&bundle, &flags.id, &flags.namespace)? {
         resp.exit_status = 128 + libc::SIGKILL as u32;
     }
-    if let Some(left) = Leftovers::load(&bundle)? {
+    let left = match Leftovers::load(&bundle) {
+        Ok(l) => l,
+        // Unreadable is not absent: say so, and let the rest of the cleanup go on.
+        Err(Error::Corrupt(msg)) => {
+            log::warn!("{msg}; its pause process, cgroups and pod files are not known");
+            eprintln!("cove: {msg}; its pause process, cgroups and pod files are not known");
+            let _ = Leftovers::forget(&bundle);
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(left) = left {
         if let Some((pid, _)) = left.pause {
             resp.pid = pid as u32;
             if left.kill_pause() {

@@ -32,6 +32,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Internal(String),
+    /// A record cove wrote cannot be read back (DATA_LOSS).
+    #[error("{0}")]
+    Corrupt(String),
     /// The OCI runtime failed; containerd reports these as UNKNOWN.
     #[error("{0}")]
     Unknown(String),
@@ -65,6 +68,7 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::Io { .. } | Error::Sys { .. } | Error::Internal(_) => Code::INTERNAL,
+            Error::Corrupt(_) => Code::DATA_LOSS,
             Error::Unknown(_) => Code::UNKNOWN,
         }
     }

@@ -21,6 +21,9 @@ pub struct Leftovers {
     /// The pause process: pid and its start time (field 22 of /proc/PID/stat), so a
     /// recycled pid is never killed by mistake.
     pub pause: Option<(i32, u64)>,
+    /// The pause process's own cgroup directories (cgroupfs driver): they hold nothing
+    /// else, so whatever is in them is killed, even a pause whose pid was never recorded.
+    pub pause_cgroups: Vec<PathBuf>,
     pub cgroups: Vec<PathBuf>,
     pub shm: Option<PathBuf>,
     pub files: Vec<PathBuf>,
@@ -54,6 +57,7 @@ impl Leftovers {
         json!({
             "pause_pid": self.pause.map(|p| p.0),
             "pause_start": self.pause.map(|p| p.1),
+            "pause_cgroups": strs(&self.pause_cgroups),
             "cgroups": strs(&self.cgroups),
             "shm": self.shm.as_ref().map(|p| p.to_string_lossy().into_owned()),
             "files": strs(&self.files),
@@ -65,11 +69,12 @@ impl Leftovers {
 
     fn from_json(s: &str) -> Result<Leftovers> {
         let v: Value = serde_json::from_str(s)
-            .map_err(|e| Error::Internal(format!("parse {STATE_FILE}: {e}")))?;
+            .map_err(|e| Error::Corrupt(format!("{STATE_FILE} is corrupt: {e}")))?;
         let pid = v.get("pause_pid").and_then(Value::as_i64);
         let start = v.get("pause_start").and_then(Value::as_u64);
         Ok(Leftovers {
             pause: pid.zip(start).map(|(p, s)| (p as i32, s)),
+            pause_cgroups: paths(&v, "pause_cgroups"),
             cgroups: paths(&v, "cgroups"),
             shm: v.get("shm").and_then(Value::as_str).map(PathBuf::from),
             files: paths(&v, "files"),
@@ -122,8 +127,13 @@ impl Leftovers {
         }
     }
 
-    /// Kills the pause process if it is still the one recorded. Returns whether it was alive.
+    /// Kills the pause process: by pid if it is still the one recorded, and whatever is in
+    /// its own cgroups (a pause the shim died before recording). Returns whether the
+    /// recorded pid was alive.
     pub fn kill_pause(&self) -> bool {
+        for d in &self.pause_cgroups {
+            crate::cgroups::kill_procs_in(d);
+        }
         let Some((pid, start)) = self.pause else {
             return false;
         };
@@ -209,6 +219,7 @@ mod tests {
         assert_eq!(Leftovers::load(&dir).unwrap(), None);
         let l = Leftovers {
             pause: Some((42, 1234)),
+            pause_cgroups: vec!["/sys/fs/cgroup/memory/p/x".into()],
             cgroups: vec!["/sys/fs/cgroup/memory/p/x".into()],
             shm: Some("/run/x/shm".into()),
             files: vec!["/var/lib/x/hosts".into()],

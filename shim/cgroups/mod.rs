@@ -359,6 +359,35 @@ pub fn validate_path(rel: &Path) -> Result<()> {
     Ok(())
 }
 
+/// SIGKILLs every process in the cgroup directory `dir` itself (`cgroup.kill` where the
+/// kernel has it, else each pid of `cgroup.procs` until none is new). Best effort, for a
+/// leaf cgroup that holds nothing but what is to die; a missing directory holds nothing.
+pub fn kill_procs_in(dir: &Path) {
+    let kill_file = dir.join("cgroup.kill");
+    if kill_file.exists() && std::fs::write(&kill_file, "1").is_ok() {
+        return;
+    }
+    let mut killed = std::collections::HashSet::new();
+    for _ in 0..KILL_ROUNDS {
+        let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+            return;
+        };
+        let mut new = false;
+        for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            if killed.insert(pid) {
+                new = true;
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if !new {
+            return;
+        }
+    }
+}
+
 /// Removes cgroup directories, children first. A created parent that now holds other
 /// cgroups (another pod's, when cove made a missing `cgroup_parent` on a fresh host) is in
 /// use by others: it stays, and that is not a failure. A directory still busy with tasks

@@ -90,13 +90,32 @@ pub fn unmount_rootfs(rootfs: &Path) -> Result<()> {
 
 /// `delete` after a crash: force-delete the runc container and unmount its rootfs, if the
 /// bundle holds a container cove created. Returns whether it did.
-pub fn cleanup_leftover(bundle: &Path) -> Result<bool> {
+///
+/// A record that cannot be read (truncated, edited by hand) must not make `delete` fail
+/// forever: it is reported, and the container is cleaned up as containerd names it
+/// (`id` in `namespace`, runc's default root) with everything under the rootfs unmounted.
+pub fn cleanup_leftover(bundle: &Path, id: &str, namespace: &str) -> Result<bool> {
     let path = bundle.join(TASK_FILE);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(false);
     };
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = format!(
+                "{} is corrupt ({e}); cleaning up task {id} with runc's defaults",
+                path.display()
+            );
+            log::warn!("{msg}");
+            eprintln!("cove: {msg}");
+            json!({
+                "id": id,
+                "runtime": "runc",
+                "root": Path::new(crate::task::runc::DEFAULT_ROOT).join(namespace),
+                "rootfs_mounted": true,
+            })
+        }
+    };
     let s = |k: &str| {
         v.get(k)
             .and_then(|x| x.as_str())
