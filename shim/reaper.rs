@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -28,7 +28,8 @@ const MAX_UNCLAIMED: usize = 1024;
 #[derive(Default)]
 struct Table {
     watched: HashMap<i32, watch::Sender<Option<Exit>>>,
-    unclaimed: HashMap<i32, Exit>,
+    /// Exits nobody watched yet, with when they were reaped.
+    unclaimed: HashMap<i32, (Exit, Instant)>,
     order: VecDeque<i32>,
 }
 
@@ -58,12 +59,20 @@ impl Reaper {
     }
 
     /// Returns a receiver that holds `Some(exit)` once `pid` has exited.
-    pub fn watch(&self, pid: i32) -> watch::Receiver<Option<Exit>> {
+    ///
+    /// `born` is a moment before the process was created (before the fork, or before the
+    /// runc call that made it). A kept exit of the same pid reaped before then was another
+    /// process's, whose pid the kernel has since handed out again: it is dropped, never
+    /// passed off as this process's exit.
+    pub fn watch(&self, pid: i32, born: Instant) -> watch::Receiver<Option<Exit>> {
         let mut t = self.lock();
-        if let Some(exit) = t.unclaimed.remove(&pid) {
+        if let Some((exit, reaped)) = t.unclaimed.remove(&pid) {
             t.order.retain(|p| *p != pid);
-            let (_tx, rx) = watch::channel(Some(exit));
-            return rx;
+            if reaped >= born {
+                let (_tx, rx) = watch::channel(Some(exit));
+                return rx;
+            }
+            log::debug!("dropped a stale exit of pid {pid} (reaped before it was born)");
         }
         t.watched
             .entry(pid)
@@ -101,7 +110,7 @@ impl Reaper {
                 t.unclaimed.remove(&old);
             }
         }
-        t.unclaimed.insert(pid, exit);
+        t.unclaimed.insert(pid, (exit, Instant::now()));
         t.order.push_back(pid);
     }
 
@@ -127,16 +136,31 @@ mod tests {
     #[tokio::test]
     async fn exit_before_watch_is_kept() {
         let r = Reaper::default();
+        let born = Instant::now();
         r.record(42, 3);
-        let mut rx = r.watch(42);
+        let mut rx = r.watch(42, born);
         assert_eq!(wait_exit(&mut rx).await.map(|e| e.status), Some(3));
+    }
+
+    #[tokio::test]
+    async fn an_exit_of_a_recycled_pid_is_not_handed_to_the_new_process() {
+        let r = Reaper::default();
+        // An old process with pid 42 exits and nobody claims its exit...
+        r.record(42, 1);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        // ...then a new process gets pid 42.
+        let born = Instant::now();
+        let mut rx = r.watch(42, born);
+        assert!(rx.borrow().is_none(), "the new process has not exited");
+        r.record(42, 0);
+        assert_eq!(wait_exit(&mut rx).await.map(|e| e.status), Some(0));
     }
 
     #[tokio::test]
     async fn every_watcher_sees_the_exit_once_it_happens() {
         let r = Reaper::default();
-        let mut a = r.watch(7);
-        let mut b = r.watch(7);
+        let mut a = r.watch(7, Instant::now());
+        let mut b = r.watch(7, Instant::now());
         assert!(a.borrow().is_none());
         r.record(7, 137);
         assert_eq!(wait_exit(&mut a).await.map(|e| e.status), Some(137));

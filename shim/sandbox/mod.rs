@@ -327,12 +327,13 @@ impl Manager {
         let sb = self.get(id)?;
         let mut host = sb.host.lock().await;
         sb.phase().check_start(id)?;
+        let born = std::time::Instant::now();
         let result = self.start_locked(&sb, &mut host).await;
         if let Err(e) = &result {
             log::error!("start sandbox {id}: {e}; undoing what was made");
             if host.kill_pause() {
                 if let Some((pid, _)) = host.pause {
-                    let mut rx = self.reaper.watch(pid);
+                    let mut rx = self.reaper.watch(pid, born);
                     let _ = tokio::time::timeout(DEFAULT_STOP_GRACE, wait_exit(&mut rx)).await;
                 }
             }
@@ -350,7 +351,7 @@ impl Manager {
         }
         let (pid, at) = result?;
         let pid_u = pid as u32;
-        let mut rx = self.reaper.watch(pid);
+        let mut rx = self.reaper.watch(pid, born);
         {
             let mut p = locked(&sb.phase);
             *p = p.started(id, pid_u, at)?;
@@ -391,6 +392,7 @@ impl Manager {
                     }
                 }
                 host.cgroups = made;
+                host.pause_cgroups = self.layout.dirs(&pause_cg);
                 self.layout.dirs(&pause_cg)
             }
             Some(sd) => {

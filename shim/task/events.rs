@@ -1,13 +1,19 @@
 //! Task events to containerd (`/tasks/*`), published in the order they are queued.
 //!
-//! Requests never wait on containerd: events go into an unbounded queue that one task
+//! Requests never wait on containerd: events go into a bounded queue that one task
 //! forwards to containerd's event service (`containerd.services.events.ttrpc.v1.Events`)
 //! at `TTRPC_ADDRESS`, connecting on the first event and again after a failure. Each
 //! event is encoded where it is queued, with its type name written out, so the shim never
 //! builds protobuf reflection tables (they cost every shim a few hundred kB of heap) and
-//! never needs a blocking thread to connect. A failed forward is retried in order, a few
-//! times with a growing pause, then dropped with a warning. Without `TTRPC_ADDRESS` (the
-//! shim driven directly over ttrpc) events are logged and dropped.
+//! never needs a blocking thread to connect.
+//!
+//! containerd restarts: every connect and forward is bounded by [`CALL_TIMEOUT`], and a
+//! failed event is retried, in order, with a growing pause until [`RETRY_WINDOW`] has
+//! passed (containerd's own shims try for about 15 s), then dropped with a warning. Events
+//! queued meanwhile wait behind it, so none overtakes another. A queue of [`QUEUE_LIMIT`]
+//! events is full: a further event is dropped with an error rather than grow without
+//! bound while containerd stays away. Without `TTRPC_ADDRESS` (the shim driven directly
+//! over ttrpc) events are logged and dropped.
 
 use std::time::Duration;
 
@@ -33,13 +39,19 @@ enum Msg {
     Flushed(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Forward attempts per event, and the pause after the first failure (doubled each time).
-const TRIES: u32 = 5;
+/// How long one connect or forward may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a failed event is retried before it is dropped.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(20);
+/// The pause after an event's first failure (doubled each time, up to `MAX_PAUSE`).
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+/// Events waiting for containerd at most.
+pub const QUEUE_LIMIT: usize = 4096;
 
 #[derive(Clone)]
 pub struct Events {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
     /// Tests keep what would be published, and the OOM events seen so far.
     #[cfg(test)]
     kept: Option<std::sync::Arc<std::sync::Mutex<Kept>>>,
@@ -47,12 +59,12 @@ pub struct Events {
 
 /// What detached events keep: the queue, and the OOM events read from it so far.
 #[cfg(test)]
-type Kept = (mpsc::UnboundedReceiver<Msg>, Vec<String>);
+type Kept = (mpsc::Receiver<Msg>, Vec<String>);
 
 impl Events {
     /// Starts the publishing task for `namespace`.
     pub fn start(namespace: String) -> Events {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE_LIMIT);
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         tokio::spawn(drain(rx, address, namespace));
         Events {
@@ -65,7 +77,7 @@ impl Events {
     /// Events that go nowhere but can be read back with [`Events::sent_oom`].
     #[cfg(test)]
     pub fn detached(_namespace: &str) -> Events {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE_LIMIT);
         Events {
             tx,
             kept: Some(std::sync::Arc::new(std::sync::Mutex::new((rx, Vec::new())))),
@@ -94,7 +106,15 @@ impl Events {
         match event.write_to_bytes() {
             Ok(bytes) => {
                 let now = Timestamp::from(std::time::SystemTime::now());
-                let _ = self.tx.send(Msg::Event((topic, type_name, bytes, now)));
+                if let Err(e) = self.tx.try_send(Msg::Event((topic, type_name, bytes, now))) {
+                    let why = match e {
+                        mpsc::error::TrySendError::Full(_) => "the queue is full",
+                        mpsc::error::TrySendError::Closed(_) => "the publisher is gone",
+                    };
+                    log::error!(
+                        "dropped {topic}: {why} (containerd has not taken events for a while)"
+                    );
+                }
             }
             Err(e) => log::warn!("encode {topic}: {e}"),
         }
@@ -103,7 +123,7 @@ impl Events {
     /// Waits (at most `limit`) until every event queued so far has left for containerd.
     pub async fn flushed(&self, limit: Duration) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Msg::Flushed(tx)).is_ok() {
+        if self.tx.try_send(Msg::Flushed(tx)).is_ok() {
             let _ = tokio::time::timeout(limit, rx).await;
         }
     }
@@ -197,7 +217,7 @@ impl Events {
     }
 }
 
-async fn drain(mut rx: mpsc::UnboundedReceiver<Msg>, address: String, namespace: String) {
+async fn drain(mut rx: mpsc::Receiver<Msg>, address: String, namespace: String) {
     let mut client: Option<EventsClient> = None;
     while let Some(msg) = rx.recv().await {
         let (topic, type_name, value, at) = match msg {
@@ -223,29 +243,57 @@ async fn drain(mut rx: mpsc::UnboundedReceiver<Msg>, address: String, namespace:
         .into();
         let mut req = ForwardRequest::new();
         req.envelope = Some(env).into();
+        let first_try = tokio::time::Instant::now();
         let mut pause = FIRST_PAUSE;
-        for attempt in 1..=TRIES {
-            if client.is_none() {
-                match ttrpc::r#async::Client::connect(&format!("unix://{address}")).await {
-                    Ok(c) => client = Some(EventsClient::new(c)),
-                    Err(e) => log::warn!("connect to containerd at {address} for events: {e}"),
-                }
-            }
-            if let Some(c) = &client {
-                match c.forward(ttrpc::context::Context::default(), &req).await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        log::warn!("publish {topic} (attempt {attempt}): {e}");
-                        client = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match forward(&mut client, &address, &req).await {
+                Ok(()) => {
+                    if attempt > 1 {
+                        log::info!("published {topic} after {attempt} attempts");
                     }
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("publish {topic} (attempt {attempt}): {e}");
+                    client = None;
                 }
             }
-            if attempt == TRIES {
-                log::warn!("dropped {topic} after {TRIES} attempts");
-            } else {
-                tokio::time::sleep(pause).await;
-                pause *= 2;
+            if first_try.elapsed() + pause > RETRY_WINDOW {
+                log::error!(
+                    "dropped {topic}: containerd did not take it for {:?} ({attempt} attempts)",
+                    first_try.elapsed()
+                );
+                break;
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
         }
+    }
+}
+
+/// One forward, connecting first if needed; both bounded by [`CALL_TIMEOUT`].
+async fn forward(
+    client: &mut Option<EventsClient>,
+    address: &str,
+    req: &ForwardRequest,
+) -> Result<(), String> {
+    if client.is_none() {
+        let url = format!("unix://{address}");
+        match tokio::time::timeout(CALL_TIMEOUT, ttrpc::r#async::Client::connect(&url)).await {
+            Ok(Ok(c)) => *client = Some(EventsClient::new(c)),
+            Ok(Err(e)) => return Err(format!("connect to containerd at {address}: {e}")),
+            Err(_) => return Err(format!("connect to containerd at {address}: timed out")),
+        }
+    }
+    let Some(c) = client.as_ref() else {
+        return Err("no connection".into());
+    };
+    let ctx = ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64);
+    match tokio::time::timeout(CALL_TIMEOUT, c.forward(ctx, req)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
     }
 }

@@ -44,8 +44,9 @@ pub const TASK_API_VERSION: &str = "3";
 /// process can keep a terminal open past its parent's exit).
 const IO_DRAIN: Duration = Duration::from_secs(2);
 
-/// How long an OOM-killed init's exit waits for its `/tasks/oom` to reach containerd.
-const OOM_FLUSH: Duration = Duration::from_secs(5);
+/// How long an OOM-killed init's exit waits for its `/tasks/oom` to reach containerd: as
+/// long as the event is retried, so that a containerd restart does not lose the reason.
+const OOM_FLUSH: Duration = events::RETRY_WINDOW;
 
 pub struct TaskService {
     inner: Arc<Inner>,
@@ -236,6 +237,7 @@ impl Inner {
         let pid_file = c.bundle.join("init.pid");
         let stdio = prep.stdio()?;
         let console = prep.console.as_ref().map(|s| s.path.clone());
+        let born = std::time::Instant::now();
         c.runc
             .create(
                 &c.id,
@@ -251,7 +253,7 @@ impl Inner {
             .await?;
         let pid = read_pid(&pid_file)?;
         crate::failpoint::hit(crate::failpoint::TASK_CREATE_AFTER_RUNC).await;
-        let exit = self.reaper.watch(pid as i32);
+        let exit = self.reaper.watch(pid as i32, born);
         let io = prep.finish().await?;
         c.init.set_created(pid, io);
         if let Some(cg) = crate::cgroups::cgroup_of(pid, &self.layout) {
@@ -288,6 +290,7 @@ impl Inner {
         let Some(exit) = wait_exit(&mut rx).await else {
             return;
         };
+        c.init.set_reaped();
         let mut gate = c.gate.subscribe();
         let _ = gate.wait_for(|open| *open).await;
         let oom = locked(&c.oom).clone();
@@ -323,6 +326,7 @@ impl Inner {
         let Some(exit) = wait_exit(&mut rx).await else {
             return;
         };
+        p.set_reaped();
         if let Some(io) = p.io() {
             io.drained(IO_DRAIN).await;
         }
@@ -368,6 +372,7 @@ impl Inner {
         std::fs::write(&spec_file, &p.spec).context(|| format!("write {}", spec_file.display()))?;
         let stdio = prep.stdio()?;
         let console = prep.console.as_ref().map(|s| s.path.clone());
+        let born = std::time::Instant::now();
         let res = c
             .runc
             .exec(
@@ -385,7 +390,7 @@ impl Inner {
         let pid = res.and_then(|_| read_pid(&pid_file));
         let _ = std::fs::remove_file(&pid_file);
         let pid = pid?;
-        let exit = self.reaper.watch(pid as i32);
+        let exit = self.reaper.watch(pid as i32, born);
         let io = prep.finish().await?;
         p.set_created(pid, io);
         p.transition(State::Running);
@@ -482,6 +487,10 @@ impl Inner {
                 name(&r.id, &r.exec_id)
             ))
         };
+        if p.is_reaped() {
+            // Its pid may belong to another process by now.
+            return Err(finished());
+        }
         match p.state() {
             State::Stopped => return Err(finished()),
             State::Created if !r.exec_id.is_empty() => {
@@ -569,7 +578,16 @@ impl Inner {
 
     async fn pids(&self, id: &str) -> Result<Vec<ProcessInfo>> {
         let c = self.container(id)?;
-        let pids = c.runc.ps(id, &c.bundle).await?;
+        let mut pids = c.runc.ps(id, &c.bundle).await?;
+        // The init stays the task's process until the task is deleted, even once it has
+        // died: on restart containerd takes a shim whose task lists no pid for a leaked
+        // one and deletes the task, and CRI then reports the container's end as "Unknown"
+        // (exit 255) instead of its exit code and reason, such as an OOM kill whose event
+        // was still on its way to the restarting containerd.
+        let init = c.init.pid();
+        if init != 0 && !pids.contains(&init) {
+            pids.insert(0, init);
+        }
         let execs: HashMap<u32, String> = c
             .execs()
             .values()

@@ -34,6 +34,9 @@ struct Inner {
     state: State,
     io: Option<Arc<Io>>,
     deleted: bool,
+    /// The process has been reaped: its pid may already be another process's, so it is
+    /// never signalled again, though it shows as running until its output has drained.
+    reaped: bool,
 }
 
 pub struct Process {
@@ -56,6 +59,7 @@ impl Process {
                 state: State::Created,
                 io: None,
                 deleted: false,
+                reaped: false,
             }),
             exited: watch::channel(None).0,
         })
@@ -101,6 +105,15 @@ impl Process {
     pub fn set_stopped(&self, exit: Exit) {
         self.lock().state = State::Stopped;
         self.exited.send_replace(Some(exit));
+    }
+
+    /// The reaper has collected the process: no signal may go to its pid from now on.
+    pub fn set_reaped(&self) {
+        self.lock().reaped = true;
+    }
+
+    pub fn is_reaped(&self) -> bool {
+        self.lock().reaped
     }
 
     /// Marks the process deleted (no exit event is published after this).

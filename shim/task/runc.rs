@@ -275,8 +275,9 @@ pub async fn run_command(
                 .stderr(Stdio::piped());
         }
     }
+    let born = std::time::Instant::now();
     let mut child = cmd.spawn()?;
-    let mut exit = reaper.watch(child.id() as i32);
+    let mut exit = reaper.watch(child.id() as i32, born);
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     if captured {
         // Read on the shim's own event loop: no blocking-pool thread (and no malloc arena

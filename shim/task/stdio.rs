@@ -539,10 +539,11 @@ async fn spawn_logger(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     crate::sys::pass_fds(&mut cmd, fds.to_vec(), 3);
+    let born = std::time::Instant::now();
     let child = cmd
         .spawn()
         .context(|| format!("start log driver {}", path.display()))?;
-    let _ = owner.reaper.watch(child.id() as i32);
+    let _ = owner.reaper.watch(child.id() as i32, born);
     drop((out_r, err_r, ready_w));
     // The driver closes its end (fd 5) when it is ready; read until EOF on the event loop.
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_pipe(ready_r)).await {

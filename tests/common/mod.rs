@@ -346,11 +346,21 @@ state = "{d}/state"
     /// Stops containerd (SIGTERM, as systemd stops it; shims and pods live on) and starts
     /// it again with the same configuration, root and state.
     pub async fn restart(&mut self) {
+        self.stop_daemon();
+        self.start_daemon().await;
+    }
+
+    /// Stops containerd (SIGTERM), leaving its shims and their pods running.
+    pub fn stop_daemon(&mut self) {
         use nix::sys::signal::{kill, Signal};
         if let Some(mut c) = self.child.take() {
             let _ = kill(nix::unistd::Pid::from_raw(c.id() as i32), Signal::SIGTERM);
             let _ = c.wait();
         }
+    }
+
+    /// Starts containerd again on the same root and state, and waits until CRI is ready.
+    pub async fn start_daemon(&mut self) {
         self.child = Some(spawn_containerd(&self.dir, &self.log_level));
         self.channel = self.wait_ready().await;
     }
