@@ -223,9 +223,12 @@ pub fn delete(flags: &Flags) -> Result<()> {
         Err(e) => return Err(e),
     };
     if let Some(left) = left {
+        // Kills the recorded pause, and whatever is in the pause's cgroups (a pause the
+        // server died before recording).
+        let alive = left.kill_pause();
         if let Some((pid, _)) = left.pause {
             resp.pid = pid as u32;
-            if left.kill_pause() {
+            if alive {
                 resp.exit_status = 128 + libc::SIGKILL as u32;
                 wait_gone(pid);
             }

@@ -3,13 +3,16 @@
 //!
 //! `COVE_FAILPOINT=<name>` makes the server panic at that point (with cove's crash-only
 //! panic policy the process aborts there, as if killed); `COVE_FAILPOINT=<name>=sleep:<ms>`
-//! stalls it. The variable is read once; unset, a point costs one comparison.
+//! stalls it; several are separated by commas. The variable is read once; unset, a point
+//! costs one check of an empty list.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The failpoints, in the order a request reaches them.
 pub const START_SANDBOX_BEFORE_PAUSE: &str = "start-sandbox:before-pause";
+/// The pause process exists, and its pid is not recorded yet.
+pub const START_SANDBOX_SPAWNED: &str = "start-sandbox:spawned";
 pub const START_SANDBOX_AFTER_PAUSE: &str = "start-sandbox:after-pause";
 pub const TASK_CREATE_BEFORE_RUNC: &str = "task-create:before-runc";
 pub const TASK_CREATE_AFTER_RUNC: &str = "task-create:after-runc";
@@ -31,27 +34,26 @@ fn parse(var: &str) -> Option<(String, Action)> {
     (!name.is_empty()).then(|| (name.to_owned(), action))
 }
 
-fn armed() -> Option<&'static (String, Action)> {
-    static POINT: OnceLock<Option<(String, Action)>> = OnceLock::new();
-    POINT
-        .get_or_init(|| {
-            std::env::var("COVE_FAILPOINT")
-                .ok()
-                .as_deref()
-                .and_then(parse)
-        })
-        .as_ref()
+fn armed() -> &'static [(String, Action)] {
+    static POINTS: OnceLock<Vec<(String, Action)>> = OnceLock::new();
+    POINTS.get_or_init(|| {
+        std::env::var("COVE_FAILPOINT")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(parse)
+            .collect()
+    })
 }
 
-/// Passes point `name`: panics or stalls when it is the armed one.
+/// Passes point `name`: panics or stalls when it is armed.
 pub async fn hit(name: &str) {
-    match armed() {
-        Some((n, Action::Panic)) if n == name => panic!("failpoint {name}"),
-        Some((n, Action::Sleep(d))) if n == name => {
+    match armed().iter().find(|(n, _)| n == name).map(|(_, a)| a) {
+        Some(Action::Panic) => panic!("failpoint {name}"),
+        Some(Action::Sleep(d)) => {
             log::warn!("failpoint {name}: sleeping {d:?}");
             tokio::time::sleep(*d).await
         }
-        _ => {}
+        None => {}
     }
 }
 

@@ -463,14 +463,15 @@ async fn live_pods_survive_a_containerd_restart() {
         cd.remove_container(c).await;
         cd.stop_pod(pod).await;
         cd.remove_pod(pod).await;
+        if *handler == "cove" {
+            // The shim exits once containerd has taken ShutdownSandbox's reply.
+            eventually("the cove shim exits", || cd.cove_shims().is_empty()).await;
+            assert!(!cgroup_exists(&task_cgroup(cfg, pod)));
+        }
         assert!(
             pids_with(pod).is_empty(),
             "{handler}: a process of the pod is left"
         );
-        if *handler == "cove" {
-            eventually("the cove shim exits", || cd.cove_shims().is_empty()).await;
-            assert!(!cgroup_exists(&task_cgroup(cfg, pod)));
-        }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(
             !mounts.contains(pod.as_str()),

@@ -428,6 +428,7 @@ impl Manager {
         };
         crate::failpoint::hit(crate::failpoint::START_SANDBOX_BEFORE_PAUSE).await;
         let pid = self.spawner.spawn(&cfg).await?;
+        crate::failpoint::hit(crate::failpoint::START_SANDBOX_SPAWNED).await;
         let at = SystemTime::now();
         match proc_start_time(pid) {
             Some(start) => host.pause = Some((pid, start)),

@@ -879,7 +879,7 @@ impl Drop for Containerd {
         let _ = Command::new("ip")
             .args(["link", "del", &bridge_name(self.bridge_n)])
             .status();
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("COVE_TEST_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!(

@@ -30,6 +30,11 @@ pub struct Shim {
 impl Shim {
     /// Runs `start` in a bundle laid out as containerd's shim sandbox controller lays it out.
     pub fn start(tag: &str) -> Shim {
+        Shim::start_with(tag, &[])
+    }
+
+    /// [`Shim::start`] with extra environment for the server (e.g. `COVE_FAILPOINT`).
+    pub fn start_with(tag: &str, env: &[(&str, &str)]) -> Shim {
         require_root();
         let id = format!("cove-t-{tag}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&id);
@@ -42,7 +47,7 @@ impl Shim {
         std::fs::create_dir_all(&bundle).unwrap();
         std::fs::create_dir_all(&work).unwrap();
         std::os::unix::fs::symlink(&work, bundle.join("work")).unwrap();
-        let address = run_start(&bundle, &id);
+        let address = run_start_with(&bundle, &id, env);
         Shim {
             dir,
             bundle,
@@ -89,6 +94,10 @@ impl Drop for Shim {
 }
 
 pub fn run_start(bundle: &Path, id: &str) -> String {
+    run_start_with(bundle, id, &[])
+}
+
+pub fn run_start_with(bundle: &Path, id: &str, env: &[(&str, &str)]) -> String {
     let out = Command::new(super::cove_bin())
         .args([
             "-namespace",
@@ -103,6 +112,7 @@ pub fn run_start(bundle: &Path, id: &str) -> String {
         ])
         .current_dir(bundle)
         .env("TTRPC_ADDRESS", "/run/cove-test/containerd.sock.ttrpc")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap();

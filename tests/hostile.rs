@@ -1,0 +1,603 @@
+//! What no request may do to a shim: wedge it, crash it, leak from it, or leave half-done
+//! state behind. The real `containerd-shim-cove-v1` over its ttrpc socket, real runc
+//! containers (a busybox rootfs bind-mounted as containerd would mount a snapshot), and
+//! `delete` after a shim killed at each step of StartSandbox and Task.Create. Needs root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::shim::{create_req, ctx, pod_options, Shim};
+use common::{alive, cgroup_exists, eventually, inheritable_fds, pids_with};
+use containerd_shim_protos::api::{
+    CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, StartRequest, StateRequest,
+    WaitRequest,
+};
+use containerd_shim_protos::sandbox_api::*;
+use containerd_shim_protos::sandbox_async::SandboxClient;
+use containerd_shim_protos::shim_async::TaskClient;
+use containerd_shim_protos::types::mount::Mount;
+use protobuf::well_known_types::any::Any;
+use ttrpc::Code;
+
+fn code<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> Code {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => s.code(),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+/// Whether a call ended at its deadline: the server's DEADLINE_EXCEEDED, or the client's
+/// own timer, whichever came first.
+fn deadline_passed<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> bool {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => s.code() == Code::DEADLINE_EXCEEDED,
+        Err(ttrpc::Error::Others(m)) => m.contains("deadline"),
+        _ => false,
+    }
+}
+
+fn short_ctx(ms: u64) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(Duration::from_millis(ms).as_nanos() as i64)
+}
+
+/// A busybox root filesystem, shared by the containers of one test.
+fn rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("busybox-rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    for d in ["proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed (make deps)");
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for tool in ["sh", "sleep", "ls", "cat", "echo", "true"] {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(tool));
+    }
+    root
+}
+
+/// A container bundle as containerd lays one out: config.json (from `runc spec`, with
+/// `args`, a cgroup under `/cove-test`, and `hooks` if given) and an empty rootfs directory
+/// the shim mounts the image on.
+fn bundle(dir: &Path, id: &str, args: &[&str], hooks: Option<serde_json::Value>) -> PathBuf {
+    let b = dir.join("bundles").join(id);
+    std::fs::create_dir_all(b.join("rootfs")).unwrap();
+    let out = std::process::Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "runc spec: {out:?}");
+    let path = b.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["process"]["args"] = serde_json::json!(args);
+    spec["process"]["terminal"] = false.into();
+    spec["root"] = serde_json::json!({"path": "rootfs", "readonly": false});
+    spec["linux"]["cgroupsPath"] = format!("/cove-test/{id}").into();
+    if let Some(h) = hooks {
+        spec["hooks"] = h;
+    }
+    std::fs::write(&path, spec.to_string()).unwrap();
+    b
+}
+
+fn create_task(id: &str, bundle: &Path, rootfs: &Path) -> CreateTaskRequest {
+    let mut r = CreateTaskRequest::new();
+    r.id = id.into();
+    r.bundle = bundle.to_string_lossy().into_owned();
+    let mut m = Mount::new();
+    m.type_ = "bind".into();
+    m.source = rootfs.to_string_lossy().into_owned();
+    m.options = vec!["rbind".into(), "rw".into()];
+    r.rootfs = vec![m];
+    r
+}
+
+fn mounted(p: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(&*p.to_string_lossy())
+}
+
+fn runc_state(id: &str) -> PathBuf {
+    Path::new("/run/containerd/runc/cove-test").join(id)
+}
+
+/// The shim server of `shim` (the pause and its helper share its command line).
+fn server_pid(shim: &Shim) -> Option<i32> {
+    pids_with(&shim.socket().to_string_lossy())
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() != cove::pause::PAUSE_COMM)
+        })
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+async fn start_pod(sb: &SandboxClient, shim: &Shim) -> u32 {
+    let mut req = create_req(&shim.id, &shim.bundle);
+    req.options = Some(pod_options("hostile", &format!("/cove-test/{}", shim.id))).into();
+    sb.create_sandbox(ctx(), &req).await.unwrap();
+    let mut st = StartSandboxRequest::new();
+    st.sandbox_id = shim.id.clone();
+    sb.start_sandbox(ctx(), &st).await.unwrap().pid
+}
+
+async fn run_to_end(task: &TaskClient, id: &str) {
+    let mut s = StartRequest::new();
+    s.id = id.into();
+    task.start(ctx(), &s).await.unwrap();
+    let mut k = KillRequest::new();
+    k.id = id.into();
+    k.signal = 9;
+    k.all = true;
+    task.kill(ctx(), &k).await.unwrap();
+    let mut w = WaitRequest::new();
+    w.id = id.into();
+    task.wait(ctx(), &w).await.unwrap();
+    let mut d = DeleteRequest::new();
+    d.id = id.into();
+    task.delete(ctx(), &d).await.unwrap();
+}
+
+async fn shutdown(sb: &SandboxClient, shim: &Shim) {
+    let mut sd = ShutdownSandboxRequest::new();
+    sd.sandbox_id = shim.id.clone();
+    sb.shutdown_sandbox(ctx(), &sd).await.unwrap();
+}
+
+/// A caller that stops waiting (ttrpc drops the handler at the deadline) must not leave
+/// an id "being created", a pause nobody recorded, or a reply in the pause helper's socket.
+#[tokio::test]
+async fn requests_abandoned_at_their_deadline_finish_and_leave_nothing() {
+    let shim = Shim::start_with(
+        "deadline",
+        &[(
+            "COVE_FAILPOINT",
+            "start-sandbox:before-pause=sleep:1500,task-create:before-runc=sleep:1500",
+        )],
+    );
+    let (sb, task, _) = shim.clients().await;
+    let mut req = create_req(&shim.id, &shim.bundle);
+    req.options = Some(pod_options("deadline", &format!("/cove-test/{}", shim.id))).into();
+    sb.create_sandbox(ctx(), &req).await.unwrap();
+    let mut st = StartSandboxRequest::new();
+    st.sandbox_id = shim.id.clone();
+    assert!(deadline_passed(sb.start_sandbox(short_ctx(300), &st).await));
+    // The start goes on without its caller and ends READY, once.
+    let mut status = SandboxStatusRequest::new();
+    status.sandbox_id = shim.id.clone();
+    let mut pid = 0;
+    for _ in 0..500 {
+        let s = sb.sandbox_status(ctx(), &status).await.unwrap();
+        if s.state == "SANDBOX_READY" {
+            pid = s.pid;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(pid > 0 && alive(pid), "the abandoned StartSandbox finished");
+    assert_eq!(
+        code(sb.start_sandbox(ctx(), &st).await),
+        Code::FAILED_PRECONDITION,
+        "started once"
+    );
+
+    let rootfs = rootfs(&shim.dir);
+    let b = bundle(&shim.dir, "c1", &["sleep", "1000"], None);
+    assert!(deadline_passed(
+        task.create(short_ctx(300), &create_task("c1", &b, &rootfs))
+            .await
+    ));
+    // The create finishes in the background: the id is a task, not "being created".
+    let mut state = StateRequest::new();
+    state.id = "c1".into();
+    let mut created = false;
+    for _ in 0..500 {
+        if task.state(ctx(), &state).await.is_ok() {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(created, "the abandoned Task.Create finished");
+    assert_eq!(
+        code(task.create(ctx(), &create_task("c1", &b, &rootfs)).await),
+        Code::ALREADY_EXISTS
+    );
+    run_to_end(&task, "c1").await;
+    assert!(!mounted(&b.join("rootfs")), "rootfs unmounted");
+    assert!(!runc_state("c1").exists(), "runc state removed");
+    assert!(!cgroup_exists(Path::new("/cove-test/c1")));
+
+    shutdown(&sb, &shim).await;
+    assert!(!alive(pid));
+    assert!(!cgroup_exists(Path::new(&format!(
+        "/cove-test/{}",
+        shim.id
+    ))));
+}
+
+/// A hook that lists its open descriptors: it must see its stdio and nothing of the shim.
+#[tokio::test]
+async fn hooks_see_no_shim_descriptor() {
+    let shim = Shim::start("hookfds");
+    let (sb, task, _) = shim.clients().await;
+    start_pod(&sb, &shim).await;
+    let out = shim.dir.join("hook-fds");
+    let hooks = serde_json::json!({
+        "createRuntime": [{
+            "path": "/bin/sh",
+            // `exec`: the shell applies the redirection for good and becomes ls, so
+            // what is listed is exactly what the hook process inherited (and ls's own
+            // handle on the /proc directory it reads).
+            "args": ["sh", "-c", format!("exec ls -l /proc/$$/fd > {}", out.display())],
+        }]
+    });
+    let rootfs = rootfs(&shim.dir);
+    let b = bundle(&shim.dir, "hooked", &["sleep", "1000"], Some(hooks));
+    task.create(ctx(), &create_task("hooked", &b, &rootfs))
+        .await
+        .unwrap();
+    let listing = std::fs::read_to_string(&out).expect("the hook ran");
+    let mut fds: Vec<i32> = listing
+        .lines()
+        .filter_map(|l| {
+            let (name, target) = l.split_once(" -> ")?;
+            let fd = name.split_whitespace().last()?.parse().ok()?;
+            (!target.starts_with("/proc/")).then_some(fd)
+        })
+        .collect();
+    fds.sort();
+    assert_eq!(fds, vec![0, 1, 2], "the hook's descriptors:\n{listing}");
+    let server = server_pid(&shim).unwrap();
+    assert_eq!(inheritable_fds(server), Vec::<String>::new());
+    run_to_end(&task, "hooked").await;
+    shutdown(&sb, &shim).await;
+}
+
+/// Bad and hostile input over the socket: every request gets a status, the shim keeps
+/// serving, and its descriptors are what they were.
+#[tokio::test]
+async fn hostile_requests_get_a_status_and_leak_nothing() {
+    let shim = Shim::start("hostile");
+    let (sb, task, _) = shim.clients().await;
+    start_pod(&sb, &shim).await;
+    let server = server_pid(&shim).unwrap();
+    let rootfs = rootfs(&shim.dir);
+
+    // Warm up once (first runc run, first console dir...), then count descriptors.
+    let b = bundle(&shim.dir, "warm", &["true"], None);
+    task.create(ctx(), &create_task("warm", &b, &rootfs))
+        .await
+        .unwrap();
+    run_to_end(&task, "warm").await;
+    let fds_before = open_fds(server);
+
+    // Ids: path separators, dot-dot, NUL, 10 kB, empty.
+    let long = "x".repeat(10_000);
+    for bad in ["a/b", "..", "a\0b", long.as_str(), ""] {
+        assert_eq!(
+            code(task.create(ctx(), &create_task(bad, &b, &rootfs)).await),
+            Code::INVALID_ARGUMENT,
+            "task id {:?}",
+            &bad[..bad.len().min(8)]
+        );
+        assert_eq!(
+            code(
+                sb.create_sandbox(ctx(), &create_req(bad, &shim.bundle))
+                    .await
+            ),
+            Code::INVALID_ARGUMENT
+        );
+    }
+    // Options: garbage in runc's type, and a type cove does not know.
+    let b2 = bundle(&shim.dir, "opts", &["sleep", "1000"], None);
+    let mut r = create_task("opts", &b2, &rootfs);
+    r.options = Some(Any {
+        type_url: "containerd.runc.v1.Options".into(),
+        value: vec![0xff; 16],
+        ..Default::default()
+    })
+    .into();
+    assert_eq!(code(task.create(ctx(), &r).await), Code::INVALID_ARGUMENT);
+    assert!(
+        !mounted(&b2.join("rootfs")),
+        "a refused create mounts nothing"
+    );
+    // Malformed and non-ASCII stdio URIs.
+    let out_file = shim.dir.join("out%aé");
+    for (uri, want) in [
+        ("http://example", Some(Code::INVALID_ARGUMENT)),
+        ("binary://", Some(Code::INVALID_ARGUMENT)),
+        (&*format!("file://{}/out%aé", shim.dir.display()), None),
+    ] {
+        let mut r = create_task("uri", &b2, &rootfs);
+        r.stdout = uri.into();
+        let got = task.create(ctx(), &r).await;
+        match want {
+            Some(c) => assert_eq!(code(got), c, "{uri}"),
+            None => {
+                got.unwrap_or_else(|e| panic!("{uri}: {e:?}"));
+                assert!(out_file.exists(), "stdout went to the decoded path");
+                let mut k = KillRequest::new();
+                k.id = "uri".into();
+                k.signal = 9;
+                task.kill(ctx(), &k).await.unwrap();
+                let mut d = DeleteRequest::new();
+                d.id = "uri".into();
+                task.wait(
+                    ctx(),
+                    &WaitRequest {
+                        id: "uri".into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+                task.delete(ctx(), &d).await.unwrap();
+            }
+        }
+    }
+    // An exec whose process spec is not JSON, for a task that does not exist and one that does.
+    let mut e = ExecProcessRequest::new();
+    e.id = "nope".into();
+    e.exec_id = "e1".into();
+    assert_eq!(code(task.exec(ctx(), &e).await), Code::NOT_FOUND);
+    // A message over ttrpc's 4 MiB limit is refused, and the connection still works.
+    let mut huge = create_req(&shim.id, &shim.bundle);
+    huge.annotations.insert("big".into(), "x".repeat(5 << 20));
+    assert!(sb.create_sandbox(ctx(), &huge).await.is_err());
+
+    // Concurrent creates of one id: exactly one wins, the others are told it exists.
+    let b3 = bundle(&shim.dir, "race", &["sleep", "1000"], None);
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let t = task.clone();
+        let r = create_task("race", &b3, &rootfs);
+        calls.push(tokio::spawn(async move { t.create(ctx(), &r).await }));
+    }
+    let mut ok = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(code::<()>(Err(e)), Code::ALREADY_EXISTS),
+        }
+    }
+    assert_eq!(ok, 1, "one create of the id succeeds");
+    // Concurrent deletes of a stopped task: one wins, the others get NOT_FOUND.
+    let mut s = StartRequest::new();
+    s.id = "race".into();
+    task.start(ctx(), &s).await.unwrap();
+    let mut k = KillRequest::new();
+    k.id = "race".into();
+    k.signal = 9;
+    task.kill(ctx(), &k).await.unwrap();
+    task.wait(
+        ctx(),
+        &WaitRequest {
+            id: "race".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let t = task.clone();
+        calls.push(tokio::spawn(async move {
+            let mut d = DeleteRequest::new();
+            d.id = "race".into();
+            t.delete(ctx(), &d).await
+        }));
+    }
+    let mut deleted = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => deleted += 1,
+            Err(e) => assert_eq!(code::<()>(Err(e)), Code::NOT_FOUND),
+        }
+    }
+    assert_eq!(deleted, 1, "one delete of the task succeeds");
+    assert!(!mounted(&b3.join("rootfs")));
+    assert!(!runc_state("race").exists());
+
+    // Still serving, and nothing leaked.
+    let mut p = PingRequest::new();
+    p.sandbox_id = shim.id.clone();
+    sb.ping_sandbox(ctx(), &p).await.unwrap();
+    let mut fds_after = 0;
+    for _ in 0..100 {
+        fds_after = open_fds(server);
+        if fds_after <= fds_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fds_after, fds_before, "the shim's open descriptors");
+    shutdown(&sb, &shim).await;
+}
+
+/// Where a test crashes the shim, and what exists at that moment.
+const CRASH_POINTS: [&str; 5] = [
+    cove::failpoint::START_SANDBOX_BEFORE_PAUSE,
+    cove::failpoint::START_SANDBOX_SPAWNED,
+    cove::failpoint::START_SANDBOX_AFTER_PAUSE,
+    cove::failpoint::TASK_CREATE_BEFORE_RUNC,
+    cove::failpoint::TASK_CREATE_AFTER_RUNC,
+];
+
+/// The shim dies (crash-only panic: abort) at each step of StartSandbox and Task.Create;
+/// containerd's `delete`, for the task and then the sandbox, leaves nothing behind.
+#[tokio::test]
+async fn delete_after_a_crash_at_any_step_leaves_nothing() {
+    for point in CRASH_POINTS {
+        let tag = point.replace([':', '-'], "");
+        let shim = Shim::start_with(&tag, &[("COVE_FAILPOINT", point)]);
+        let server = server_pid(&shim).unwrap();
+        let (sb, task, _) = shim.clients().await;
+        let parent = PathBuf::from(format!("/cove-test/{}", shim.id));
+        let mut req = create_req(&shim.id, &shim.bundle);
+        req.options = Some(pod_options("crash", &parent.to_string_lossy())).into();
+        sb.create_sandbox(ctx(), &req).await.unwrap();
+        let mut st = StartSandboxRequest::new();
+        st.sandbox_id = shim.id.clone();
+        let started = sb.start_sandbox(ctx(), &st).await;
+        let in_task = point.starts_with("task-create");
+        assert_eq!(started.is_ok(), in_task, "{point}: StartSandbox");
+        let rootfs = rootfs(&shim.dir);
+        let b = bundle(&shim.dir, &format!("c-{tag}"), &["sleep", "1000"], None);
+        let cid = format!("c-{tag}");
+        if in_task {
+            assert!(
+                task.create(ctx(), &create_task(&cid, &b, &rootfs))
+                    .await
+                    .is_err(),
+                "{point}: Task.Create"
+            );
+        }
+        eventually(&format!("{point}: the shim is gone"), || {
+            cove::state::proc_start_time(server).is_none()
+        })
+        .await;
+        // What the crash left: every process in the pod's and the container's cgroups.
+        let procs = |rel: &Path| -> Vec<u32> {
+            let d = common::cg_dir("memory", rel);
+            let mut v = Vec::new();
+            for e in walk(&d) {
+                let t = std::fs::read_to_string(e.join("cgroup.procs")).unwrap_or_default();
+                v.extend(t.lines().filter_map(|l| l.parse::<u32>().ok()));
+            }
+            v
+        };
+        let left_procs: Vec<u32> = procs(&parent)
+            .into_iter()
+            .chain(procs(Path::new(&format!("/cove-test/{cid}"))))
+            .collect();
+        if point != cove::failpoint::START_SANDBOX_BEFORE_PAUSE {
+            assert!(!left_procs.is_empty(), "{point}: the crash left processes");
+        }
+
+        // containerd runs `delete` for each task of the dead shim, then for the sandbox.
+        if in_task {
+            let out = std::process::Command::new(common::cove_bin())
+                .args(["-namespace", "cove-test", "-id", &cid, "-bundle"])
+                .arg(&b)
+                .arg("delete")
+                .current_dir(&b)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{point}: task delete: {out:?}");
+        }
+        let out = shim.delete();
+        if !out.status.success() {
+            let d = common::cg_dir("cpu", &parent.join(&shim.id));
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            let tasks = std::fs::read_to_string(d.join("tasks")).unwrap_or_default();
+            let stats: Vec<String> = procs
+                .lines()
+                .chain(tasks.lines())
+                .map(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/status"))
+                        .unwrap_or_default()
+                        .lines()
+                        .take(8)
+                        .collect::<Vec<_>>()
+                        .join("|")
+                })
+                .collect();
+            panic!("{point}: sandbox delete: {out:?}\nprocs {procs:?} tasks {tasks:?}\n{stats:#?}");
+        }
+
+        for pid in &left_procs {
+            eventually(&format!("{point}: process {pid} is gone"), || !alive(*pid)).await;
+        }
+        assert!(!mounted(&b.join("rootfs")), "{point}: rootfs unmounted");
+        assert!(!runc_state(&cid).exists(), "{point}: runc state removed");
+        assert!(
+            !cgroup_exists(Path::new(&format!("/cove-test/{cid}"))),
+            "{point}: container cgroup removed"
+        );
+        assert!(!cgroup_exists(&parent), "{point}: pod cgroup removed");
+        for f in [
+            shim.bundle.join(cove::state::STATE_FILE),
+            b.join(cove::task::container::TASK_FILE),
+        ] {
+            assert!(!f.exists(), "{point}: {} removed", f.display());
+        }
+        assert!(!shim.socket().exists(), "{point}: socket removed");
+    }
+}
+
+/// A record that cannot be read does not make `delete` fail forever.
+#[tokio::test]
+async fn delete_survives_corrupt_records() {
+    let shim = Shim::start("corrupt");
+    let server = server_pid(&shim).unwrap();
+    let (sb, _, _) = shim.clients().await;
+    let pause = start_pod(&sb, &shim).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("the shim is gone", || {
+        cove::state::proc_start_time(server).is_none()
+    })
+    .await;
+    let record = shim.bundle.join(cove::state::STATE_FILE);
+    let text = std::fs::read_to_string(&record).unwrap();
+    std::fs::write(&record, &text[..text.len() / 2]).unwrap();
+    std::fs::write(
+        shim.bundle.join(cove::task::container::TASK_FILE),
+        "{\"id\": ",
+    )
+    .unwrap();
+    let out = shim.delete();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("corrupt"),
+        "delete says what it found: {said}"
+    );
+    assert!(!record.exists());
+    assert!(shim.delete().status.success(), "and again");
+    // The pause it could not name is still there: kill it and its cgroup by hand.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pause as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("the pause is gone", || !alive(pause)).await;
+    let parent = PathBuf::from(format!("/cove-test/{}", shim.id));
+    let mut dirs: Vec<PathBuf> = common::layout().dirs(&parent.join(&shim.id));
+    dirs.extend(common::layout().dirs(&parent));
+    let _ = cove::cgroups::remove_dirs(&dirs);
+}
+
+/// Every directory under `d`, `d` first.
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = vec![d.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(rd) = std::fs::read_dir(&out[i]) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
