@@ -154,4 +154,28 @@ mod tests {
             Err(Error::InvalidArgument(_))
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_options_bytes_decode_or_get_invalid_argument(
+            value in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+            runc in proptest::bool::ANY,
+        ) {
+            let a = Any {
+                type_url: if runc { RUNC_OPTIONS_TYPE } else { RUNTIME_OPTIONS_TYPE }.into(),
+                value,
+                ..Default::default()
+            };
+            if let Err(e) = runc_options(Some(&a)) {
+                proptest::prop_assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+            }
+        }
+
+        #[test]
+        fn any_toml_body_decodes_or_gets_invalid_argument(body in "\\PC{0,200}") {
+            if let Err(e) = from_toml(&body) {
+                proptest::prop_assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+            }
+        }
+    }
 }

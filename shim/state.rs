@@ -199,8 +199,14 @@ impl Leftovers {
 /// The start time of `pid` in clock ticks since boot, or `None` if it is gone or a zombie.
 pub fn proc_start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    start_time_of(&stat)
+}
+
+/// Field 22 (start time) of a `/proc/<pid>/stat` line, unless the process is a zombie.
+fn start_time_of(stat: &str) -> Option<u64> {
+    // The command name (field 2) may contain spaces and ')'; the fields after it follow
+    // the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split(' ').collect();
     if fields.first() == Some(&"Z") {
         return None;
@@ -274,5 +280,26 @@ mod tests {
         assert!(!dir.join("sandboxes/mine").exists());
         assert!(dir.join("sandboxes/other-pod").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_start_time_is_read_past_any_command_name(
+            comm in "[^\\x00]{0,16}",
+            state in "[RSDZT]",
+            start in proptest::num::u64::ANY,
+        ) {
+            let mut fields: Vec<String> = (3..=52).map(|i| i.to_string()).collect();
+            fields[0] = state.clone();
+            fields[19] = start.to_string();
+            let line = format!("4242 ({comm}) {}\n", fields.join(" "));
+            let want = (state != "Z").then_some(start);
+            proptest::prop_assert_eq!(start_time_of(&line), want);
+        }
+
+        #[test]
+        fn any_stat_text_is_read_without_panicking(text in "\\PC{0,120}") {
+            let _ = start_time_of(&text);
+        }
     }
 }

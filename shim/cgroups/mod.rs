@@ -50,7 +50,7 @@ impl Layout {
             let Some((left, right)) = line.split_once(" - ") else {
                 continue;
             };
-            let mountpoint = left.split(' ').nth(4).unwrap_or_default();
+            let mountpoint = unescape_mountinfo(left.split(' ').nth(4).unwrap_or_default());
             let mut r = right.split(' ');
             let fstype = r.next().unwrap_or_default();
             let superopts = r.nth(1).unwrap_or_default();
@@ -72,7 +72,7 @@ impl Layout {
                         controllers,
                     });
                 }
-                "cgroup2" => unified = Some(PathBuf::from(mountpoint)),
+                "cgroup2" => unified = Some(PathBuf::from(&mountpoint)),
                 _ => {}
             }
         }
@@ -357,6 +357,32 @@ pub fn validate_path(rel: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The kernel writes a mount point into mountinfo with space, tab, newline and backslash
+/// as octal escapes (`\040`); this undoes them.
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            if let Ok(c) = u8::try_from(v) {
+                out.push(c);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// SIGKILLs every process in the cgroup directory `dir` itself (`cgroup.kill` where the
@@ -701,6 +727,38 @@ mod tests {
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(1024), 39);
         assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+
+    /// How the kernel escapes a mount point in mountinfo.
+    fn escape(p: &str) -> String {
+        p.bytes()
+            .map(|b| match b {
+                b' ' | b'\t' | b'\n' | b'\\' => format!("\\{b:03o}"),
+                _ => (b as char).to_string(),
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn mount_points_come_back_as_mounted(
+            dir in "/[a-z \\t\\\\]{1,20}",
+            v2 in proptest::bool::ANY,
+        ) {
+            let line = if v2 {
+                format!("30 1 0:26 / {} rw,nosuid - cgroup2 cgroup2 rw\n", escape(&dir))
+            } else {
+                format!("31 1 0:27 / {} rw - cgroup cgroup rw,memory\n", escape(&dir))
+            };
+            let l = Layout::parse(&line).unwrap();
+            let want = Path::new(&dir).join("pod");
+            proptest::prop_assert_eq!(l.controller_dir("memory", Path::new("/pod")), Some(want));
+        }
+
+        #[test]
+        fn any_mountinfo_text_parses_or_errs_without_panicking(text in "\\PC{0,300}") {
+            let _ = Layout::parse(&text);
+        }
     }
 }
 

@@ -451,4 +451,42 @@ mod tests {
         assert_eq!(s.pause_cgroup("x"), PathBuf::from("/cove/x"));
         assert_eq!(s.pod_cgroup("x"), PathBuf::from("/cove/x"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_pod_config_bytes_decode_or_get_invalid_argument(
+            value in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+        ) {
+            let a = Any {
+                type_url: format!("type.googleapis.com/{POD_SANDBOX_CONFIG_TYPE}"),
+                value,
+                ..Default::default()
+            };
+            if let Err(e) = PodSpec::from_options(Some(&a)) {
+                proptest::prop_assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+            }
+        }
+
+        #[test]
+        fn any_pod_config_fields_are_accepted_or_refused_clearly(
+            hostname in "\\PC{0,80}",
+            parent in "\\PC{0,80}",
+            sysctls in proptest::collection::btree_map("\\PC{0,30}", "\\PC{0,30}", 0..4),
+        ) {
+            let mut linux = LinuxPodSandboxConfig::new();
+            linux.cgroup_parent = parent;
+            linux.sysctls = sysctls.into_iter().collect();
+            let mut cfg = PodSandboxConfig::new();
+            cfg.hostname = hostname;
+            cfg.linux = Some(linux).into();
+            let a = Any {
+                type_url: POD_SANDBOX_CONFIG_TYPE.into(),
+                value: cfg.write_to_bytes().unwrap(),
+                ..Default::default()
+            };
+            if let Err(e) = PodSpec::from_options(Some(&a)) {
+                proptest::prop_assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+            }
+        }
+    }
 }

@@ -602,4 +602,36 @@ mod tests {
         assert_eq!(percent_decode("%C3%A9+x", true), "é x");
         assert_eq!(percent_decode("%zz", false), "%zz");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_stdio_uri_gets_a_target_or_a_clear_error(s in "\\PC{0,64}") {
+            if let Err(e) = parse_target(&s) {
+                proptest::prop_assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+            }
+        }
+
+        #[test]
+        fn percent_encoded_paths_decode_to_themselves(p in "/[^\\x00]{0,48}") {
+            let enc: String = p
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"/-_.".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            proptest::prop_assert_eq!(
+                parse_target(&format!("file://{enc}")).unwrap(),
+                Target::File(p.clone().into())
+            );
+            let bin = parse_target(&format!("binary://{enc}?a={enc}")).unwrap();
+            proptest::prop_assert_eq!(
+                bin,
+                Target::Binary { path: p.clone().into(), args: vec!["a".into(), p.clone()] }
+            );
+        }
+    }
 }
