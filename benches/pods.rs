@@ -13,11 +13,17 @@
 //!   what the runtime adds per pod (its shim processes and its pause processes, the app
 //!   containers excluded) is read from `/proc/PID/smaps_rollup` at 1, 50 and D pods; then all
 //!   are torn down, timed, and the host is checked for anything left behind.
+//! - **churn**: C pods per handler created and removed, 8 at a time, every 10th with its
+//!   shim killed (SIGKILL) before the pod is removed, while a long-lived pod of each
+//!   handler gets a container created, started and removed alongside each one. Reports
+//!   anything left on the host (must be nothing) and the long-lived pod's shim descriptors
+//!   and memory before and after.
 //! - **shim**: the shim alone over ttrpc, without containerd: `start`,
 //!   CreateSandbox+StartSandbox, StopSandbox+ShutdownSandbox.
 //!
 //! Sizes come from the environment: `COVE_BENCH_N` (50), `COVE_BENCH_BURST` (20),
-//! `COVE_BENCH_DENSITY` (200). The report goes to stdout, `target/bench/report.md` and
+//! `COVE_BENCH_DENSITY` (200), `COVE_BENCH_CHURN` (200). A failed call names the phase,
+//! handler and pod it belonged to. The report goes to stdout, `target/bench/report.md` and
 //! `target/bench/latency.svg`. Timings are reported, never asserted; a failed CRI call or
 //! anything left behind fails the run.
 
@@ -27,6 +33,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +44,36 @@ use containerd_shim_protos::sandbox_api::{
 };
 use k8s_cri::v1::{ContainerState, PodSandboxState};
 use tokio::task::JoinSet;
+
+tokio::task_local! {
+    /// What a bench task is doing (phase, handler, pod), for the message of a failed call.
+    static DOING: String;
+}
+
+/// The bench's phase, for failures outside a labelled task.
+static PHASE: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn phase(p: &str) {
+    *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = p.to_owned();
+    println!("{p}");
+}
+
+/// Runs `f` labelled with what it does; a panic inside says so.
+async fn doing<T>(what: String, f: impl std::future::Future<Output = T>) -> T {
+    DOING.scope(what, f).await
+}
+
+/// Every failure says where it happened before the run ends.
+fn name_failures() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let what = DOING
+            .try_with(|d| d.clone())
+            .unwrap_or_else(|_| PHASE.lock().map(|p| p.clone()).unwrap_or_default());
+        eprintln!("bench failed during: {what}");
+        default(info);
+    }));
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 struct Handler {
@@ -117,6 +154,18 @@ async fn pod_with_container(
     h: Handler,
     name: &str,
 ) -> (String, Duration, Duration) {
+    doing(
+        format!("start of {} pod {name}", h.name),
+        pod_with_container_(cd, h, name),
+    )
+    .await
+}
+
+async fn pod_with_container_(
+    cd: &Containerd,
+    h: Handler,
+    name: &str,
+) -> (String, Duration, Duration) {
     let cfg = cd.pod_config(name);
     let t = Instant::now();
     let pod = cd.run_pod(&cfg, h.name).await;
@@ -128,10 +177,13 @@ async fn pod_with_container(
 }
 
 async fn teardown(cd: &Containerd, pod: &str) -> Duration {
-    let t = Instant::now();
-    cd.stop_pod(pod).await;
-    cd.remove_pod(pod).await;
-    t.elapsed()
+    doing(format!("teardown of pod {pod}"), async {
+        let t = Instant::now();
+        cd.stop_pod(pod).await;
+        cd.remove_pod(pod).await;
+        t.elapsed()
+    })
+    .await
 }
 
 /// Every pod READY and every container in it RUNNING, as CRI reports them.
@@ -342,6 +394,14 @@ async fn density(cd: &Arc<Containerd>, h: Handler, total: usize) -> Density {
 /// Anything of a pod left on the host: processes, cgroups, mounts, network namespaces,
 /// bundles and CRI pod directories. Empty when nothing is left.
 fn leftovers(cd: &Containerd) -> Vec<String> {
+    // A removed pod's shim exits once containerd has closed its connection: give the
+    // last ones a moment (bounded) before counting.
+    for _ in 0..300 {
+        if pids_with(&cd.sock.to_string_lossy()).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut left = Vec::new();
     let shims = pids_with(&cd.sock.to_string_lossy());
     if !shims.is_empty() {
@@ -370,6 +430,9 @@ fn leftovers(cd: &Containerd) -> Vec<String> {
             }
         }
     }
+    for id in runc_states_of(cd) {
+        left.push(format!("runc state {id}"));
+    }
     for sub in [
         "state/io.containerd.runtime.v2.task/k8s.io",
         "state/io.containerd.sandbox.controller.v1.shim/k8s.io",
@@ -386,6 +449,52 @@ fn leftovers(cd: &Containerd) -> Vec<String> {
         }
     }
     left
+}
+
+/// runc containers (in containerd's runc root) whose bundle is this containerd's.
+fn runc_states_of(cd: &Containerd) -> Vec<String> {
+    let dir = cd.dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/run/containerd/runc/{NS}"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let state = std::fs::read_to_string(e.path().join("state.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+        let bundle = v
+            .get("config")
+            .and_then(|c| c.get("labels"))
+            .and_then(|l| l.as_array())
+            .and_then(|l| {
+                l.iter()
+                    .filter_map(|x| x.as_str())
+                    .find_map(|x| x.strip_prefix("bundle="))
+            })
+            .unwrap_or_default()
+            .to_owned();
+        if bundle.starts_with(&dir) {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+/// Removes what the runc pod path left in runc's root after the churn (reported, then
+/// cleaned so that runs do not pile up).
+fn forget_runc_states(cd: &Containerd) {
+    for id in runc_states_of(cd) {
+        let _ = std::process::Command::new("runc")
+            .args([
+                "--root",
+                &format!("/run/containerd/runc/{NS}"),
+                "delete",
+                "--force",
+                &id,
+            ])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 fn walk_dirs(root: &Path) -> Vec<PathBuf> {
@@ -410,6 +519,179 @@ fn netns_entries() -> BTreeSet<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
+}
+
+/// Stop and remove a pod whose shim was killed, retrying RemovePodSandbox as kubelet does
+/// (once a second, here at most 30 times). Returns how many calls failed first.
+async fn teardown_retrying(cd: &Containerd, pod: &str) -> usize {
+    doing(
+        format!("teardown of pod {pod}, whose shim was killed"),
+        async {
+            cd.stop_pod(pod).await;
+            let mut failed = 0;
+            loop {
+                let r = cd
+                    .rt()
+                    .remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+                        pod_sandbox_id: pod.into(),
+                    })
+                    .await;
+                match r {
+                    Ok(_) => return failed,
+                    Err(e) if failed < 30 => {
+                        failed += 1;
+                        if failed == 1 {
+                            println!(
+                                "  RemovePodSandbox {pod}: {}; retrying as kubelet does",
+                                e.message()
+                            );
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => panic!("RemovePodSandbox {pod} failed {failed} times: {e}"),
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Every how many churned pods one has its shim killed.
+const CHURN_KILL_EVERY: usize = 10;
+
+/// What the churn run saw for one handler.
+struct Churn {
+    pods: usize,
+    killed: usize,
+    /// RemovePodSandbox calls that failed for a pod whose shim was killed, retried as
+    /// kubelet retries them.
+    remove_retries: usize,
+    wall: Duration,
+    /// The long-lived pod's shim: (open descriptors, RSS kB) before and after.
+    fds: (usize, usize),
+    rss_kb: (u64, u64),
+    left: Vec<String>,
+}
+
+/// The server process of a pod's shim (not the pause processes forked from it).
+fn shim_of(h: Handler, pod: &str) -> Option<i32> {
+    pids_with(pod).into_iter().find(|pid| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        String::from_utf8_lossy(&cmd).contains(h.shim)
+            && comm.trim() != cove::pause::PAUSE_COMM
+            && String::from_utf8_lossy(&cmd).contains(&format!("-id\0{pod}"))
+    })
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+async fn churn(cd: &Arc<Containerd>, h: Handler, total: usize) -> Churn {
+    let long_cfg = cd.pod_config(&format!("long-{}", h.name));
+    let long = doing(
+        format!("churn: start of the long-lived {} pod", h.name),
+        cd.run_pod(&long_cfg, h.name),
+    )
+    .await;
+    // Settle the long-lived shim (first container, first runc run) before measuring it.
+    let warm = cd
+        .create_container(&long, &long_cfg, container_config("warm", "true"))
+        .await;
+    cd.start_container(&warm).await;
+    cd.exited(&warm).await;
+    cd.remove_container(&warm).await;
+    let long_shim = shim_of(h, &long).expect("the long-lived pod's shim");
+    let fds_before = open_fds(long_shim);
+    let rss_before = rss_pss(long_shim).0;
+
+    let t = Instant::now();
+    let mut killed = 0;
+    let retries = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for i in 0..total {
+        if set.len() >= DENSITY_PARALLEL {
+            if let Some(r) = set.join_next().await {
+                r.expect("churn task");
+            }
+        }
+        let kill = i % CHURN_KILL_EVERY == CHURN_KILL_EVERY - 1;
+        killed += kill as usize;
+        let cd = cd.clone();
+        let (long, long_cfg) = (long.clone(), long_cfg.clone());
+        let retries = retries.clone();
+        set.spawn(async move {
+            let name = format!("churn{i}-{}", h.name);
+            let (pod, app) = doing(format!("churn: start of {} pod {name}", h.name), async {
+                let cfg = cd.pod_config(&name);
+                let pod = cd.run_pod(&cfg, h.name).await;
+                let app = cd.create_container(&pod, &cfg, sleeper("app")).await;
+                cd.start_container(&app).await;
+                (pod, app)
+            })
+            .await;
+            doing(
+                format!("churn: container {i} in the long-lived {} pod", h.name),
+                async {
+                    let c = cd
+                        .create_container(
+                            &long,
+                            &long_cfg,
+                            container_config(&format!("c{i}"), "true"),
+                        )
+                        .await;
+                    cd.start_container(&c).await;
+                    cd.exited(&c).await;
+                    cd.remove_container(&c).await;
+                },
+            )
+            .await;
+            if kill {
+                doing(
+                    format!("churn: kill the shim of {} pod {pod}", h.name),
+                    async {
+                        let shim = shim_of(h, &pod).expect("the pod's shim");
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(shim),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        eventually("the killed shim is gone", || !alive(shim as u32)).await;
+                        // As kubelet does: the pod is torn down once CRI has seen the
+                        // container end (containerd reports the exit of a dead shim's tasks,
+                        // retrying until its task service lets go of the shim).
+                        cd.exited(&app).await;
+                    },
+                )
+                .await;
+            }
+            if kill {
+                retries.fetch_add(teardown_retrying(&cd, &pod).await, Ordering::SeqCst);
+            } else {
+                teardown(&cd, &pod).await;
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("churn task");
+    }
+    let wall = t.elapsed();
+    // The long-lived shim has served `total` containers: what it holds now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fds_after = open_fds(long_shim);
+    let rss_after = rss_pss(long_shim).0;
+    teardown(cd, &long).await;
+    Churn {
+        pods: total,
+        killed,
+        remove_retries: retries.load(Ordering::SeqCst),
+        wall,
+        fds: (fds_before, fds_after),
+        rss_kb: (rss_before, rss_after),
+        left: leftovers(cd),
+    }
 }
 
 const SHIM_START: &str = "shim `start` (spawn the server)";
@@ -480,6 +762,14 @@ fn ratio(cove: f64, runc: f64) -> String {
         format!("{:.2}", cove / runc)
     } else {
         "—".into()
+    }
+}
+
+fn verdict_zero(n: usize) -> String {
+    if n == 0 {
+        "0 ✓".into()
+    } else {
+        "0 ✗".into()
     }
 }
 
@@ -678,25 +968,41 @@ async fn main() {
     std::fs::create_dir_all(&out_dir).expect("create target/bench");
     let netns_before = netns_entries();
 
+    name_failures();
+    let c = env_size("COVE_BENCH_CHURN", 200);
     let cd = Arc::new(Containerd::start_with("bench", "info", true).await);
-    println!("serial: {n} pods per handler, alternating ({WARMUP} warm-up rounds not counted)");
+    phase(&format!(
+        "serial: {n} pods per handler, alternating ({WARMUP} warm-up rounds not counted)"
+    ));
     let ser = serial(&cd, n).await;
     let left = leftovers(&cd);
     assert!(left.is_empty(), "after the serial run: {left:?}");
-    println!("burst: {m} pods at once, {BURST_ROUNDS} rounds per handler");
+    phase(&format!(
+        "burst: {m} pods at once, {BURST_ROUNDS} rounds per handler"
+    ));
     let bur = burst(&cd, m).await;
-    println!("density: {d} pods per handler, {DENSITY_PARALLEL} started at a time");
+    phase(&format!(
+        "density: {d} pods per handler, {DENSITY_PARALLEL} started at a time"
+    ));
     let mut den = BTreeMap::new();
     for h in [COVE, RUNC] {
         den.insert(h, density(&cd, h, d).await);
     }
+    phase(&format!(
+        "churn: {c} pods per handler, {DENSITY_PARALLEL} at a time, every {CHURN_KILL_EVERY}th shim killed"
+    ));
+    let mut chu = BTreeMap::new();
+    for h in [COVE, RUNC] {
+        chu.insert(h, churn(&cd, h, c).await);
+    }
+    forget_runc_states(&cd);
     let netns_left: Vec<_> = netns_entries().difference(&netns_before).cloned().collect();
     assert!(
         netns_left.is_empty(),
         "network namespaces left: {netns_left:?}"
     );
     drop(cd);
-    println!("shim alone: {n} sandboxes over ttrpc");
+    phase(&format!("shim alone: {n} sandboxes over ttrpc"));
     let shim = shim_level(n).await;
 
     let mut r = Report { rows: Vec::new() };
@@ -771,6 +1077,57 @@ async fn main() {
         String::new(),
         String::new(),
     );
+    let (cc, cu) = (&chu[&COVE], &chu[&RUNC]);
+    r.ms_row(
+        &format!(
+            "Churn: {} pods created and removed, {} of their shims killed",
+            cc.pods, cc.killed
+        ),
+        cc.wall,
+        cu.wall,
+        None,
+    );
+    let leaks = |c: &Churn| {
+        if c.left.is_empty() {
+            "0".to_string()
+        } else {
+            format!("{}: {:?}", c.left.len(), c.left)
+        }
+    };
+    r.row(
+        "Churn: RemovePodSandbox retries for the pods whose shim was killed",
+        cc.remove_retries.to_string(),
+        cu.remove_retries.to_string(),
+        String::new(),
+        String::new(),
+    );
+    r.row(
+        "Churn: anything left on the host (processes, cgroups, mounts, bundles)",
+        leaks(cc),
+        leaks(cu),
+        String::new(),
+        verdict_zero(cc.left.len()),
+    );
+    r.row(
+        &format!(
+            "Churn: the long-lived pod's shim, open descriptors before / after {} containers",
+            cc.pods
+        ),
+        format!("{} / {}", cc.fds.0, cc.fds.1),
+        format!("{} / {}", cu.fds.0, cu.fds.1),
+        String::new(),
+        String::new(),
+    );
+    r.row(
+        &format!(
+            "Churn: the long-lived pod's shim, RSS before / after {} containers",
+            cc.pods
+        ),
+        format!("{} / {} kB", cc.rss_kb.0, cc.rss_kb.1),
+        format!("{} / {} kB", cu.rss_kb.0, cu.rss_kb.1),
+        String::new(),
+        String::new(),
+    );
     for phase in [SHIM_START, SHIM_UP, SHIM_DOWN] {
         let v = &shim[phase];
         r.row(
@@ -782,6 +1139,8 @@ async fn main() {
         );
     }
 
+    // cove must leave nothing; what the runc pod path leaves is reported, not judged.
+    let churn_failed = chu[&COVE].left.clone();
     let report = format!(
         "# cove benchmark\n\nMeasured {date} on {machine}.\n\nBoth handlers run in one private containerd, \
          driven through CRI and alternating. Serial: {n} pods per handler ({WARMUP} warm-up rounds \
@@ -790,8 +1149,10 @@ async fn main() {
          `Pss`/`Rss` in `/proc/PID/smaps_rollup` over the shim processes of each runtime and the \
          pods' sandbox processes (cove: its shims and pause processes; runc: \
          containerd-shim-runc-v2 and the pause containers), divided by the number of pods; the app \
-         containers are not counted. runc has no sandbox API, so the shim-alone rows have no runc \
-         figure.\n\n{table}\n![latency distributions](latency.svg)\n\nTotal run time: {total:.0} s.\n",
+         containers are not counted. Churn: {c} pods per handler created and removed \
+         {DENSITY_PARALLEL} at a time, every {CHURN_KILL_EVERY}th with its shim killed (SIGKILL) before \
+         its removal, while a long-lived pod of the handler runs a container alongside each. runc \
+         has no sandbox API, so the shim-alone rows have no runc figure.\n\n{table}\n![latency distributions](latency.svg)\n\nTotal run time: {total:.0} s.\n",
         date = std::process::Command::new("date")
             .arg("-u")
             .arg("+%Y-%m-%d %H:%M UTC")
@@ -805,6 +1166,10 @@ async fn main() {
     std::fs::write(out_dir.join("report.md"), &report).expect("write report.md");
     std::fs::write(out_dir.join("latency.svg"), svg(&ser, &shim)).expect("write latency.svg");
     println!("\n{report}");
+    assert!(
+        churn_failed.is_empty(),
+        "the churn run left something behind: {churn_failed:?}"
+    );
     println!(
         "written: {} and {}",
         out_dir.join("report.md").display(),

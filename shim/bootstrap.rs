@@ -211,6 +211,9 @@ pub fn delete(flags: &Flags) -> Result<()> {
     if crate::task::container::cleanup_leftover(&bundle, &flags.id, &flags.namespace)? {
         resp.exit_status = 128 + libc::SIGKILL as u32;
     }
+    // A sandbox's containers: containerd runs `delete` only for the sandbox when the
+    // sandbox's shim dies.
+    crate::task::container::cleanup_indexed(&bundle, &flags.namespace)?;
     let left = match Leftovers::load(&bundle) {
         Ok(l) => l,
         // Unreadable is not absent: say so, and let the rest of the cleanup go on.

@@ -131,16 +131,20 @@ impl Leftovers {
     /// its own cgroups (a pause the shim died before recording). Returns whether the
     /// recorded pid was alive.
     pub fn kill_pause(&self) -> bool {
+        let recorded = self
+            .pause
+            .filter(|(pid, start)| proc_start_time(*pid) == Some(*start));
         for d in &self.pause_cgroups {
             crate::cgroups::kill_procs_in(d);
         }
-        let Some((pid, start)) = self.pause else {
-            return false;
-        };
-        if proc_start_time(pid) != Some(start) {
-            return false;
+        match recorded {
+            // Already dying if its cgroup was emptied; a SIGKILL to it still stands.
+            Some((pid, _)) => {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                true
+            }
+            None => false,
         }
-        kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
     }
 
     /// Removes everything recorded: shm mount, files, directories, cgroups. Best effort:

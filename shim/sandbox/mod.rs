@@ -259,6 +259,19 @@ impl Manager {
             .ok_or_else(|| Error::NotFound(format!("sandbox {id} not found")))
     }
 
+    /// The bundle of the sandbox a container task belongs to: the one CRI names in the
+    /// task's annotations, else the shim's only sandbox.
+    pub fn bundle_for_task(&self, sandbox_id: Option<&str>) -> Option<PathBuf> {
+        let all = locked(&self.sandboxes);
+        if let Some(sb) = sandbox_id.and_then(|id| all.get(id)) {
+            return Some(sb.bundle.clone());
+        }
+        match all.len() {
+            1 => all.values().next().map(|sb| sb.bundle.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether a sandbox of this shim is still alive (not yet shut down).
     pub fn has_sandboxes(&self) -> bool {
         !locked(&self.sandboxes).is_empty()

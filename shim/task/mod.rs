@@ -185,6 +185,22 @@ impl Inner {
                 }
             }
         }
+        let sandbox_id = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get("io.kubernetes.cri.sandbox-id").cloned());
+        let index = match self.manager.bundle_for_task(sandbox_id.as_deref()) {
+            Some(sb) => match container::index_task(&sb, &r.id) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    if rootfs_mounted {
+                        let _ = container::unmount_rootfs(&rootfs);
+                    }
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let init = Process::new(
             "",
             stdio::Paths {
@@ -202,14 +218,25 @@ impl Inner {
             init: init.clone(),
             execs: Mutex::default(),
             rootfs_mounted,
+            index,
             kill_all_on_exit,
             plain_delete,
             cgroup: Mutex::default(),
             oom: Mutex::default(),
             gate: tokio::sync::watch::channel(false).0,
         });
-        // Written before runc runs, so that `delete` cleans up whatever this leaves.
-        c.save()?;
+        // Written before runc runs, so that `delete` cleans up whatever this leaves: run
+        // for the task, or for its sandbox (the only one containerd runs when a sandbox's
+        // shim dies), which finds the task through its index.
+        if let Err(e) = c.save() {
+            if let Some(entry) = &c.index {
+                let _ = std::fs::remove_file(entry);
+            }
+            if rootfs_mounted {
+                let _ = container::unmount_rootfs(&rootfs);
+            }
+            return Err(e);
+        }
         crate::failpoint::hit(crate::failpoint::TASK_CREATE_BEFORE_RUNC).await;
         match self.launch_init(&c, &options).await {
             Ok(pid) => Ok(pid),
@@ -219,6 +246,9 @@ impl Inner {
                     let _ = container::unmount_rootfs(&rootfs);
                 }
                 let _ = std::fs::remove_file(bundle.join(TASK_FILE));
+                if let Some(entry) = &c.index {
+                    let _ = std::fs::remove_file(entry);
+                }
                 Err(e)
             }
         }
@@ -459,6 +489,9 @@ impl Inner {
             }
         }
         let _ = std::fs::remove_file(c.bundle.join(TASK_FILE));
+        if let Some(entry) = &c.index {
+            let _ = std::fs::remove_file(entry);
+        }
         locked(&self.containers).remove(id);
         self.manager.tasks_changed(false);
         self.events.delete(id, resp.pid, Some(exit));
