@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 dir=${1:?usage: matrix.sh CONTAINERD_DIR [VERSION...]}
 shift
 versions=${*:-2.2.7 2.3.4 2.4.0-beta.0}
-filter='binary(cri_e2e) | binary(task_cri) | binary(task_ctr) | binary(cri_compat)'
+filter='binary(cri_e2e) | binary(task_cri) | binary(task_ctr) | binary(cri_compat) | binary(cri_restart)'
 
 [ -d "$dir" ] || { echo "test-matrix: no directory $dir (set CONTAINERD_DIR)" >&2; exit 1; }
 [ -x "$dir/install.sh" ] || { echo "test-matrix: $dir has no install.sh" >&2; exit 1; }
