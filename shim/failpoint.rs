@@ -2,8 +2,9 @@
 //! check what containerd's `delete` and a caller's deadline leave behind.
 //!
 //! `COVE_FAILPOINT=<name>` makes the server panic at that point (with cove's crash-only
-//! panic policy the process aborts there, as if killed); `COVE_FAILPOINT=<name>=sleep:<ms>`
-//! stalls it; several are separated by commas. The variable is read once; unset, a point
+//! panic policy the process aborts there); `<name>=kill` makes it SIGKILL itself there, as
+//! the OOM killer or an operator would; `<name>=sleep:<ms>` stalls it; several are
+//! separated by commas. The variable is read once; unset, a point
 //! costs one check of an empty list.
 
 use std::sync::OnceLock;
@@ -20,12 +21,14 @@ pub const TASK_CREATE_AFTER_RUNC: &str = "task-create:after-runc";
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
     Panic,
+    Kill,
     Sleep(Duration),
 }
 
 fn parse(var: &str) -> Option<(String, Action)> {
     let (name, action) = match var.split_once('=') {
         None => (var, Action::Panic),
+        Some((name, "kill")) => (name, Action::Kill),
         Some((name, a)) => {
             let ms = a.strip_prefix("sleep:")?.parse().ok()?;
             (name, Action::Sleep(Duration::from_millis(ms)))
@@ -49,6 +52,9 @@ fn armed() -> &'static [(String, Action)] {
 pub async fn hit(name: &str) {
     match armed().iter().find(|(n, _)| n == name).map(|(_, a)| a) {
         Some(Action::Panic) => panic!("failpoint {name}"),
+        Some(Action::Kill) => {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
         Some(Action::Sleep(d)) => {
             log::warn!("failpoint {name}: sleeping {d:?}");
             tokio::time::sleep(*d).await
@@ -68,6 +74,7 @@ mod tests {
             parse("a=sleep:250"),
             Some(("a".into(), Action::Sleep(Duration::from_millis(250))))
         );
+        assert_eq!(parse("a=kill"), Some(("a".into(), Action::Kill)));
         assert_eq!(parse("a=explode"), None);
         assert_eq!(parse("=sleep:1"), None);
         assert_eq!(parse(""), None);

@@ -412,6 +412,47 @@ async fn hostile_requests_get_a_status_and_leak_nothing() {
     assert!(!mounted(&b3.join("rootfs")));
     assert!(!runc_state("race").exists());
 
+    // Concurrent starts of one created task: one starts it, the others are refused.
+    let b4 = bundle(&shim.dir, "starts", &["sleep", "1000"], None);
+    task.create(ctx(), &create_task("starts", &b4, &rootfs))
+        .await
+        .unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let t = task.clone();
+        calls.push(tokio::spawn(async move {
+            let mut s = StartRequest::new();
+            s.id = "starts".into();
+            t.start(ctx(), &s).await
+        }));
+    }
+    let mut started = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => started += 1,
+            Err(e) => assert_eq!(code::<()>(Err(e)), Code::FAILED_PRECONDITION),
+        }
+    }
+    assert_eq!(started, 1, "one start of the task succeeds");
+    let mut k = KillRequest::new();
+    k.id = "starts".into();
+    k.signal = 9;
+    task.kill(ctx(), &k).await.unwrap();
+    task.wait(
+        ctx(),
+        &WaitRequest {
+            id: "starts".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut d = DeleteRequest::new();
+    d.id = "starts".into();
+    task.delete(ctx(), &d).await.unwrap();
+    // Task.Shutdown while a sandbox lives: the shim stays, and serves.
+    task.shutdown(ctx(), &Default::default()).await.unwrap();
+
     // Still serving, and nothing leaked.
     let mut p = PingRequest::new();
     p.sandbox_id = shim.id.clone();
@@ -424,8 +465,23 @@ async fn hostile_requests_get_a_status_and_leak_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(fds_after, fds_before, "the shim's open descriptors");
+    assert!(
+        fds_after <= fds_before,
+        "the shim's open descriptors: {fds_before} before, {fds_after} after"
+    );
     shutdown(&sb, &shim).await;
+    // After the last ShutdownSandbox: a request gets an answer or a closed connection,
+    // never a hang, and the shim is gone.
+    let after = tokio::time::timeout(Duration::from_secs(10), sb.ping_sandbox(ctx(), &p)).await;
+    assert!(
+        matches!(after, Ok(Err(_))),
+        "a request after shutdown: {after:?}"
+    );
+    eventually("the shim exits", || {
+        cove::state::proc_start_time(server).is_none()
+    })
+    .await;
+    assert!(!shim.socket().exists(), "the socket is removed");
 }
 
 /// Where a test crashes the shim, and what exists at that moment.
@@ -437,13 +493,21 @@ const CRASH_POINTS: [&str; 5] = [
     cove::failpoint::TASK_CREATE_AFTER_RUNC,
 ];
 
-/// The shim dies (crash-only panic: abort) at each step of StartSandbox and Task.Create;
-/// containerd's `delete`, for the task and then the sandbox, leaves nothing behind.
+/// The shim dies at each step of StartSandbox and Task.Create, by SIGKILL and by a panic
+/// (crash-only: abort); containerd's `delete` for the sandbox leaves nothing behind.
 #[tokio::test]
 async fn delete_after_a_crash_at_any_step_leaves_nothing() {
-    for point in CRASH_POINTS {
-        let tag = point.replace([':', '-'], "");
-        let shim = Shim::start_with(&tag, &[("COVE_FAILPOINT", point)]);
+    for (point, how) in CRASH_POINTS
+        .into_iter()
+        .flat_map(|p| [(p, "kill"), (p, "panic")])
+    {
+        let tag = format!("{}{how}", point.replace([':', '-'], ""));
+        let armed = if how == "kill" {
+            format!("{point}=kill")
+        } else {
+            point.to_string()
+        };
+        let shim = Shim::start_with(&tag, &[("COVE_FAILPOINT", &armed)]);
         let server = server_pid(&shim).unwrap();
         let (sb, task, _) = shim.clients().await;
         let parent = PathBuf::from(format!("/cove-test/{}", shim.id));

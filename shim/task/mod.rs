@@ -367,12 +367,26 @@ impl Inner {
     async fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
         let c = self.container(id)?;
         let p = c.process(exec_id)?;
-        if p.state() != State::Created || (!exec_id.is_empty() && p.pid() != 0) {
+        if (!exec_id.is_empty() && p.pid() != 0) || !p.begin_start() {
             return Err(Error::FailedPrecondition(format!(
                 "{} was already started",
                 name(id, exec_id)
             )));
         }
+        let res = self.start_claimed(&c, &p, id, exec_id).await;
+        if res.is_err() {
+            p.start_failed();
+        }
+        res
+    }
+
+    async fn start_claimed(
+        self: &Arc<Self>,
+        c: &Arc<Container>,
+        p: &Arc<Process>,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<u32> {
         if exec_id.is_empty() {
             let res = c.runc.start(id, &c.bundle).await;
             if res.is_ok() && p.transition(State::Running) {

@@ -34,6 +34,8 @@ struct Inner {
     state: State,
     io: Option<Arc<Io>>,
     deleted: bool,
+    /// A Start of it is under way (or done): a second one is refused, not run twice.
+    starting: bool,
     /// The process has been reaped: its pid may already be another process's, so it is
     /// never signalled again, though it shows as running until its output has drained.
     reaped: bool,
@@ -59,6 +61,7 @@ impl Process {
                 state: State::Created,
                 io: None,
                 deleted: false,
+                starting: false,
                 reaped: false,
             }),
             exited: watch::channel(None).0,
@@ -105,6 +108,22 @@ impl Process {
     pub fn set_stopped(&self, exit: Exit) {
         self.lock().state = State::Stopped;
         self.exited.send_replace(Some(exit));
+    }
+
+    /// Claims the one Start of a created process; false if it is not created or another
+    /// Start has claimed it.
+    pub fn begin_start(&self) -> bool {
+        let mut i = self.lock();
+        if i.state != State::Created || i.starting {
+            return false;
+        }
+        i.starting = true;
+        true
+    }
+
+    /// A claimed Start failed: the process may be started again.
+    pub fn start_failed(&self) {
+        self.lock().starting = false;
     }
 
     /// The reaper has collected the process: no signal may go to its pid from now on.
