@@ -193,11 +193,21 @@ async fn twenty_live_pods_per_handler_come_back_whole_after_a_restart() {
     before.sort();
     assert_eq!(after, before, "the same cove shims serve the pods");
 
+    // All pods torn down at once: under load a shim must still let its ShutdownSandbox
+    // reply out before it exits (a cut-off reply fails RemovePodSandbox).
+    let cd = std::sync::Arc::new(cd);
+    let mut teardown = tokio::task::JoinSet::new();
     for (_, _, pod, c) in &pods {
-        cd.stop_container(c, GRACE).await;
-        cd.remove_container(c).await;
-        cd.stop_pod(pod).await;
-        cd.remove_pod(pod).await;
+        let (cd, pod, c) = (cd.clone(), pod.clone(), c.clone());
+        teardown.spawn(async move {
+            cd.stop_container(&c, GRACE).await;
+            cd.remove_container(&c).await;
+            cd.stop_pod(&pod).await;
+            cd.remove_pod(&pod).await;
+        });
+    }
+    while let Some(r) = teardown.join_next().await {
+        r.expect("teardown of a pod");
     }
     eventually("every cove shim exits", || cd.cove_shims().is_empty()).await;
     for (handler, cfg, pod, c) in &pods {
