@@ -3,8 +3,8 @@
 //!
 //! `COVE_FAILPOINT=<name>` makes the server panic at that point (with cove's crash-only
 //! panic policy the process aborts there); `<name>=kill` makes it SIGKILL itself there, as
-//! the OOM killer or an operator would; `<name>=sleep:<ms>` stalls it; several are
-//! separated by commas. The variable is read once; unset, a point
+//! the OOM killer or an operator would; `<name>=sleep:<ms>` stalls it; `<name>=fail` makes
+//! the step fail once, where a step can fail; several are separated by commas. The variable is read once; unset, a point
 //! costs one check of an empty list.
 
 use std::sync::OnceLock;
@@ -17,11 +17,14 @@ pub const START_SANDBOX_SPAWNED: &str = "start-sandbox:spawned";
 pub const START_SANDBOX_AFTER_PAUSE: &str = "start-sandbox:after-pause";
 pub const TASK_CREATE_BEFORE_RUNC: &str = "task-create:before-runc";
 pub const TASK_CREATE_AFTER_RUNC: &str = "task-create:after-runc";
+/// Task.Delete unmounting the container's rootfs (`fail` only).
+pub const TASK_DELETE_UNMOUNT: &str = "task-delete:unmount";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
     Panic,
     Kill,
+    Fail,
     Sleep(Duration),
 }
 
@@ -29,6 +32,7 @@ fn parse(var: &str) -> Option<(String, Action)> {
     let (name, action) = match var.split_once('=') {
         None => (var, Action::Panic),
         Some((name, "kill")) => (name, Action::Kill),
+        Some((name, "fail")) => (name, Action::Fail),
         Some((name, a)) => {
             let ms = a.strip_prefix("sleep:")?.parse().ok()?;
             (name, Action::Sleep(Duration::from_millis(ms)))
@@ -59,8 +63,16 @@ pub async fn hit(name: &str) {
             log::warn!("failpoint {name}: sleeping {d:?}");
             tokio::time::sleep(*d).await
         }
-        None => {}
+        Some(Action::Fail) | None => {}
     }
+}
+
+/// Whether step `name` is to fail now: true once if it is armed with `fail`.
+pub fn fails(name: &str) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    armed().iter().any(|(n, a)| n == name && *a == Action::Fail)
+        && !FIRED.swap(true, Ordering::SeqCst)
 }
 
 #[cfg(test)]
@@ -75,6 +87,7 @@ mod tests {
             Some(("a".into(), Action::Sleep(Duration::from_millis(250))))
         );
         assert_eq!(parse("a=kill"), Some(("a".into(), Action::Kill)));
+        assert_eq!(parse("a=fail"), Some(("a".into(), Action::Fail)));
         assert_eq!(parse("a=explode"), None);
         assert_eq!(parse("=sleep:1"), None);
         assert_eq!(parse(""), None);

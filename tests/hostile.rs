@@ -484,6 +484,41 @@ async fn hostile_requests_get_a_status_and_leak_nothing() {
     assert!(!shim.socket().exists(), "the socket is removed");
 }
 
+/// A Task.Delete that fails (its rootfs would not unmount) can be retried: the task is not
+/// left "being deleted" forever, with its shim and pause never exiting.
+#[tokio::test]
+async fn a_failed_delete_can_be_retried() {
+    let armed = format!("{}=fail", cove::failpoint::TASK_DELETE_UNMOUNT);
+    let shim = Shim::start_with("delretry", &[("COVE_FAILPOINT", armed.as_str())]);
+    let (sb, task, _) = shim.clients().await;
+    start_pod(&sb, &shim).await;
+    let rootfs = rootfs(&shim.dir);
+    let b = bundle(&shim.dir, "retried", &["sleep", "1000"], None);
+    task.create(ctx(), &create_task("retried", &b, &rootfs))
+        .await
+        .unwrap();
+    let mut k = KillRequest::new();
+    k.id = "retried".into();
+    k.signal = 9;
+    task.kill(ctx(), &k).await.unwrap();
+    task.wait(
+        ctx(),
+        &WaitRequest {
+            id: "retried".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut d = DeleteRequest::new();
+    d.id = "retried".into();
+    assert_eq!(code(task.delete(ctx(), &d).await), Code::INTERNAL);
+    task.delete(ctx(), &d).await.expect("the retried delete");
+    assert!(!mounted(&b.join("rootfs")));
+    assert!(!runc_state("retried").exists());
+    shutdown(&sb, &shim).await;
+}
+
 /// Where a test crashes the shim, and what exists at that moment.
 const CRASH_POINTS: [&str; 5] = [
     cove::failpoint::START_SANDBOX_BEFORE_PAUSE,

@@ -496,7 +496,15 @@ impl Inner {
             io.shutdown();
         }
         if c.rootfs_mounted {
-            if let Err(e) = container::unmount_rootfs(&c.rootfs()) {
+            let unmounted = if crate::failpoint::fails(crate::failpoint::TASK_DELETE_UNMOUNT) {
+                Err(Error::Internal(format!(
+                    "unmount {}: failpoint",
+                    c.rootfs().display()
+                )))
+            } else {
+                container::unmount_rootfs(&c.rootfs())
+            };
+            if let Err(e) = unmounted {
                 // Keep the container, and let containerd's retry delete it again.
                 p.unmark_deleted();
                 return Err(e);
