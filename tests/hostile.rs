@@ -118,6 +118,18 @@ fn server_pid(shim: &Shim) -> Option<i32> {
         })
 }
 
+fn fd_targets(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let t = std::fs::read_link(e.path()).unwrap_or_default();
+            format!("{} -> {}", e.file_name().to_string_lossy(), t.display())
+        })
+        .collect()
+}
+
 fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -458,7 +470,9 @@ async fn hostile_requests_get_a_status_and_leak_nothing() {
     p.sandbox_id = shim.id.clone();
     sb.ping_sandbox(ctx(), &p).await.unwrap();
     let mut fds_after = 0;
-    for _ in 0..100 {
+    // Exits drain their output for a moment and the event forwarder reconnects now and
+    // then: wait (bounded) for the count to settle.
+    for _ in 0..500 {
         fds_after = open_fds(server);
         if fds_after <= fds_before {
             break;
@@ -467,7 +481,8 @@ async fn hostile_requests_get_a_status_and_leak_nothing() {
     }
     assert!(
         fds_after <= fds_before,
-        "the shim's open descriptors: {fds_before} before, {fds_after} after"
+        "the shim's open descriptors: {fds_before} before, {fds_after} after: {:?}",
+        fd_targets(server)
     );
     shutdown(&sb, &shim).await;
     // After the last ShutdownSandbox: a request gets an answer or a closed connection,

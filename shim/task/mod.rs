@@ -514,6 +514,9 @@ impl Inner {
         if let Some(entry) = &c.index {
             let _ = std::fs::remove_file(entry);
         }
+        if let Some(oom) = locked(&c.oom).take() {
+            oom.stop();
+        }
         locked(&self.containers).remove(id);
         self.manager.tasks_changed(false);
         self.events.delete(id, resp.pid, Some(exit));

@@ -30,6 +30,9 @@ pub struct Oom {
     parent: Option<(PathBuf, Arc<Ledger>)>,
     /// Whether `/tasks/oom` was published for this container.
     reported: std::sync::atomic::AtomicBool,
+    /// Ends the watcher (and closes its descriptors) when the container is deleted: on
+    /// cgroup v2 the kernel need not tell an inotify watch that the cgroup is gone.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// The OOM kills counted in one parent cgroup since this shim began to watch below it, and
@@ -95,6 +98,7 @@ impl Oom {
             events,
             parent,
             reported: Default::default(),
+            stop: tokio::sync::watch::channel(false).0,
         });
         let o = oom.clone();
         let started = if v2 {
@@ -106,6 +110,11 @@ impl Oom {
             log::warn!("OOM notifications for {id}: {e}; OOM kills are still reported at exit");
         }
         Some(oom)
+    }
+
+    /// Ends the watcher: the container is deleted.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
     }
 
     /// Publishes `/tasks/oom` if the kill counter grew since the last look. Returns false
@@ -168,11 +177,16 @@ impl Oom {
             format!("{} {}", efd.as_fd().as_raw_fd(), control.as_raw_fd()),
         )?;
         let efd = crate::sys::async_fd(efd.as_fd().try_clone_to_owned()?)?;
+        let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
             let _control = control;
             loop {
-                let Ok(mut guard) = efd.readable().await else {
-                    return;
+                let mut guard = tokio::select! {
+                    r = efd.readable() => match r {
+                        Ok(g) => g,
+                        Err(_) => return,
+                    },
+                    _ = stop.wait_for(|s| *s) => return,
                 };
                 let mut buf = [0u8; 8];
                 match nix::unistd::read(efd.as_raw_fd(), &mut buf) {
@@ -198,10 +212,15 @@ impl Oom {
         let ino = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
         ino.add_watch(&self.dir.join("memory.events"), AddWatchFlags::IN_MODIFY)?;
         let fd = crate::sys::async_fd(ino.as_fd().try_clone_to_owned()?)?;
+        let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
             loop {
-                let Ok(mut guard) = fd.readable().await else {
-                    return;
+                let mut guard = tokio::select! {
+                    r = fd.readable() => match r {
+                        Ok(g) => g,
+                        Err(_) => return,
+                    },
+                    _ = stop.wait_for(|s| *s) => return,
                 };
                 match ino.read_events() {
                     Ok(evs) => {
