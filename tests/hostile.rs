@@ -677,7 +677,13 @@ async fn delete_survives_corrupt_records() {
     );
     assert!(!record.exists());
     assert!(shim.delete().status.success(), "and again");
-    // The pause it could not name is still there: kill it and its cgroup by hand.
+    // What it could not name is still there: the pause, its cgroup, the pod's /dev/shm.
+    let shm = shim
+        .dir
+        .join("state/io.containerd.grpc.v1.cri/sandboxes")
+        .join(&shim.id)
+        .join("shm");
+    let _ = nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pause as i32),
         nix::sys::signal::Signal::SIGKILL,

@@ -87,7 +87,16 @@ impl Shim {
 }
 
 impl Drop for Shim {
+    /// As containerd after a failure: the server (if a failed test left it running) is
+    /// killed, then `delete` cleans up.
     fn drop(&mut self) {
+        let socket = self.socket().to_string_lossy().into_owned();
+        for pid in super::pids_with(&socket) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = self.delete();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
