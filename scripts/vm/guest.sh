@@ -37,6 +37,9 @@ fi
 mkdir -p /run/netns /tmp/home
 export HOME=/tmp/home PATH=/usr/local/bin:/root/.cargo/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export COVE_TEST_CGROUP_DRIVER="$driver"
+# Under emulation the restart test runs with 5 pods per handler (20 on the host): 20 take
+# about 6.5 minutes per leg here, for no path the host run does not already cover.
+export COVE_TEST_RESTART_PODS=5
 cd "$checkout" || finish 4
 {
     cargo-nextest nextest run --profile vm --no-fail-fast \

@@ -369,7 +369,9 @@ state = "{d}/state"
     /// NetworkReady (newer containerd adds others, e.g. about deprecated configuration).
     async fn wait_ready(&self) -> Channel {
         let mut last = Vec::new();
-        for _ in 0..600 {
+        // Bounded, and generous: a containerd restarting with dozens of live shims under
+        // emulation takes a while to load them.
+        for _ in 0..6000 {
             if let Ok(ch) = containerd_client::connect(&self.sock).await {
                 let mut rt = RuntimeServiceClient::new(ch.clone());
                 if let Ok(st) = rt.status(StatusRequest { verbose: false }).await {
