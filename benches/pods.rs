@@ -1087,13 +1087,28 @@ async fn main() {
         cu.wall,
         None,
     );
+    // A count per kind (the list itself goes to stdout): "220 (200 cgroup, 20 runc state)".
     let leaks = |c: &Churn| {
         if c.left.is_empty() {
-            "0".to_string()
-        } else {
-            format!("{}: {:?}", c.left.len(), c.left)
+            return "0".to_string();
         }
+        let mut kinds = BTreeMap::<String, usize>::new();
+        for l in &c.left {
+            let kind = if l.starts_with("runc state") {
+                "runc state".to_string()
+            } else {
+                l.split(' ').next().unwrap_or_default().to_string()
+            };
+            *kinds.entry(kind).or_default() += 1;
+        }
+        let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        format!("{} ({})", c.left.len(), kinds.join(", "))
     };
+    for (h, c) in [(COVE, cc), (RUNC, cu)] {
+        if !c.left.is_empty() {
+            println!("left by the {} churn: {:?}", h.name, c.left);
+        }
+    }
     r.row(
         "Churn: RemovePodSandbox retries for the pods whose shim was killed",
         cc.remove_retries.to_string(),
