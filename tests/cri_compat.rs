@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -434,24 +433,7 @@ async fn live_pods_survive_a_containerd_restart() {
 
     for (handler, _, pod, c) in &pods {
         // containerd reconnected (Task.Connect, Task.Pids) and CRI reloaded the pod.
-        let st = cd.pod_status(pod).await.status.unwrap();
-        assert_eq!(
-            st.state,
-            PodSandboxState::SandboxReady as i32,
-            "{handler}: pod READY after the restart\n{}",
-            cd.log_tail()
-        );
-        let cs = cd.container_status(c).await;
-        assert_eq!(
-            cs.state,
-            ContainerState::ContainerRunning as i32,
-            "{handler}: container running after the restart"
-        );
-        assert_eq!(
-            cd.exec_sync(c, &["echo", "after"]).await,
-            ("after\n".to_string(), String::new(), 0),
-            "{handler}: exec after the restart"
-        );
+        cd.assert_back_after_restart(handler, pod, c).await;
     }
     assert_eq!(
         cd.cove_shims(),
@@ -466,20 +448,7 @@ async fn live_pods_survive_a_containerd_restart() {
         if *handler == "cove" {
             // The shim exits once containerd has taken ShutdownSandbox's reply.
             eventually("the cove shim exits", || cd.cove_shims().is_empty()).await;
-            assert!(!cgroup_exists(&task_cgroup(cfg, pod)));
         }
-        assert!(
-            pids_with(pod).is_empty(),
-            "{handler}: a process of the pod is left"
-        );
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(
-            !mounts.contains(pod.as_str()),
-            "{handler}: a mount of the pod is left"
-        );
-        assert!(
-            !Path::new(&format!("/run/containerd/runc/{NS}/{c}")).exists(),
-            "{handler}: runc state left"
-        );
+        assert_pod_gone(handler, cfg, pod, c);
     }
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -14,21 +13,15 @@ use k8s_cri::v1::*;
 /// A container that waits for `/tmp/oom-now` (written from the host) and then eats memory
 /// past its 16 MiB limit.
 fn hog(marker: &str) -> ContainerConfig {
-    let mut cfg = container_config(
-        "hog",
-        &format!(
-            "while [ ! -e /tmp/oom-now ]; do sleep 0.05; done; echo {marker}; exec tail /dev/zero"
+    with_memory_limit(
+        container_config(
+            "hog",
+            &format!(
+                "while [ ! -e /tmp/oom-now ]; do sleep 0.05; done; echo {marker}; exec tail /dev/zero"
+            ),
         ),
-    );
-    cfg.linux = Some(LinuxContainerConfig {
-        resources: Some(LinuxContainerResources {
-            memory_limit_in_bytes: 16 << 20,
-            memory_swap_limit_in_bytes: 16 << 20,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    cfg
+        16 << 20,
+    )
 }
 
 /// A container that waits for `/tmp/quit-now` and then exits with status 3.
@@ -175,24 +168,7 @@ async fn twenty_live_pods_per_handler_come_back_whole_after_a_restart() {
     cd.restart().await;
 
     for (handler, _, pod, c) in &pods {
-        let st = cd.pod_status(pod).await.status.unwrap();
-        assert_eq!(
-            st.state,
-            PodSandboxState::SandboxReady as i32,
-            "{handler} pod {pod}: READY after the restart\n{}",
-            cd.log_tail()
-        );
-        let cs = cd.container_status(c).await;
-        assert_eq!(
-            cs.state,
-            ContainerState::ContainerRunning as i32,
-            "{handler} pod {pod}: container running after the restart"
-        );
-        assert_eq!(
-            cd.exec_sync(c, &["echo", "after"]).await,
-            ("after\n".to_string(), String::new(), 0),
-            "{handler} pod {pod}: exec after the restart"
-        );
+        cd.assert_back_after_restart(handler, pod, c).await;
     }
     let mut after = cd.cove_shims();
     let mut before = shims_before.clone();
@@ -218,28 +194,6 @@ async fn twenty_live_pods_per_handler_come_back_whole_after_a_restart() {
     }
     eventually("every cove shim exits", || cd.cove_shims().is_empty()).await;
     for (handler, cfg, pod, c) in &pods {
-        let left: Vec<String> = pids_with(pod)
-            .iter()
-            .map(|p| {
-                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                format!("{p}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
-            })
-            .collect();
-        assert!(
-            left.is_empty(),
-            "{handler}: a process of pod {pod} is left: {left:?}"
-        );
-        if *handler == "cove" {
-            assert!(!cgroup_exists(&task_cgroup(cfg, pod)));
-        }
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(
-            !mounts.contains(pod.as_str()),
-            "{handler}: a mount of pod {pod} is left"
-        );
-        assert!(
-            !Path::new(&format!("/run/containerd/runc/{NS}/{c}")).exists(),
-            "{handler}: runc state of {c} left"
-        );
+        assert_pod_gone(handler, cfg, pod, c);
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::shim::{create_req, ctx, pod_options, Shim};
-use common::{alive, cgroup_exists, eventually, inheritable_fds, pids_with};
+use common::{alive, cgroup_exists, eventually, inheritable_fds};
 use containerd_shim_protos::api::{
     CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, StartRequest, StateRequest,
     WaitRequest,
@@ -108,16 +108,6 @@ fn runc_state(id: &str) -> PathBuf {
     Path::new("/run/containerd/runc/cove-test").join(id)
 }
 
-/// The shim server of `shim` (the pause and its helper share its command line).
-fn server_pid(shim: &Shim) -> Option<i32> {
-    pids_with(&shim.socket().to_string_lossy())
-        .into_iter()
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() != cove::pause::PAUSE_COMM)
-        })
-}
-
 fn fd_targets(pid: i32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
@@ -145,21 +135,34 @@ async fn start_pod(sb: &SandboxClient, shim: &Shim) -> u32 {
     sb.start_sandbox(ctx(), &st).await.unwrap().pid
 }
 
-async fn run_to_end(task: &TaskClient, id: &str) {
+async fn start_task(task: &TaskClient, id: &str) {
     let mut s = StartRequest::new();
     s.id = id.into();
     task.start(ctx(), &s).await.unwrap();
+}
+
+/// SIGKILL to the task's init (to every process with `all`), then its exit.
+async fn kill_and_wait(task: &TaskClient, id: &str, all: bool) {
     let mut k = KillRequest::new();
     k.id = id.into();
     k.signal = 9;
-    k.all = true;
+    k.all = all;
     task.kill(ctx(), &k).await.unwrap();
     let mut w = WaitRequest::new();
     w.id = id.into();
     task.wait(ctx(), &w).await.unwrap();
+}
+
+fn delete_req(id: &str) -> DeleteRequest {
     let mut d = DeleteRequest::new();
     d.id = id.into();
-    task.delete(ctx(), &d).await.unwrap();
+    d
+}
+
+async fn run_to_end(task: &TaskClient, id: &str) {
+    start_task(task, id).await;
+    kill_and_wait(task, id, true).await;
+    task.delete(ctx(), &delete_req(id)).await.unwrap();
 }
 
 async fn shutdown(sb: &SandboxClient, shim: &Shim) {
@@ -272,7 +275,7 @@ async fn hooks_see_no_shim_descriptor() {
         .collect();
     fds.sort();
     assert_eq!(fds, vec![0, 1, 2], "the hook's descriptors:\n{listing}");
-    let server = server_pid(&shim).unwrap();
+    let server = shim.server_pid();
     assert_eq!(inheritable_fds(server), Vec::<String>::new());
     run_to_end(&task, "hooked").await;
     shutdown(&sb, &shim).await;
@@ -285,7 +288,7 @@ async fn hostile_requests_get_a_status_and_leak_nothing() {
     let shim = Shim::start("hostile");
     let (sb, task, _) = shim.clients().await;
     start_pod(&sb, &shim).await;
-    let server = server_pid(&shim).unwrap();
+    let server = shim.server_pid();
     let rootfs = rootfs(&shim.dir);
 
     // Warm up once (first runc run, first console dir...), then count descriptors.
@@ -342,22 +345,8 @@ async fn hostile_requests_get_a_status_and_leak_nothing() {
             None => {
                 got.unwrap_or_else(|e| panic!("{uri}: {e:?}"));
                 assert!(out_file.exists(), "stdout went to the decoded path");
-                let mut k = KillRequest::new();
-                k.id = "uri".into();
-                k.signal = 9;
-                task.kill(ctx(), &k).await.unwrap();
-                let mut d = DeleteRequest::new();
-                d.id = "uri".into();
-                task.wait(
-                    ctx(),
-                    &WaitRequest {
-                        id: "uri".into(),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-                task.delete(ctx(), &d).await.unwrap();
+                kill_and_wait(&task, "uri", false).await;
+                task.delete(ctx(), &delete_req("uri")).await.unwrap();
             }
         }
     }
@@ -388,29 +377,13 @@ async fn hostile_requests_get_a_status_and_leak_nothing() {
     }
     assert_eq!(ok, 1, "one create of the id succeeds");
     // Concurrent deletes of a stopped task: one wins, the others get NOT_FOUND.
-    let mut s = StartRequest::new();
-    s.id = "race".into();
-    task.start(ctx(), &s).await.unwrap();
-    let mut k = KillRequest::new();
-    k.id = "race".into();
-    k.signal = 9;
-    task.kill(ctx(), &k).await.unwrap();
-    task.wait(
-        ctx(),
-        &WaitRequest {
-            id: "race".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    start_task(&task, "race").await;
+    kill_and_wait(&task, "race", false).await;
     let mut calls = Vec::new();
     for _ in 0..3 {
         let t = task.clone();
         calls.push(tokio::spawn(async move {
-            let mut d = DeleteRequest::new();
-            d.id = "race".into();
-            t.delete(ctx(), &d).await
+            t.delete(ctx(), &delete_req("race")).await
         }));
     }
     let mut deleted = 0;
@@ -446,22 +419,8 @@ async fn hostile_requests_get_a_status_and_leak_nothing() {
         }
     }
     assert_eq!(started, 1, "one start of the task succeeds");
-    let mut k = KillRequest::new();
-    k.id = "starts".into();
-    k.signal = 9;
-    task.kill(ctx(), &k).await.unwrap();
-    task.wait(
-        ctx(),
-        &WaitRequest {
-            id: "starts".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let mut d = DeleteRequest::new();
-    d.id = "starts".into();
-    task.delete(ctx(), &d).await.unwrap();
+    kill_and_wait(&task, "starts", false).await;
+    task.delete(ctx(), &delete_req("starts")).await.unwrap();
     // Task.Shutdown while a sandbox lives: the shim stays, and serves.
     task.shutdown(ctx(), &Default::default()).await.unwrap();
 
@@ -512,21 +471,8 @@ async fn a_failed_delete_can_be_retried() {
     task.create(ctx(), &create_task("retried", &b, &rootfs))
         .await
         .unwrap();
-    let mut k = KillRequest::new();
-    k.id = "retried".into();
-    k.signal = 9;
-    task.kill(ctx(), &k).await.unwrap();
-    task.wait(
-        ctx(),
-        &WaitRequest {
-            id: "retried".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let mut d = DeleteRequest::new();
-    d.id = "retried".into();
+    kill_and_wait(&task, "retried", false).await;
+    let d = delete_req("retried");
     assert_eq!(code(task.delete(ctx(), &d).await), Code::INTERNAL);
     task.delete(ctx(), &d).await.expect("the retried delete");
     assert!(!mounted(&b.join("rootfs")));
@@ -558,7 +504,7 @@ async fn delete_after_a_crash_at_any_step_leaves_nothing() {
             point.to_string()
         };
         let shim = Shim::start_with(&tag, &[("COVE_FAILPOINT", &armed)]);
-        let server = server_pid(&shim).unwrap();
+        let server = shim.server_pid();
         let (sb, task, _) = shim.clients().await;
         let parent = PathBuf::from(format!("/cove-test/{}", shim.id));
         let mut req = create_req(&shim.id, &shim.bundle);
@@ -648,18 +594,9 @@ async fn delete_after_a_crash_at_any_step_leaves_nothing() {
 #[tokio::test]
 async fn delete_survives_corrupt_records() {
     let shim = Shim::start("corrupt");
-    let server = server_pid(&shim).unwrap();
     let (sb, _, _) = shim.clients().await;
     let pause = start_pod(&sb, &shim).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    eventually("the shim is gone", || {
-        cove::state::proc_start_time(server).is_none()
-    })
-    .await;
+    shim.kill_server().await;
     let record = shim.bundle.join(cove::state::STATE_FILE);
     let text = std::fs::read_to_string(&record).unwrap();
     std::fs::write(&record, &text[..text.len() / 2]).unwrap();

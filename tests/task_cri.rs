@@ -206,15 +206,7 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
     cd.stop_container(&stubborn, 1).await;
     let sigkill_exit = cd.exited(&stubborn).await.exit_code;
 
-    let mut hog_cfg = container_config("hog", "tail /dev/zero");
-    hog_cfg.linux = Some(LinuxContainerConfig {
-        resources: Some(LinuxContainerResources {
-            memory_limit_in_bytes: 16 << 20,
-            memory_swap_limit_in_bytes: 16 << 20,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let hog_cfg = with_memory_limit(container_config("hog", "tail /dev/zero"), 16 << 20);
     let hog = cd.create_container(&pod, &pod_cfg, hog_cfg).await;
     cd.start_container(&hog).await;
     let st = cd.exited(&hog).await;

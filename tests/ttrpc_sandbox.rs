@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use common::shim::{create_req, ctx, pod_options, run_start, Shim};
 use common::{
     alive, cg_dir, cgroup_exists, cgroup_of, cgroup_v2, decode_metrics, eventually, layout, ns_of,
-    pids_with, unit_loaded,
+    unit_loaded,
 };
 use containerd_shim_protos::api::{
     ConnectRequest, CreateTaskRequest, KillRequest, ShutdownRequest, StartRequest, StateRequest,
@@ -500,16 +500,7 @@ async fn delete_cleans_up_after_a_crashed_shim() {
     assert!(files.join("hosts").exists());
 
     // Kill the server hard, as the OOM killer would.
-    let server = server_pid(&shim.socket());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    eventually("server gone", || {
-        cove::state::proc_start_time(server).is_none()
-    })
-    .await;
+    shim.kill_server().await;
     assert!(
         alive(pid),
         "the pause process outlives its shim until delete"
@@ -532,20 +523,6 @@ async fn delete_cleans_up_after_a_crashed_shim() {
     assert!(shim.delete().status.success());
 }
 
-/// The pid of the server listening on `socket` (the pause process carries the same
-/// command line, forked from the server).
-fn server_pid(socket: &Path) -> i32 {
-    pids_with(&socket.to_string_lossy())
-        .into_iter()
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .unwrap_or_default()
-                .trim()
-                != "cove-pause"
-        })
-        .unwrap_or_else(|| panic!("no server for {}", socket.display()))
-}
-
 /// A pod whose `cgroup_parent` is a systemd slice (kubelet's systemd cgroup driver). Where
 /// systemd runs the host, the pause lives in `cri-containerd-<id>.scope` in that slice, a
 /// unit systemd delegates; slices that appeared for it go with it; `delete` after a crash
@@ -559,7 +536,7 @@ async fn a_systemd_slice_parent_gets_a_scope_or_a_clear_error() {
     let mut req = create_req(&shim.id, &shim.bundle);
     req.options = Some(pod_options("slice", &slice)).into();
     if !cove::cgroups::systemd::booted() {
-        let server = server_pid(&shim.socket());
+        let server = shim.server_pid();
         let r = sb.create_sandbox(ctx(), &req).await;
         let Err(ttrpc::Error::RpcStatus(s)) = r else {
             panic!("a slice without systemd must fail: {r:?}");
@@ -644,16 +621,7 @@ async fn a_systemd_slice_parent_gets_a_scope_or_a_clear_error() {
     let mut st = StartSandboxRequest::new();
     st.sandbox_id = crashed.id.clone();
     let pid = sb.start_sandbox(ctx(), &st).await.unwrap().pid;
-    let server = server_pid(&crashed.socket());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    eventually("server gone", || {
-        cove::state::proc_start_time(server).is_none()
-    })
-    .await;
+    crashed.kill_server().await;
     let out = crashed.delete();
     assert!(
         out.status.success(),

@@ -121,25 +121,9 @@ impl Layout {
                 Err(e) => Err(Error::io(format!("write {}", kill_file.display()), e)),
             };
         }
-        let procs = dir.join("cgroup.procs");
-        let mut killed = std::collections::HashSet::new();
-        for _ in 0..KILL_ROUNDS {
-            let text = match std::fs::read_to_string(&procs) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(killed.len()),
-                Err(e) => return Err(Error::io(format!("read {}", procs.display()), e)),
-            };
-            let mut new = false;
-            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                if killed.insert(pid) {
-                    new = true;
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            if !new {
+        match kill_listed(&dir) {
+            Ok(Listed::Gone(n)) => Ok(n),
+            Ok(Listed::Settled(n)) => {
                 // runc thaws after signalling: frozen tasks would never act on a SIGKILL.
                 if let Some(f) = self.controller_dir("freezer", rel) {
                     let state = f.join("freezer.state");
@@ -148,13 +132,17 @@ impl Layout {
                             .context(|| format!("thaw {}", state.display()))?;
                     }
                 }
-                return Ok(killed.len());
+                Ok(n)
             }
+            Ok(Listed::KeptGaining) => Err(Error::Internal(format!(
+                "cgroup {} kept gaining processes while they were killed",
+                rel.display()
+            ))),
+            Err(e) => Err(Error::io(
+                format!("read {}", dir.join("cgroup.procs").display()),
+                e,
+            )),
         }
-        Err(Error::Internal(format!(
-            "cgroup {} kept gaining processes while they were killed",
-            rel.display()
-        )))
     }
 
     /// The directory of `rel` in the hierarchy holding `controller` (v2: the one tree).
@@ -393,10 +381,32 @@ pub fn kill_procs_in(dir: &Path) {
     if kill_file.exists() && std::fs::write(&kill_file, "1").is_ok() {
         return;
     }
+    let _ = kill_listed(dir);
+}
+
+/// How SIGKILLing the pids listed in a cgroup's `cgroup.procs` ended.
+enum Listed {
+    /// A read showed no pid not already killed; this many were signalled.
+    Settled(usize),
+    /// The cgroup went away (it holds nothing); this many were signalled before.
+    Gone(usize),
+    /// New pids kept appearing for `KILL_ROUNDS` reads.
+    KeptGaining,
+}
+
+/// SIGKILLs each pid `dir/cgroup.procs` lists until a read shows none not already killed:
+/// a process with SIGKILL pending cannot fork, so every child forked before the kill shows
+/// up in a later read.
+fn kill_listed(dir: &Path) -> std::io::Result<Listed> {
+    let procs = dir.join("cgroup.procs");
     let mut killed = std::collections::HashSet::new();
     for _ in 0..KILL_ROUNDS {
-        let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
-            return;
+        let text = match std::fs::read_to_string(&procs) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Listed::Gone(killed.len()))
+            }
+            Err(e) => return Err(e),
         };
         let mut new = false;
         for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
@@ -409,9 +419,10 @@ pub fn kill_procs_in(dir: &Path) {
             }
         }
         if !new {
-            return;
+            return Ok(Listed::Settled(killed.len()));
         }
     }
+    Ok(Listed::KeptGaining)
 }
 
 /// Removes cgroup directories, children first. A created parent that now holds other

@@ -149,6 +149,34 @@ pub fn task_cgroup(cfg: &PodSandboxConfig, id: &str) -> PathBuf {
 }
 
 /// Whether any hierarchy still has cgroup `rel`.
+/// Nothing of removed pod `pod` (config `cfg`, container `c`) is left: no process, no
+/// mount, no runc state, and for cove no container cgroup.
+pub fn assert_pod_gone(handler: &str, cfg: &PodSandboxConfig, pod: &str, c: &str) {
+    let left: Vec<String> = pids_with(pod)
+        .iter()
+        .map(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            format!("{p}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{handler}: a process of pod {pod} is left: {left:?}"
+    );
+    if handler == "cove" {
+        assert!(!cgroup_exists(&task_cgroup(cfg, pod)));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(pod),
+        "{handler}: a mount of pod {pod} is left"
+    );
+    assert!(
+        !Path::new(&format!("/run/containerd/runc/{NS}/{c}")).exists(),
+        "{handler}: runc state of {c} left"
+    );
+}
+
 pub fn cgroup_exists(rel: &Path) -> bool {
     layout().dirs(rel).iter().any(|d| d.exists())
 }
@@ -665,6 +693,29 @@ state = "{d}/state"
             .collect()
     }
 
+    /// After a containerd restart, CRI shows `pod` READY and its container `c` running,
+    /// and exec in it works.
+    pub async fn assert_back_after_restart(&self, handler: &str, pod: &str, c: &str) {
+        let st = self.pod_status(pod).await.status.unwrap();
+        assert_eq!(
+            st.state,
+            PodSandboxState::SandboxReady as i32,
+            "{handler} pod {pod}: READY after the restart\n{}",
+            self.log_tail()
+        );
+        let cs = self.container_status(c).await;
+        assert_eq!(
+            cs.state,
+            ContainerState::ContainerRunning as i32,
+            "{handler} pod {pod}: container running after the restart"
+        );
+        assert_eq!(
+            self.exec_sync(c, &["echo", "after"]).await,
+            ("after\n".to_string(), String::new(), 0),
+            "{handler} pod {pod}: exec after the restart"
+        );
+    }
+
     pub fn log_tail(&self) -> String {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
@@ -698,6 +749,19 @@ fn spawn_containerd(dir: &Path, log_level: &str) -> Child {
 }
 
 /// A busybox container config running `sh -c script`, logging to `<name>.log`.
+/// `cfg` limited to `bytes` of memory, swap included.
+pub fn with_memory_limit(mut cfg: ContainerConfig, bytes: i64) -> ContainerConfig {
+    cfg.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: bytes,
+            memory_swap_limit_in_bytes: bytes,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    cfg
+}
+
 pub fn container_config(name: &str, script: &str) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {

@@ -81,6 +81,34 @@ impl Shim {
             .unwrap()
     }
 
+    /// The pid of the server listening on this shim's socket. Pause processes (and the
+    /// pause helper) are forked from it and carry its command line; the server, the first
+    /// of them, is the one whose name is not the pause's.
+    pub fn server_pid(&self) -> i32 {
+        let socket = self.socket();
+        super::pids_with(&socket.to_string_lossy())
+            .into_iter()
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() != cove::pause::PAUSE_COMM)
+            })
+            .unwrap_or_else(|| panic!("no server for {}", socket.display()))
+    }
+
+    /// Kills the server hard, as the OOM killer would, and waits until it is gone.
+    pub async fn kill_server(&self) {
+        let server = self.server_pid();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        super::eventually("the shim server is gone", || {
+            cove::state::proc_start_time(server).is_none()
+        })
+        .await;
+    }
+
     pub fn socket(&self) -> PathBuf {
         PathBuf::from(self.address.trim_start_matches("unix://"))
     }
