@@ -320,12 +320,13 @@ async fn containers_in_cove_pods_behave_as_in_runc_pods() {
     // ...and the same as containerd's runc pod path, observation by observation.
     let mut runc = runc;
     runc.hostname = runc.hostname.replace("ctr-runc", "ctr-cove");
-    // Under the systemd driver systemd removes an OOM-killed container's scope at once, and
-    // containerd's runc shim sometimes reads memory.events too late and reports no OOM (no
-    // TaskOOM at all: reason "Error"; seen in the systemd guest). cove does not miss it
-    // (asserted above); the oracle's miss is named, not copied.
-    if systemd_driver() && runc.oom == ("Error".to_string(), 137) {
-        eprintln!("the runc pod path missed the OOM kill under the systemd driver");
+    // containerd's runc shim sometimes misses an OOM kill and reports none (no TaskOOM at
+    // all: reason "Error"): under the systemd driver, which removes the scope before the
+    // shim reads memory.events (seen in the systemd guest), and under load on cgroup v1
+    // (seen on this host, about one run in five of the full suite). cove does not miss it
+    // (asserted above, exactly); the oracle's miss is named, not copied.
+    if runc.oom == ("Error".to_string(), 137) {
+        eprintln!("the runc pod path missed the OOM kill");
         runc.oom = cove.oom.clone();
     }
     // containerd's runc shim passes on whatever descriptors containerd inherited (seen
