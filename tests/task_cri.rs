@@ -225,7 +225,9 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
     cd.remove_pod(&pod).await;
 
     // Nothing of the pod's containers is left: processes, mounts, bundles, runc state,
-    // cgroups.
+    // cgroups. A cove shim exits once containerd has taken ShutdownSandbox's reply and
+    // closed its connection: it is counted after that.
+    eventually("the cove shim exits", || cd.cove_shims().is_empty()).await;
     let mut left_behind = Vec::new();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     for c in [&app, &echo, &stubborn, &hog, &pod] {
