@@ -439,12 +439,21 @@ async fn run_server(
         flags.socket
     );
 
+    let path = socket_path(&flags.socket);
+    let socket_file = file_identity(path);
     let mut exit = manager.exit_requested();
     let _ = exit.wait_for(|e| *e).await;
+    // From here on no new client may find this server: a `start` for the same id (Docker
+    // restarting a container, a restart policy) must launch a new server, not hand out
+    // the address of one that is about to go. Connections already made are served on.
+    // The path is unlinked only while it is still this server's socket file: a new
+    // server may already have bound its own there.
+    if socket_file.is_some() && file_identity(path) == socket_file {
+        let _ = std::fs::remove_file(path);
+    }
     // The reply to the request that let the shim go (ShutdownSandbox, Task.Shutdown) is
     // still on its way out: exiting now can cut it off ("ttrpc: closed" in containerd).
     // containerd closes its connection once it has the reply; wait for that, bounded.
-    let path = socket_path(&flags.socket);
     let waited = std::time::Instant::now();
     while connected_peers(path) > 0 && waited.elapsed() < REPLY_FLUSH {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -456,30 +465,53 @@ async fn run_server(
         waited.elapsed()
     );
     let _ = server.shutdown().await;
-    let _ = std::fs::remove_file(socket_path(&flags.socket));
     Ok(())
+}
+
+/// (device, inode) of the file at `path`, to tell our socket file from a successor's.
+fn file_identity(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// How long an exiting server waits for its clients to take their last replies and close.
 const REPLY_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// How many connections to the server socket at `path` are open (its accepted sockets,
-/// as `/proc/net/unix` lists them: connected, named by the listener's path).
+/// How many connections to this server's socket at `path` are open: its accepted sockets,
+/// as `/proc/net/unix` lists them (connected, named by the listener's path), that this
+/// process holds. A successor server bound at the same path has its own.
 fn connected_peers(path: &str) -> usize {
     let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
         return 0;
     };
-    count_connected(&table, path)
+    count_connected(&table, path, &own_socket_inodes())
 }
 
-fn count_connected(table: &str, path: &str) -> usize {
+/// The inodes of the sockets among this process's descriptors.
+fn own_socket_inodes() -> std::collections::HashSet<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+fn count_connected(table: &str, path: &str, ours: &std::collections::HashSet<u64>) -> usize {
     const SS_CONNECTED: &str = "03";
     table
         .lines()
         .skip(1)
         .filter(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() >= 8 && f[5] == SS_CONNECTED && f[7] == path
+            f.len() >= 8
+                && f[5] == SS_CONNECTED
+                && f[7] == path
+                && f[6].parse().is_ok_and(|ino: u64| ours.contains(&ino))
         })
         .count()
 }
@@ -497,7 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn connected_server_sockets_are_counted_by_path() {
+    fn connected_server_sockets_are_counted_by_path_and_owner() {
         let table = "Num       RefCount Protocol Flags    Type St Inode Path
 0000000000000000: 00000002 00000000 00010000 0001 01 100 /run/c/s/abc
 0000000000000000: 00000003 00000000 00000000 0001 03 101 /run/c/s/abc
@@ -505,9 +537,13 @@ mod tests {
 0000000000000000: 00000003 00000000 00000000 0001 03 103 /run/c/s/other
 0000000000000000: 00000003 00000000 00000000 0001 03 104 /run/c/s/abc
 ";
-        assert_eq!(count_connected(table, "/run/c/s/abc"), 2);
-        assert_eq!(count_connected(table, "/run/c/s/none"), 0);
-        assert_eq!(count_connected("", "/run/c/s/abc"), 0);
+        let all = [100, 101, 102, 103, 104].into_iter().collect();
+        assert_eq!(count_connected(table, "/run/c/s/abc", &all), 2);
+        assert_eq!(count_connected(table, "/run/c/s/none", &all), 0);
+        assert_eq!(count_connected("", "/run/c/s/abc", &all), 0);
+        // A successor server's connections at the same path are not ours.
+        let mine = [100, 101].into_iter().collect();
+        assert_eq!(count_connected(table, "/run/c/s/abc", &mine), 1);
     }
 
     #[tokio::test]

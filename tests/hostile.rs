@@ -649,3 +649,44 @@ fn walk(d: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A shim told to go (Task.Shutdown, nothing left to serve) that still has a client
+/// connected must not be found by the next `start` for the same id: Docker restarts a
+/// container under the same id at once. That `start` gets a new server, and the new
+/// server's socket outlives the old server's exit.
+#[tokio::test]
+async fn a_start_for_the_same_id_after_shutdown_gets_a_new_server() {
+    let shim = Shim::start("again");
+    let old = shim.server_pid();
+    // The old server and the pause helper it forked.
+    let old_procs = common::pids_with(&shim.socket().to_string_lossy());
+    let (_, task, c) = shim.clients().await;
+    // A second client that stays connected: the old server waits (bounded) for it.
+    let (_, _, lingering) = shim.clients().await;
+    task.shutdown(ctx(), &Default::default()).await.unwrap();
+    let address = common::shim::run_start(&shim.bundle, &shim.id);
+    assert_eq!(address, shim.address, "the same id gets the same address");
+    let servers: Vec<i32> = shim.servers().into_iter().filter(|p| *p != old).collect();
+    assert_eq!(servers.len(), 1, "a new server, not the exiting one");
+    let new = servers[0];
+    drop((task, c, lingering));
+    eventually("the old server and its helper exit", || {
+        old_procs
+            .iter()
+            .all(|p| cove::state::proc_start_time(*p).is_none())
+    })
+    .await;
+    assert!(
+        shim.socket().exists(),
+        "the new server's socket is left alone"
+    );
+    let (_, task, _c) = shim.clients().await;
+    let mut st = StateRequest::new();
+    st.id = "none".into();
+    assert_eq!(
+        code(task.state(ctx(), &st).await),
+        Code::NOT_FOUND,
+        "the new server answers"
+    );
+    assert_eq!(shim.server_pid(), new);
+}

@@ -81,18 +81,32 @@ impl Shim {
             .unwrap()
     }
 
-    /// The pid of the server listening on this shim's socket. Pause processes (and the
-    /// pause helper) are forked from it and carry its command line; the server, the first
-    /// of them, is the one whose name is not the pause's.
+    /// The pid of the server listening on this shim's socket.
     pub fn server_pid(&self) -> i32 {
-        let socket = self.socket();
-        super::pids_with(&socket.to_string_lossy())
-            .into_iter()
-            .find(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() != cove::pause::PAUSE_COMM)
-            })
-            .unwrap_or_else(|| panic!("no server for {}", socket.display()))
+        *self
+            .servers()
+            .first()
+            .unwrap_or_else(|| panic!("no server for {}", self.socket().display()))
+    }
+
+    /// The servers started for this shim's socket (two while one is exiting and its
+    /// successor is up). Pause processes and the pause helper are forked from a server and
+    /// carry its command line; a server is the one whose parent is none of them.
+    pub fn servers(&self) -> Vec<i32> {
+        let all = super::pids_with(&self.socket().to_string_lossy());
+        let parent = |pid: i32| -> Option<i32> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        all.iter()
+            .copied()
+            .filter(|p| parent(*p).is_some_and(|pp| !all.contains(&pp)))
+            .collect()
     }
 
     /// Kills the server hard, as the OOM killer would, and waits until it is gone.
