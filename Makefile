@@ -14,7 +14,7 @@ all: build
 build:
 	$(CARGO) build --release
 
-## deps: install containerd 2.x (from Debian unstable), runc, CNI plugins, busybox-static, ...
+## deps: install containerd 2.x and Docker 28 (from Debian unstable), runc, CNI plugins, busybox-static, ...
 ## (DEPS=vm adds what test-vm boots: QEMU, a Debian kernel, virtme-ng)
 deps:
 	scripts/deps.sh $(DEPS)
@@ -23,7 +23,8 @@ deps:
 images:
 	tests/images/build.sh target/images
 
-## test: the whole suite: unit, ttrpc round trips, root integration, end to end through CRI
+## test: the whole suite: unit, ttrpc round trips, root integration, end to end through CRI,
+## ctr and Docker
 ## (tests named *_since_X_Y_Z need that containerd: older ones leave them out, as skipped)
 test: deps images
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -2,7 +2,11 @@
 # Installs what cove's build, tests and demo need, idempotently (run as root):
 # containerd 2.x from Debian unstable (the stable release has none), runc, the CNI
 # plugins, busybox-static, util-linux (nsenter), iproute2, protobuf-compiler (for the
-# test clients' generated code), gcc and libc6-dev (for the static test pause binary).
+# test clients' generated code), gcc and libc6-dev (for the static test pause binary),
+# and Docker for the Docker suite: docker.io and docker-cli 28.x with tini-static from
+# Debian unstable (a `runtimeType` runtime in daemon.json needs Docker 23 or newer; the
+# stable release has 20.10), iptables from stable. The package's own daemon is not
+# started (no init here runs it; the tests start a private dockerd).
 #
 # Usage: deps.sh [vm]
 #   vm   also what `make test-vm` boots: QEMU, Debian's kernel (its modules serve the
@@ -11,7 +15,7 @@
 set -eu
 [ "$(id -u)" = 0 ] || { echo "deps: run as root" >&2; exit 1; }
 
-want="runc containernetworking-plugins busybox-static util-linux iproute2 protobuf-compiler gcc libc6-dev"
+want="runc containernetworking-plugins busybox-static util-linux iproute2 protobuf-compiler gcc libc6-dev iptables"
 for extra in "$@"; do
     case $extra in
     vm) want="$want qemu-system-x86 linux-image-amd64 python3-argcomplete python3-requests util-linux-extra kbd file dbus systemd" ;;
@@ -32,7 +36,7 @@ fi
 # Packages only Debian unstable has: a private apt source derived from this machine's own
 # Debian entry (same mirror, suite sid); the package alone is downloaded and installed
 # with dpkg. Nothing is added to the system's apt sources.
-from_unstable() { # PACKAGE
+from_unstable() { # PACKAGE...
     dir=/var/cache/cove-deps
     mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
     uri=""
@@ -44,17 +48,26 @@ from_unstable() { # PACKAGE
     fi
     [ -n "$uri" ] || { echo "deps: no Debian apt source found to derive unstable from" >&2; exit 1; }
     printf 'Types: deb\nURIs: %s\nSuites: sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" > "$dir/sid.sources"
-    set -- "$1" -o Dir::Etc::SourceList="$dir/sid.sources" -o Dir::Etc::SourceParts=/dev/null \
+    pkgs=$*
+    set -- -o Dir::Etc::SourceList="$dir/sid.sources" -o Dir::Etc::SourceParts=/dev/null \
         -o Dir::State::Lists="$dir/lists" -o Dir::Cache="$dir/cache"
-    pkg=$1
-    shift
     apt-get "$@" update -qq
-    (cd "$dir" && rm -f "${pkg}"_*.deb && apt-get "$@" download "$pkg" 2>/dev/null)
-    dpkg -i "$dir/${pkg}"_*.deb >/dev/null
+    debs=""
+    for pkg in $pkgs; do
+        (cd "$dir" && rm -f "${pkg}"_*.deb && apt-get "$@" download "$pkg" 2>/dev/null)
+        debs="$debs $(ls "$dir/${pkg}"_*.deb)"
+    done
+    # shellcheck disable=SC2086 # one argument per package file
+    dpkg -i $debs >/dev/null
 }
 
 if ! containerd --version 2>/dev/null | grep -q ' v\?2\.'; then
     from_unstable containerd
+fi
+# Docker 23 or newer, by its absolute path (a `docker` elsewhere on PATH may be another build).
+docker_major=$(/usr/sbin/dockerd --version 2>/dev/null | awk '{ split($3, v, "."); print v[1] + 0 }')
+if [ "${docker_major:-0}" -lt 23 ] || [ ! -x /usr/bin/docker ]; then
+    from_unstable tini-static docker-cli docker.io
 fi
 for extra in "$@"; do
     case $extra in
@@ -64,4 +77,4 @@ for extra in "$@"; do
         ;;
     esac
 done
-echo "deps: $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1)"
+echo "deps: $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1), $(/usr/sbin/dockerd --version)"

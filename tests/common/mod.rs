@@ -5,6 +5,7 @@
 //! when a test fails.
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod shim;
 pub mod ws;
 

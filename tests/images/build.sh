@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds the OCI image archives the tests import (no registry is reachable):
+# Builds the OCI image archives the tests import (no registry is reachable), each also
+# carrying the manifest.json of `docker save`, so that Docker loads the same archive:
 #   busybox.tar  cove.test/busybox:latest  (Debian's busybox-static)
 #   pause.tar    cove.test/pause:latest    (tests/images/pause.c, static)
 # Usage: build.sh OUTDIR. Idempotent: archives newer than their inputs are kept.
@@ -33,6 +34,10 @@ image() { # NAME ROOTFS ENTRYPOINT_JSON OUT
     printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"%s","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"latest"}}]}' \
         "$manifest" "$msize" "$arch" "$name" > "$work/layout/index.json"
     echo '{"imageLayoutVersion":"1.0.0"}' > "$work/layout/oci-layout"
+    # The same image as `docker save` writes it, for Docker's own image store (it reads
+    # manifest.json; containerd's import reads index.json).
+    printf '[{"Config":"blobs/sha256/%s","RepoTags":["%s"],"Layers":["blobs/sha256/%s"]}]' \
+        "$config" "$name" "$layer" > "$work/layout/manifest.json"
     tar -C "$work/layout" -cf "$dest.tmp" . && mv "$dest.tmp" "$dest"
     rm -rf "$work"
 }

@@ -1,0 +1,398 @@
+//! A private Docker daemon on the harness's containerd: Debian's `dockerd` (docker.io 28.x
+//! from Debian unstable: `runtimeType` in `daemon.json` needs Docker 23 or newer, and
+//! bookworm ships 20.10) with its own socket, data root, exec root, containerd namespace
+//! and bridge, and the `cove` runtime (`runtimeType: io.containerd.cove.v1`, which
+//! containerd resolves to `containerd-shim-cove-v1` on its PATH, as on a user's node)
+//! beside Docker's default `runc`. Images come from the test archives (`docker load`), never
+//! from a registry: every `run` says `--pull never`. Dropping it removes every container,
+//! stops the daemon and removes what it made.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::*;
+
+/// Debian's Docker, by absolute path: a `docker` elsewhere on PATH may be another build.
+pub const DOCKER: &str = "/usr/bin/docker";
+pub const DOCKERD: &str = "/usr/sbin/dockerd";
+/// The containerd namespace Docker's containers live in.
+pub const DOCKER_NS: &str = "moby";
+
+static NEXT_BRIDGE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+pub struct Dockerd {
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    bridge: String,
+    containerd_sock: PathBuf,
+    child: Option<Child>,
+}
+
+/// (exit code, stdout, stderr) of a command.
+pub type Out = (i32, String, String);
+
+impl Dockerd {
+    /// Starts dockerd against `cd`, with the `cove` runtime configured, `live-restore` on,
+    /// and the busybox test image loaded.
+    pub fn start(cd: &Containerd, tag: &str) -> Dockerd {
+        require(
+            "Debian's docker.io (dockerd and docker in /usr/sbin, /usr/bin)",
+            Path::new(DOCKERD).exists() && Path::new(DOCKER).exists(),
+        );
+        let v = Command::new(DOCKERD)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        // "Docker version 28.5.2+dfsg4, build ..."
+        let major: u32 = v
+            .split_whitespace()
+            .nth(2)
+            .and_then(|s| s.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        require(
+            &format!(
+                "dockerd 23 or newer for runtimeType runtimes (found: {})",
+                v.trim()
+            ),
+            major >= 23,
+        );
+        let dir = PathBuf::from(format!("/tmp/cove-docker-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cli")).unwrap();
+        // A bridge and a /24 of our own per daemon, outside the ranges the CNI harness
+        // hands out (10.64-191.*), so that parallel tests never collide.
+        let n = NEXT_BRIDGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bridge = format!("cd{}n{n}", std::process::id() % 100_000);
+        let k = std::process::id() * 4 + n % 4;
+        let gw = format!("10.{}.{}.1/24", 192 + (k / 256) % 32, k % 256);
+        let _ = Command::new("ip")
+            .args(["link", "del", &bridge])
+            .stderr(Stdio::null())
+            .status();
+        for args in [
+            vec!["link", "add", &bridge, "type", "bridge"],
+            vec!["addr", "add", &gw, "dev", &bridge],
+            vec!["link", "set", &bridge, "up"],
+        ] {
+            let st = Command::new("ip").args(&args).status().unwrap();
+            assert!(st.success(), "ip {args:?}");
+        }
+        let mut daemon = serde_json::json!({
+            "runtimes": {"cove": {"runtimeType": "io.containerd.cove.v1"}},
+            "live-restore": true,
+        });
+        if systemd_driver() {
+            daemon["exec-opts"] = serde_json::json!(["native.cgroupdriver=systemd"]);
+        }
+        std::fs::write(dir.join("daemon.json"), daemon.to_string()).unwrap();
+        let mut d = Dockerd {
+            sock: dir.join("docker.sock"),
+            dir,
+            bridge,
+            containerd_sock: cd.sock.clone(),
+            child: None,
+        };
+        d.start_daemon();
+        let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/images/busybox.tar");
+        let (code, _, err) = d.docker(&["load", "-i", images.to_str().unwrap()]);
+        assert_eq!(code, 0, "docker load: {err}");
+        d
+    }
+
+    fn start_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dockerd.log"))
+            .unwrap();
+        let d = &self.dir;
+        let child = Command::new(DOCKERD)
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--containerd")
+            .arg(&self.containerd_sock)
+            .arg("--containerd-namespace")
+            .arg(DOCKER_NS)
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock.display()))
+            .args(["--bridge", &self.bridge])
+            // Nothing of the host's network configuration is touched.
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+                "--userland-proxy=false",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        self.child = Some(child);
+        for _ in 0..3000 {
+            if self.docker(&["version"]).0 == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("dockerd did not come up; log:\n{}", self.log_tail());
+    }
+
+    /// Stops dockerd (SIGTERM; with live-restore its containers keep running) and starts it
+    /// again on the same configuration and data.
+    pub fn restart(&mut self) {
+        self.stop_daemon();
+        self.start_daemon();
+    }
+
+    fn stop_daemon(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(nix::unistd::Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    fn cli(&self) -> Command {
+        let mut c = self.cli_as(DOCKER);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// `program` with the environment that points the docker CLI at this daemon.
+    fn cli_as(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("DOCKER_HOST", format!("unix://{}", self.sock.display()))
+            .env("DOCKER_CONFIG", self.dir.join("cli"))
+            .env("DOCKER_CLI_HINTS", "false");
+        c
+    }
+
+    /// Runs `docker ARGS`: (exit code, stdout, stderr).
+    pub fn docker(&self, args: &[&str]) -> Out {
+        output(self.cli().args(args))
+    }
+
+    /// Starts `docker ARGS` with its stdout piped (a stream, e.g. `docker events`).
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cli()
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start a docker command")
+    }
+
+    /// Runs `docker ARGS` with `input` on its stdin (then closed).
+    pub fn docker_stdin(&self, args: &[&str], input: &str) -> Out {
+        use std::io::Write;
+        let mut child = self
+            .cli()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `docker ARGS` under a pseudo-terminal of `rows`x`cols` (util-linux `script`), as
+    /// a person at a terminal does: what the terminal shows, carriage returns removed, and
+    /// so is the `^@` that a terminal shows when it echoes a NUL: the docker CLI writes one
+    /// to the container's terminal as it attaches, and whether the echo is still on by then
+    /// is a race of the CLI's (seen with both runtimes).
+    pub fn docker_tty(&self, args: &[&str], rows: u16, cols: u16) -> Out {
+        let quoted: Vec<String> = args
+            .iter()
+            .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+            .collect();
+        let cmd = format!(
+            "stty rows {rows} cols {cols}; exec {DOCKER} {}",
+            quoted.join(" ")
+        );
+        let (code, out, err) = output(
+            self.cli_as("script")
+                .args(["-qec", &cmd, "/dev/null"])
+                .stdin(Stdio::null()),
+        );
+        (code, out.replace('\r', "").replace("^@", ""), err)
+    }
+
+    /// `docker ARGS`, which must succeed: its stdout, trimmed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.docker(args);
+        assert_eq!(code, 0, "docker {args:?}: {err}\n{}", self.log_tail());
+        out.trim().to_string()
+    }
+
+    /// `METHOD path` on the Engine API, for what the CLI has no command for (resizing a
+    /// detached terminal, an exec's state): the HTTP status code and the body.
+    pub fn api(&self, method: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.sock).expect("dockerd socket");
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        let code = reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("{method} {path}: {reply}"));
+        let body = reply
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        (code, body.to_string())
+    }
+
+    /// `docker inspect -f FORMAT NAME`.
+    pub fn inspect(&self, name: &str, format: &str) -> String {
+        self.ok(&["inspect", "-f", format, name])
+    }
+
+    /// Polls `docker inspect` until `format` of `name` reads `want`; bounded, not timing.
+    pub fn wait_for(&self, name: &str, format: &str, want: &str) {
+        let mut last = String::new();
+        for _ in 0..1500 {
+            last = self.inspect(name, format);
+            if last == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{name}: {format} stayed {last:?}, never {want:?}");
+    }
+
+    /// Where Docker puts a container's cgroup (relative to each hierarchy's root).
+    pub fn cgroup_of(&self, id: &str) -> PathBuf {
+        if systemd_driver() {
+            PathBuf::from(format!("system.slice/docker-{id}.scope"))
+        } else {
+            PathBuf::from(format!("docker/{id}"))
+        }
+    }
+
+    /// What is left on the host of container `id` run by `runtime`: processes, mounts,
+    /// cgroups, the containerd bundle and the OCI runtime's state.
+    pub fn left_of(&self, cd: &Containerd, runtime: &str, id: &str) -> Vec<String> {
+        let mut left = Vec::new();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for l in mounts.lines().filter(|l| l.contains(id)) {
+            left.push(format!("mount {l}"));
+        }
+        if !pids_with(id).is_empty() {
+            left.push(format!("process naming {id}"));
+        }
+        for d in layout().dirs(&self.cgroup_of(id)) {
+            if d.exists() {
+                left.push(format!("cgroup {}", d.display()));
+            }
+        }
+        let bundle = cd
+            .dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(DOCKER_NS)
+            .join(id);
+        if bundle.exists() {
+            left.push(format!("bundle {}", bundle.display()));
+        }
+        // Docker gives its runc runtime a root of its own; cove's runc keeps containerd's.
+        let state = if runtime == "runc" {
+            self.dir.join("exec/runtime-runc").join(DOCKER_NS).join(id)
+        } else {
+            Path::new("/run/containerd/runc").join(DOCKER_NS).join(id)
+        };
+        if state.exists() {
+            left.push(format!("runc state {}", state.display()));
+        }
+        let scope = format!("docker-{id}.scope");
+        if systemd_driver() && unit_loaded(&scope) {
+            left.push(format!("unit {scope}"));
+        }
+        left
+    }
+
+    /// Shim processes of this containerd for `runtime`: cove's servers, or containerd's
+    /// runc shims (v2) serving Docker's namespace.
+    pub fn shims(&self, cd: &Containerd, runtime: &str) -> Vec<i32> {
+        if runtime == "cove" {
+            return cd.cove_shims();
+        }
+        let ours = pids_with(&cd.sock.to_string_lossy());
+        pids_with("containerd-shim-runc-v2")
+            .into_iter()
+            .filter(|p| ours.contains(p))
+            .collect()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+fn output(cmd: &mut Command) -> Out {
+    let out = cmd.output().expect("run a docker command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // live-restore keeps containers across a daemon stop: remove them first.
+        if self.child.is_some() {
+            let (_, ids, _) = self.docker(&["ps", "-aq"]);
+            for id in ids.split_whitespace() {
+                let _ = self.docker(&["rm", "-f", id]);
+            }
+        }
+        self.stop_daemon();
+        let d = self.dir.display().to_string();
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep ' {d}/' /proc/self/mountinfo | cut -d' ' -f5 | sort -r | xargs -r -n1 umount -l 2>/dev/null; true"
+            ))
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+        if !std::thread::panicking() && std::env::var_os("COVE_TEST_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("dockerd log kept at {d}/dockerd.log");
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("rm -rf {d}/data {d}/exec 2>/dev/null"))
+                .status();
+        }
+    }
+}

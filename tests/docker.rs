@@ -1,0 +1,698 @@
+//! Docker on cove: a real `dockerd` (Debian's docker.io) on the harness's private
+//! containerd runs one script with `--runtime runc` (Docker's default: containerd's runc
+//! shim) and with `--runtime cove`, and every observation a Docker user makes is compared
+//! between the two: exit codes and output, logs, exec (plain, under a pty, with stdin
+//! closed), signals, stop, pause, stats, update, top, an OOM kill, restart policies, a
+//! health check, `docker events`, and what `docker rm -f` leaves on the host. A second
+//! test restarts dockerd with `live-restore` under running containers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::docker::*;
+use common::*;
+
+const IMAGE: &str = BUSYBOX;
+
+/// Everything a Docker user looks at, gathered the same way for each runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    /// `docker run --rm`: exit code and stdout (the last line has no newline and must
+    /// still arrive).
+    run_rm: (i32, String),
+    /// `docker run --rm -it` under a 33x101 terminal: what it shows.
+    run_tty: (i32, String),
+    /// `docker run -d`, `docker wait`, `docker logs`: exit code, stdout, stderr.
+    detached: (String, String, String),
+    exec: (i32, String),
+    /// `docker exec -it` under a 24x80 terminal.
+    exec_tty: (i32, String),
+    /// A detached terminal resized through the API, for the container and for an exec in
+    /// it: the size each saw before and after, and the API's status codes.
+    resized: (String, String, u16, u16),
+    /// `docker exec -i` fed two lines, then stdin closed: cat ends.
+    exec_stdin_closed: (i32, String),
+    /// `docker kill -s USR1` on a trapping container: (still running, handler ran).
+    kill_usr1: (String, bool),
+    /// `.State.Status` while paused, then after unpause; and whether a paused container's
+    /// processes are frozen (a counter does not advance).
+    pause: (String, String, bool),
+    /// `docker stats --no-stream`: PIDs, memory limit, whether usage is above zero.
+    stats: (String, String, bool),
+    /// `docker update --memory`: Docker's record, and the limit seen inside.
+    update: (String, String),
+    /// `docker top`: (UID, CMD) rows, and whether its PID is `.State.Pid`.
+    top: (Vec<(String, String)>, bool),
+    /// `docker restart`, three times at once after another (a new task under the same id
+    /// each time): status, a new init each time, exec afterwards.
+    restart: (String, bool, (i32, String)),
+    /// `docker stop` of a TERM-trapping container: exit code, handler ran.
+    stop_trapped: (String, bool),
+    /// `docker stop -t 1` of a TERM-ignoring container: exit code after the KILL.
+    stop_ignored: String,
+    /// `docker kill` (SIGKILL by default): exit code.
+    kill: String,
+    /// An OOM kill: `docker run`'s exit code, `.State.OOMKilled`, `.State.ExitCode`.
+    oom: (i32, String, String),
+    /// `--restart on-failure:2`: restart count, final status, exit code, log.
+    restarts: (String, String, String, String),
+    /// A health check: the status it reaches.
+    health: String,
+    /// `docker events` of the script, per container (runtime suffix removed).
+    events: BTreeMap<String, Vec<String>>,
+    /// What `docker rm -f` and `--rm` left of every container of the script.
+    left_behind: Vec<String>,
+    /// Shims of this runtime still running after everything was removed.
+    shims_left: usize,
+}
+
+fn limit_file() -> &'static str {
+    if cgroup_v2() {
+        "/sys/fs/cgroup/memory.max"
+    } else {
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    }
+}
+
+/// The script, for one runtime; container names end in `-<runtime>`.
+fn exercise(cd: &Containerd, d: &Dockerd, rt: &str) -> Seen {
+    let n = |base: &str| format!("{base}-{rt}");
+    let run = |name: &str, extra: &[&str], script: &str| -> Out {
+        let name = n(name);
+        let mut args = vec!["run", "--pull", "never", "--runtime", rt, "--name", &name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, "-c", script]);
+        d.docker(&args)
+    };
+    let run_d = |name: &str, extra: &[&str], script: &str| -> String {
+        let mut e = vec!["-d"];
+        e.extend_from_slice(extra);
+        let (code, out, err) = run(name, &e, script);
+        assert_eq!(
+            code,
+            0,
+            "{rt}: docker run -d {name}: {err}\n{}",
+            d.log_tail()
+        );
+        out.trim().to_string()
+    };
+    let mut ids = Vec::new();
+    let (code, out, _) = run(
+        "once",
+        &["--rm"],
+        "for i in 1 2 3; do echo line $i; done; printf 'last words'; exit 3",
+    );
+    let run_rm = (code, out);
+
+    let (code, out, _) = d.docker_tty(
+        &[
+            "run",
+            "--rm",
+            "-it",
+            "--pull",
+            "never",
+            "--runtime",
+            rt,
+            "--name",
+            &n("tty"),
+            IMAGE,
+            "-c",
+            "tty; stty size; exit 4",
+        ],
+        33,
+        101,
+    );
+    // The daemon's own warning about this host's forwarding reaches the terminal too.
+    let out: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("WARNING: IPv4 forwarding is disabled"))
+        .collect();
+    let run_tty = (code, out.join("\n"));
+
+    ids.push(run_d(
+        "logs",
+        &[],
+        "echo to-stdout; echo to-stderr >&2; exit 2",
+    ));
+    let wait_code = d.ok(&["wait", &n("logs")]);
+    let (_, lout, lerr) = d.docker(&["logs", &n("logs")]);
+    let detached = (wait_code, lout, lerr);
+
+    ids.push(run_d(
+        "app",
+        &[],
+        "trap 'echo got-usr1' USR1; trap 'echo got-term; exit 42' TERM; echo started; \
+         while true; do sleep 0.1; done",
+    ));
+    let app = n("app");
+    let (code, out, _) = d.docker(&["exec", &app, "sh", "-c", "echo in-exec; exit 5"]);
+    let exec = (code, out);
+    let (code, out, _) = d.docker_tty(&["exec", "-it", &app, "sh", "-c", "tty; stty size"], 24, 80);
+    let exec_tty = (code, out);
+    // A detached terminal, resized through the Engine API as an attached client would on
+    // SIGWINCH (Task.ResizePty for the container, then for an exec in it).
+    // (busybox `stty size` prints nothing for a terminal that has no size yet.)
+    const UNTIL_RESIZED: &str =
+        "sz() { s=$(stty size 2>/dev/null); echo ${s:-unsized}; }; sz; i=0; \
+         until [ \"$(sz)\" = '30 90' ] || [ $i -ge 600 ]; do sleep 0.05; i=$((i+1)); done; sz";
+    ids.push(run_d(
+        "term",
+        &["-t"],
+        &format!("{UNTIL_RESIZED}; exec sleep 1000"),
+    ));
+    let term = n("term");
+    let code_init = d
+        .api("POST", &format!("/containers/{term}/resize?h=30&w=90"))
+        .0;
+    let mut init_sizes = String::new();
+    for _ in 0..500 {
+        init_sizes = d.docker(&["logs", &term]).1.replace('\r', "");
+        if init_sizes.lines().count() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.ok(&[
+        "exec",
+        "-d",
+        "-t",
+        &term,
+        "sh",
+        "-c",
+        &format!("({UNTIL_RESIZED}) > /tmp/sizes"),
+    ]);
+    let mut exec_id = String::new();
+    for _ in 0..500 {
+        exec_id = d.inspect(&term, "{{range .ExecIDs}}{{.}}{{end}}");
+        if !exec_id.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let code_exec = d
+        .api("POST", &format!("/exec/{exec_id}/resize?h=30&w=90"))
+        .0;
+    for _ in 0..1000 {
+        let (_, body) = d.api("GET", &format!("/exec/{exec_id}/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if v["Running"] == false {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exec_sizes = d.docker(&["exec", &term, "cat", "/tmp/sizes"]).1;
+    let resized = (init_sizes, exec_sizes, code_init, code_exec);
+
+    let (code, out, _) = d.docker_stdin(&["exec", "-i", &app, "cat"], "one\ntwo\n");
+    let exec_stdin_closed = (code, out);
+
+    d.ok(&["kill", "-s", "USR1", &app]);
+    let mut usr1 = false;
+    for _ in 0..500 {
+        if d.docker(&["logs", &app]).1.contains("got-usr1") {
+            usr1 = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill_usr1 = (d.inspect(&app, "{{.State.Status}}"), usr1);
+
+    // A counter that a frozen container cannot advance.
+    ids.push(run_d(
+        "counter",
+        &[],
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done",
+    ));
+    let counter = n("counter");
+    d.ok(&["pause", &counter]);
+    let paused = d.inspect(&counter, "{{.State.Status}}");
+    let pid = d.inspect(&counter, "{{.State.Pid}}");
+    let read_n = || std::fs::read_to_string(format!("/proc/{pid}/root/tmp/n")).unwrap_or_default();
+    let before = read_n();
+    std::thread::sleep(Duration::from_millis(300));
+    let frozen = before == read_n() && !before.is_empty();
+    d.ok(&["unpause", &counter]);
+    let pause = (paused, d.inspect(&counter, "{{.State.Status}}"), frozen);
+
+    ids.push(run_d("sleeper", &["-m", "32m"], "exec sleep 1000"));
+    let sleeper = n("sleeper");
+    let st = d.ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.PIDs}}|{{.MemUsage}}",
+        &sleeper,
+    ]);
+    let mut f = st.split('|');
+    let pids = f.next().unwrap_or_default().to_string();
+    let mem = f.next().unwrap_or_default();
+    let (usage, limit) = mem.split_once(" / ").unwrap_or((mem, ""));
+    let stats = (pids, limit.to_string(), !usage.starts_with("0B"));
+
+    d.ok(&[
+        "update",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "64m",
+        &sleeper,
+    ]);
+    let update = (
+        d.inspect(&sleeper, "{{.HostConfig.Memory}}"),
+        d.docker(&["exec", &sleeper, "cat", limit_file()])
+            .1
+            .trim()
+            .to_string(),
+    );
+
+    let top_out = d.ok(&["top", &sleeper]);
+    let init = d.inspect(&sleeper, "{{.State.Pid}}");
+    let mut rows = Vec::new();
+    let mut top_pid_is_init = false;
+    for l in top_out.lines().skip(1) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() >= 8 {
+            top_pid_is_init |= f[1] == init;
+            rows.push((f[0].to_string(), f[7..].join(" ")));
+        }
+    }
+    let top = (rows, top_pid_is_init);
+
+    let mut inits = vec![init];
+    for _ in 0..3 {
+        d.ok(&["restart", "-t", "0", &sleeper]);
+        inits.push(d.inspect(&sleeper, "{{.State.Pid}}"));
+    }
+    let all_new = inits.iter().collect::<std::collections::HashSet<_>>().len() == inits.len();
+    let (code, out, _) = d.docker(&["exec", &sleeper, "echo", "restarted"]);
+    let restart = (
+        d.inspect(&sleeper, "{{.State.Status}}"),
+        all_new,
+        (code, out),
+    );
+
+    d.ok(&["stop", "-t", &GRACE.to_string(), &app]);
+    let stop_trapped = (
+        d.inspect(&app, "{{.State.ExitCode}}"),
+        d.docker(&["logs", &app]).1.contains("got-term"),
+    );
+    ids.push(run_d(
+        "stubborn",
+        &[],
+        "trap '' TERM; while true; do sleep 0.1; done",
+    ));
+    d.ok(&["stop", "-t", "1", &n("stubborn")]);
+    let stop_ignored = d.inspect(&n("stubborn"), "{{.State.ExitCode}}");
+    d.ok(&["kill", &counter]);
+    d.wait_for(&counter, "{{.State.Status}}", "exited");
+    let kill = d.inspect(&counter, "{{.State.ExitCode}}");
+
+    let (code, _, _) = run(
+        "hog",
+        &["-m", "16m", "--memory-swap", "16m"],
+        "tail /dev/zero",
+    );
+    let hog = n("hog");
+    ids.push(d.inspect(&hog, "{{.Id}}"));
+    let oom = (
+        code,
+        d.inspect(&hog, "{{.State.OOMKilled}}"),
+        d.inspect(&hog, "{{.State.ExitCode}}"),
+    );
+
+    ids.push(run_d(
+        "flaky",
+        &["--restart", "on-failure:2"],
+        "echo run; exit 1",
+    ));
+    let flaky = n("flaky");
+    d.wait_for(&flaky, "{{.RestartCount}} {{.State.Status}}", "2 exited");
+    let restarts = (
+        d.inspect(&flaky, "{{.RestartCount}}"),
+        d.inspect(&flaky, "{{.State.Status}}"),
+        d.inspect(&flaky, "{{.State.ExitCode}}"),
+        d.docker(&["logs", &flaky]).1,
+    );
+
+    ids.push(run_d(
+        "health",
+        &[
+            "--health-cmd",
+            "test -f /tmp/ok",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+        ],
+        "touch /tmp/ok; exec sleep 1000",
+    ));
+    d.wait_for(&n("health"), "{{.State.Health.Status}}", "healthy");
+    let health = d.inspect(&n("health"), "{{.State.Health.Status}}");
+
+    for id in &ids {
+        d.ok(&["rm", "-f", id]);
+    }
+    // The shims leave once containerd has closed their connections.
+    let mut shims_left = usize::MAX;
+    for _ in 0..500 {
+        shims_left = d.shims(cd, rt).len();
+        if shims_left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left_behind = ids.iter().flat_map(|id| d.left_of(cd, rt, id)).collect();
+
+    Seen {
+        run_rm,
+        run_tty,
+        detached,
+        exec,
+        exec_tty,
+        resized,
+        exec_stdin_closed,
+        kill_usr1,
+        pause,
+        stats,
+        update,
+        top,
+        restart,
+        stop_trapped,
+        stop_ignored,
+        kill,
+        oom,
+        restarts,
+        health,
+        events: BTreeMap::new(),
+        left_behind,
+        shims_left,
+    }
+}
+
+fn unix_now() -> String {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
+}
+
+/// The container events of `docker events`, streamed (dockerd keeps only its last 256
+/// events for a later `--since` query, fewer than the script makes), until a container
+/// named `end_marker` is created.
+struct EventStream {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<Vec<serde_json::Value>>,
+}
+
+impl EventStream {
+    fn start(d: &Dockerd, since: &str, end_marker: &str) -> EventStream {
+        use std::io::BufRead;
+        let mut child = d.spawn(&[
+            "events",
+            "--since",
+            since,
+            "--filter",
+            "type=container",
+            "--format",
+            "{{json .}}",
+        ]);
+        let out = child.stdout.take().expect("events stdout");
+        let marker = end_marker.to_string();
+        let reader = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let v: serde_json::Value = serde_json::from_str(&line).expect("an event as JSON");
+                let end = v["Actor"]["Attributes"]["name"] == marker.as_str();
+                seen.push(v);
+                if end {
+                    break;
+                }
+            }
+            seen
+        });
+        EventStream { child, reader }
+    }
+
+    /// Creates the end marker, waits for its event and stops the stream: every event.
+    fn finish(mut self, d: &Dockerd, end_marker: &str) -> Vec<serde_json::Value> {
+        d.ok(&["create", "--pull", "never", "--name", end_marker, IMAGE]);
+        let seen = self.reader.join().expect("the events reader");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        d.ok(&["rm", end_marker]);
+        seen
+    }
+}
+
+/// The events of runtime `rt`'s containers, per container (name suffix removed), in
+/// order. The health check's own execs run on a timer, so how many there were depends on
+/// timing: they and repeated health statuses are left out.
+fn events_of(all: &[serde_json::Value], rt: &str) -> BTreeMap<String, Vec<String>> {
+    let suffix = format!("-{rt}");
+    let mut per: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut health_execs = std::collections::HashSet::new();
+    for v in all {
+        let attrs = &v["Actor"]["Attributes"];
+        let name = attrs["name"].as_str().unwrap_or_default();
+        let Some(base) = name.strip_suffix(&suffix) else {
+            continue;
+        };
+        let action = v["Action"].as_str().unwrap_or_default().to_string();
+        let exec_id = attrs["execID"].as_str().unwrap_or_default().to_string();
+        if action.starts_with("exec_") && action.contains("test -f /tmp/ok") {
+            health_execs.insert(exec_id);
+            continue;
+        }
+        if action == "exec_die" && health_execs.contains(&exec_id) {
+            continue;
+        }
+        let list = per.entry(base.to_string()).or_default();
+        if action.starts_with("health_status") && list.last() == Some(&action) {
+            continue;
+        }
+        // `run -it`: the CLI resizes the terminal once the container has started; a
+        // container that is already gone by then gets no resize (a race of the CLI's, seen
+        // with both runtimes). The detached terminal is resized deterministically.
+        if base == "tty" && action == "resize" {
+            continue;
+        }
+        list.push(action);
+    }
+    per
+}
+
+#[test]
+fn docker_behaves_the_same_on_cove_as_on_runc() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cd = rt.block_on(Containerd::start("docker"));
+    let d = Dockerd::start(&cd, "script");
+    let events = EventStream::start(&d, &unix_now(), "end-of-script");
+    let (mut runc, mut cove) = std::thread::scope(|s| {
+        let runc = s.spawn(|| exercise(&cd, &d, "runc"));
+        let cove = s.spawn(|| exercise(&cd, &d, "cove"));
+        (runc.join().unwrap(), cove.join().unwrap())
+    });
+    let events = events.finish(&d, "end-of-script");
+    runc.events = events_of(&events, "runc");
+    cove.events = events_of(&events, "cove");
+    eprintln!("cove: {cove:#?}");
+
+    // What a Docker user expects, checked on cove itself...
+    assert_eq!(
+        cove.run_rm,
+        (3, "line 1\nline 2\nline 3\nlast words".into())
+    );
+    assert_eq!(cove.run_tty, (4, "/dev/pts/0\n33 101".into()));
+    assert_eq!(
+        cove.detached,
+        ("2".into(), "to-stdout\n".into(), "to-stderr\n".into())
+    );
+    assert_eq!(cove.exec, (5, "in-exec\n".into()));
+    assert_eq!(cove.exec_tty, (0, "/dev/pts/0\n24 80\n".into()));
+    assert_eq!(
+        cove.resized,
+        (
+            "unsized\n30 90\n".into(),
+            "unsized\n30 90\n".into(),
+            200,
+            200
+        )
+    );
+    assert_eq!(cove.exec_stdin_closed, (0, "one\ntwo\n".into()));
+    assert_eq!(cove.kill_usr1, ("running".into(), true));
+    assert_eq!(cove.pause, ("paused".into(), "running".into(), true));
+    assert_eq!(cove.stats.0, "1");
+    assert_eq!(cove.stats.1, "32MiB");
+    assert!(cove.stats.2, "memory usage reported: {:?}", cove.stats);
+    assert_eq!(
+        cove.update,
+        ((64u64 << 20).to_string(), (64u64 << 20).to_string())
+    );
+    assert_eq!(cove.top, (vec![("root".into(), "sleep 1000".into())], true));
+    assert_eq!(
+        cove.restart,
+        ("running".into(), true, (0, "restarted\n".into()))
+    );
+    assert_eq!(cove.stop_trapped, ("42".into(), true));
+    assert_eq!(cove.stop_ignored, "137");
+    assert_eq!(cove.kill, "137");
+    assert_eq!(cove.oom, (137, "true".into(), "137".into()));
+    assert_eq!(
+        cove.restarts,
+        (
+            "2".into(),
+            "exited".into(),
+            "1".into(),
+            "run\nrun\nrun\n".into()
+        )
+    );
+    assert_eq!(cove.health, "healthy");
+    assert!(
+        cove.events["hog"].contains(&"oom".to_string()),
+        "an oom event: {:?}",
+        cove.events["hog"]
+    );
+    let names: Vec<&str> = cove.events.keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "app", "counter", "flaky", "health", "hog", "logs", "once", "sleeper", "stubborn",
+            "term", "tty"
+        ],
+        "events of every container"
+    );
+    let count = |c: &str, a: &str| cove.events[c].iter().filter(|e| *e == a).count();
+    assert_eq!(
+        (count("counter", "pause"), count("counter", "unpause")),
+        (1, 1)
+    );
+    assert_eq!((count("flaky", "start"), count("flaky", "die")), (3, 3));
+    assert_eq!(count("sleeper", "restart"), 3);
+    assert_eq!(count("app", "exec_die"), 3);
+    assert_eq!(count("health", "health_status: healthy"), 1);
+    let hog = &cove.events["hog"];
+    let at = |a: &str| hog.iter().position(|e| e == a);
+    assert!(at("oom") < at("die"), "oom before die: {hog:?}");
+    assert!(cove.left_behind.is_empty(), "{:?}", cove.left_behind);
+    assert_eq!(cove.shims_left, 0);
+
+    // ...and the same as Docker's default runtime, observation by observation.
+    assert_eq!(cove, runc);
+}
+
+/// What a user sees of a running container across a dockerd restart with live-restore.
+#[derive(Debug, PartialEq, Eq)]
+struct Restored {
+    /// The same init process before and after, and `.State.Status` after.
+    same_pid: bool,
+    status: String,
+    /// `docker exec` after the restart.
+    exec: (i32, String),
+    /// Output written after the restart reaches `docker logs` (the daemon reopened the
+    /// container's stdio).
+    logs_go_on: bool,
+    /// `docker stop` after the restart: exit code, and the TERM handler's last words.
+    stop: (String, bool),
+    left_behind: Vec<String>,
+    shims_left: usize,
+}
+
+/// The highest `tick N` in a log.
+fn last_tick(log: &str) -> i64 {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.trim().parse().ok())
+        .max()
+        .unwrap_or(-1)
+}
+
+#[test]
+fn containers_outlive_a_dockerd_restart_with_live_restore() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cd = rt.block_on(Containerd::start("dlive"));
+    let mut d = Dockerd::start(&cd, "live");
+    let runtimes = ["runc", "cove"];
+    let mut before = Vec::new();
+    for r in runtimes {
+        let name = format!("ticker-{r}");
+        let id = d.ok(&[
+            "run",
+            "-d",
+            "--pull",
+            "never",
+            "--runtime",
+            r,
+            "--name",
+            &name,
+            IMAGE,
+            "-c",
+            "trap 'echo bye; exit 0' TERM; i=0; while true; do echo tick $i; i=$((i+1)); \
+             sleep 0.1; done",
+        ]);
+        d.wait_for(&name, "{{.State.Status}}", "running");
+        before.push((name, id));
+    }
+    let pids: Vec<String> = before
+        .iter()
+        .map(|(n, _)| d.inspect(n, "{{.State.Pid}}"))
+        .collect();
+    let ticks: Vec<i64> = before
+        .iter()
+        .map(|(n, _)| last_tick(&d.docker(&["logs", n]).1))
+        .collect();
+    d.restart();
+
+    let mut seen = Vec::new();
+    for (i, (name, id)) in before.iter().enumerate() {
+        let r = runtimes[i];
+        let same_pid = d.inspect(name, "{{.State.Pid}}") == pids[i];
+        let status = d.inspect(name, "{{.State.Status}}");
+        let (code, out, _) = d.docker(&["exec", name, "echo", "after"]);
+        let mut logs_go_on = false;
+        for _ in 0..500 {
+            if last_tick(&d.docker(&["logs", name]).1) > ticks[i] + 5 {
+                logs_go_on = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d.ok(&["stop", "-t", &GRACE.to_string(), name]);
+        let stop = (
+            d.inspect(name, "{{.State.ExitCode}}"),
+            d.docker(&["logs", name]).1.contains("bye"),
+        );
+        d.ok(&["rm", name]);
+        let mut shims_left = usize::MAX;
+        for _ in 0..500 {
+            shims_left = d.shims(&cd, r).len();
+            if shims_left == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen.push(Restored {
+            same_pid,
+            status,
+            exec: (code, out),
+            logs_go_on,
+            stop,
+            left_behind: d.left_of(&cd, r, id),
+            shims_left,
+        });
+    }
+    let (runc, cove) = (&seen[0], &seen[1]);
+    eprintln!("cove: {cove:#?}");
+    assert_eq!(
+        cove,
+        &Restored {
+            same_pid: true,
+            status: "running".into(),
+            exec: (0, "after\n".into()),
+            logs_go_on: true,
+            stop: ("0".into(), true),
+            left_behind: vec![],
+            shims_left: 0,
+        }
+    );
+    assert_eq!(cove, runc);
+}
