@@ -163,17 +163,15 @@ fn exercise(cd: &Containerd, d: &Dockerd, rt: &str) -> Seen {
         &format!("{UNTIL_RESIZED}; exec sleep 1000"),
     ));
     let term = n("term");
+    // Resized once the script has looked at its size (not before: it would never see the
+    // terminal unsized).
+    let term_logs = || d.docker(&["logs", &term]).1.replace('\r', "");
+    poll_until(|| term_logs().contains("unsized"));
     let code_init = d
         .api("POST", &format!("/containers/{term}/resize?h=30&w=90"))
         .0;
-    let mut init_sizes = String::new();
-    for _ in 0..500 {
-        init_sizes = d.docker(&["logs", &term]).1.replace('\r', "");
-        if init_sizes.lines().count() >= 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(|| term_logs().lines().count() >= 2);
+    let init_sizes = term_logs();
     d.ok(&[
         "exec",
         "-d",
@@ -183,25 +181,23 @@ fn exercise(cd: &Containerd, d: &Dockerd, rt: &str) -> Seen {
         "-c",
         &format!("({UNTIL_RESIZED}) > /tmp/sizes"),
     ]);
-    let mut exec_id = String::new();
-    for _ in 0..500 {
-        exec_id = d.inspect(&term, "{{range .ExecIDs}}{{.}}{{end}}");
-        if !exec_id.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let exec_ids = || d.inspect(&term, "{{range .ExecIDs}}{{.}}{{end}}");
+    poll_until(|| !exec_ids().is_empty());
+    let exec_id = exec_ids();
+    // The exec's first look at its size, read through the container's root (an exec to
+    // read it would show in the events a varying number of times).
+    let sizes = format!(
+        "/proc/{}/root/tmp/sizes",
+        d.inspect(&term, "{{.State.Pid}}")
+    );
+    poll_until(|| std::fs::read_to_string(&sizes).is_ok_and(|t| t.contains("unsized")));
     let code_exec = d
         .api("POST", &format!("/exec/{exec_id}/resize?h=30&w=90"))
         .0;
-    for _ in 0..1000 {
+    poll_until(|| {
         let (_, body) = d.api("GET", &format!("/exec/{exec_id}/json"));
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        if v["Running"] == false {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["Running"] == false)
+    });
     let exec_sizes = d.docker(&["exec", &term, "cat", "/tmp/sizes"]).1;
     let resized = (init_sizes, exec_sizes, code_init, code_exec);
 
@@ -209,14 +205,7 @@ fn exercise(cd: &Containerd, d: &Dockerd, rt: &str) -> Seen {
     let exec_stdin_closed = (code, out);
 
     d.ok(&["kill", "-s", "USR1", &app]);
-    let mut usr1 = false;
-    for _ in 0..500 {
-        if d.docker(&["logs", &app]).1.contains("got-usr1") {
-            usr1 = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let usr1 = poll_until(|| d.docker(&["logs", &app]).1.contains("got-usr1"));
     let kill_usr1 = (d.inspect(&app, "{{.State.Status}}"), usr1);
 
     // A counter that a frozen container cannot advance.
@@ -355,14 +344,8 @@ fn exercise(cd: &Containerd, d: &Dockerd, rt: &str) -> Seen {
         d.ok(&["rm", "-f", id]);
     }
     // The shims leave once containerd has closed their connections.
-    let mut shims_left = usize::MAX;
-    for _ in 0..500 {
-        shims_left = d.shims(cd, rt).len();
-        if shims_left == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(|| d.shims(cd, rt).is_empty());
+    let shims_left = d.shims(cd, rt).len();
     let left_behind = ids.iter().flat_map(|id| d.left_of(cd, rt, id)).collect();
 
     Seen {
@@ -648,28 +631,15 @@ fn containers_outlive_a_dockerd_restart_with_live_restore() {
         let same_pid = d.inspect(name, "{{.State.Pid}}") == pids[i];
         let status = d.inspect(name, "{{.State.Status}}");
         let (code, out, _) = d.docker(&["exec", name, "echo", "after"]);
-        let mut logs_go_on = false;
-        for _ in 0..500 {
-            if last_tick(&d.docker(&["logs", name]).1) > ticks[i] + 5 {
-                logs_go_on = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let logs_go_on = poll_until(|| last_tick(&d.docker(&["logs", name]).1) > ticks[i] + 5);
         d.ok(&["stop", "-t", &GRACE.to_string(), name]);
         let stop = (
             d.inspect(name, "{{.State.ExitCode}}"),
             d.docker(&["logs", name]).1.contains("bye"),
         );
         d.ok(&["rm", name]);
-        let mut shims_left = usize::MAX;
-        for _ in 0..500 {
-            shims_left = d.shims(&cd, r).len();
-            if shims_left == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(|| d.shims(&cd, r).is_empty());
+        let shims_left = d.shims(&cd, r).len();
         seen.push(Restored {
             same_pid,
             status,

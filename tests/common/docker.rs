@@ -277,14 +277,12 @@ impl Dockerd {
     /// Polls `docker inspect` until `format` of `name` reads `want`; bounded, not timing.
     pub fn wait_for(&self, name: &str, format: &str, want: &str) {
         let mut last = String::new();
-        for _ in 0..1500 {
+        if !poll_until(|| {
             last = self.inspect(name, format);
-            if last == want {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            last == want
+        }) {
+            panic!("{name}: {format} stayed {last:?}, never {want:?}");
         }
-        panic!("{name}: {format} stayed {last:?}, never {want:?}");
     }
 
     /// Where Docker puts a container's cgroup (relative to each hierarchy's root).
@@ -354,6 +352,18 @@ impl Dockerd {
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
+}
+
+/// Polls `f` until it holds: bounded (a minute, for guests under emulation), not a timing
+/// assertion. Returns whether it came to hold; the caller asserts what it observed.
+pub fn poll_until(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..3000 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 fn output(cmd: &mut Command) -> Out {
