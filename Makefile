@@ -25,12 +25,13 @@ images:
 
 ## test: the whole suite: unit, ttrpc round trips, root integration, end to end through CRI,
 ## ctr and Docker
-## (tests named *_since_X_Y_Z need that containerd: older ones leave them out, as skipped)
+## (tests named *_since_X_Y_Z need that containerd: older ones leave them out, as skipped;
+## unit tests that need root are #[ignore]d for `cargo test` as a user, and run here)
 test: deps images
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --no-fail-fast -E "$$(scripts/test-filter.sh)"; \
+		$(CARGO) nextest run --no-fail-fast --run-ignored all -E "$$(scripts/test-filter.sh)"; \
 	else \
-		$(CARGO) test --no-fail-fast -- --skip _since_; \
+		$(CARGO) test --no-fail-fast -- --skip _since_ --include-ignored; \
 	fi
 
 ## test-vm: the suite again in a guest kernel with pure cgroup v2, under QEMU: once with

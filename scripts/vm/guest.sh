@@ -42,7 +42,7 @@ export COVE_TEST_CGROUP_DRIVER="$driver"
 export COVE_TEST_RESTART_PODS=5
 cd "$checkout" || finish 4
 {
-    cargo-nextest nextest run --profile vm --no-fail-fast \
+    cargo-nextest nextest run --profile vm --no-fail-fast --run-ignored all \
         --binaries-metadata "$out/binaries.json" --cargo-metadata "$out/cargo-metadata.json" \
         --workspace-remap "$checkout" -E "($("$checkout/scripts/test-filter.sh")) & ($only)" 2>&1
     echo $? > /tmp/nextest.rc

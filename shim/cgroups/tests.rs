@@ -1,0 +1,284 @@
+//! Unit tests of the cgroup layer. Those that create real cgroups need root: they are
+//! `#[ignore]`d, so that `cargo test` as a normal user runs the rest, and `make test` (as
+//! root) runs them as well (`--run-ignored all`).
+
+use super::*;
+
+const HYBRID: &str = "\
+30 23 0:26 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+32 30 0:28 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+33 30 0:29 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+34 30 0:30 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+35 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+";
+
+#[test]
+fn parses_hybrid_and_unified_layouts() {
+    let Layout::V1(hs) = Layout::parse(HYBRID).unwrap() else {
+        panic!("not v1")
+    };
+    assert_eq!(hs.len(), 5);
+    assert_eq!(hs[0].controllers, vec!["cpu"]);
+    assert!(
+        hs[2].controllers.is_empty(),
+        "named hierarchy has no controllers"
+    );
+    assert_eq!(hs[4].mountpoint, PathBuf::from("/sys/fs/cgroup/unified"));
+    assert_eq!(hs[3].controllers, vec!["cpu", "cpuacct"]);
+    let v2 = "40 1 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+    assert_eq!(
+        Layout::parse(v2).unwrap(),
+        Layout::V2("/sys/fs/cgroup".into())
+    );
+    assert!(Layout::parse("").is_err());
+}
+
+#[test]
+fn controller_dirs_follow_the_layout() {
+    let l = Layout::parse(HYBRID).unwrap();
+    assert_eq!(
+        l.controller_dir("memory", Path::new("/pod/x")),
+        Some(PathBuf::from("/sys/fs/cgroup/memory/pod/x"))
+    );
+    assert_eq!(l.controller_dir("pids", Path::new("/pod")), None);
+    assert_eq!(l.dirs(Path::new("/p")).len(), 5);
+}
+
+#[test]
+fn rejects_systemd_relative_and_dotdot_parents() {
+    for p in ["kubepods.slice", "system.slice:cri:1", "pods/a", "/a/../b"] {
+        assert!(
+            matches!(validate_path(Path::new(p)), Err(Error::InvalidArgument(_))),
+            "{p}"
+        );
+    }
+    validate_path(Path::new("/kubepods/burstable/pod1")).unwrap();
+}
+
+#[test]
+#[ignore = "needs root (creates cgroups); make test runs it"]
+fn a_created_parent_holding_other_cgroups_is_kept_without_error() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test creates cgroups: run it as root"
+    );
+    let layout = Layout::detect().unwrap();
+    let top = PathBuf::from(format!("/cove-unit-{}", std::process::id()));
+    let mine = layout.create(&top.join("pod").join("mine")).unwrap();
+    let theirs = top.join("pod").join("theirs");
+    layout.create(&theirs).unwrap();
+    assert!(
+        mine.len() >= 3,
+        "parents and the leaf were created: {mine:?}"
+    );
+    let kept = remove_dirs(&mine);
+    let leaf_gone = layout
+        .dirs(&top.join("pod/mine"))
+        .iter()
+        .all(|d| !d.exists());
+    let parent_kept = layout.dirs(&top.join("pod")).iter().all(|d| d.exists());
+    let mut all = layout.dirs(&theirs);
+    all.extend(layout.dirs(&top.join("pod")));
+    all.extend(layout.dirs(&top));
+    remove_dirs(&all).unwrap();
+    assert!(kept.is_ok(), "{kept:?}");
+    assert!(leaf_gone, "our own cgroup is removed");
+    assert!(parent_kept, "the parent other cgroups use stays");
+}
+
+#[test]
+#[ignore = "needs root (creates cgroups); make test runs it"]
+fn kill_all_reaches_processes_forked_into_the_cgroup() {
+    use std::process::Command;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test creates cgroups: run it as root"
+    );
+    let layout = Layout::detect().unwrap();
+    let rel = PathBuf::from(format!("/cove-unit-kill-{}", std::process::id()));
+    let made = layout.create(&rel).unwrap();
+    // A shell in the cgroup that keeps a child and a grandchild.
+    let script = format!(
+        "for d in {}; do echo $$ > $d/cgroup.procs; done; sleep 1000 & (sleep 1000 & wait) & wait",
+        layout
+            .dirs(&rel)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut sh = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+    let dir = layout.controller_dir("memory", &rel).unwrap();
+    let count = || {
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    for _ in 0..500 {
+        if count() >= 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        count() >= 4,
+        "the shell, a subshell and two sleeps are in the cgroup"
+    );
+    // Paused, as `ctr task pause` leaves it: the kill must still take effect.
+    let v2 = matches!(layout, Layout::V2(_));
+    let freezer = layout.controller_dir("freezer", &rel);
+    let (freeze_file, frozen, thawed) = if v2 {
+        ("cgroup.freeze", "1", "0")
+    } else {
+        ("freezer.state", "FROZEN", "THAWED")
+    };
+    if let Some(f) = &freezer {
+        std::fs::write(f.join(freeze_file), frozen).unwrap();
+    }
+    let killed = layout.kill_all(&rel).unwrap();
+    let mut status = None;
+    for _ in 0..500 {
+        status = sh.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let Some(status) = status else {
+        if let Some(f) = &freezer {
+            let _ = std::fs::write(f.join(freeze_file), thawed);
+        }
+        let _ = sh.kill();
+        panic!("the killed shell never exited");
+    };
+    for _ in 0..500 {
+        if count() == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let left = count();
+    remove_dirs(&made).unwrap();
+    // cgroup v2 kills the whole cgroup at once (cgroup.kill) and counts nobody.
+    assert!(v2 || killed >= 4, "{killed} killed");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert_eq!(left, 0, "nothing is left in the cgroup");
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "needs root (creates cgroups); make test runs it"]
+async fn removing_a_busy_cgroup_lets_other_tasks_run() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test creates cgroups: run it as root"
+    );
+    let layout = Layout::detect().unwrap();
+    let rel = PathBuf::from(format!("/cove-unit-busy-{}", std::process::id()));
+    let made = layout.create(&rel).unwrap();
+    let dirs = layout.dirs(&rel);
+    // A process that stays in the cgroup a little while, then exits by itself.
+    let script = format!(
+        "for d in {}; do echo $$ > $d/cgroup.procs; done; exec sleep 0.2",
+        dirs.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut sh = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let procs = layout
+        .controller_dir("memory", &rel)
+        .unwrap()
+        .join("cgroup.procs");
+    for _ in 0..500 {
+        if std::fs::read_to_string(&procs).is_ok_and(|t| !t.trim().is_empty()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let reaper = std::thread::spawn(move || sh.wait());
+    // On this single-threaded runtime, a ticker only advances while removal waits
+    // without blocking the thread.
+    let ticks = std::sync::Arc::new(AtomicUsize::new(0));
+    let t = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            t.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let busy_at_start = std::fs::read_to_string(&procs).is_ok_and(|t| !t.trim().is_empty());
+    let removed = remove_dirs_async(&made).await;
+    let ticked = ticks.load(Ordering::SeqCst);
+    ticker.abort();
+    let _ = reaper.join();
+    let _ = remove_dirs(&made);
+    removed.unwrap();
+    assert!(
+        busy_at_start,
+        "the cgroup held a process when removal began"
+    );
+    assert!(dirs.iter().all(|d| !d.exists()), "the cgroup is gone");
+    assert!(ticked > 0, "other tasks ran while the cgroup was busy");
+}
+
+#[test]
+fn shares_convert_like_runc() {
+    assert_eq!(shares_to_weight(2), 1);
+    assert_eq!(shares_to_weight(1024), 39);
+    assert_eq!(shares_to_weight(262_144), 10_000);
+}
+
+/// How the kernel escapes a mount point in mountinfo.
+fn escape(p: &str) -> String {
+    p.bytes()
+        .map(|b| match b {
+            b' ' | b'\t' | b'\n' | b'\\' => format!("\\{b:03o}"),
+            _ => (b as char).to_string(),
+        })
+        .collect()
+}
+
+proptest::proptest! {
+    #[test]
+    fn mount_points_come_back_as_mounted(
+        dir in "/[a-z \\t\\\\]{1,20}",
+        v2 in proptest::bool::ANY,
+    ) {
+        let line = if v2 {
+            format!("30 1 0:26 / {} rw,nosuid - cgroup2 cgroup2 rw\n", escape(&dir))
+        } else {
+            format!("31 1 0:27 / {} rw - cgroup cgroup rw,memory\n", escape(&dir))
+        };
+        let l = Layout::parse(&line).unwrap();
+        let want = Path::new(&dir).join("pod");
+        proptest::prop_assert_eq!(l.controller_dir("memory", Path::new("/pod")), Some(want));
+    }
+
+    #[test]
+    fn any_mountinfo_text_parses_or_errs_without_panicking(text in "\\PC{0,300}") {
+        let _ = Layout::parse(&text);
+    }
+}
+
+#[test]
+fn proc_cgroup_lines_pick_the_right_hierarchy() {
+    let t = "12:cpu,cpuacct:/k8s.io/abc\n5:memory:/k8s.io/abc\n0::/unified/x\n";
+    assert_eq!(
+        parse_proc_cgroup(t, false),
+        Some(PathBuf::from("/k8s.io/abc"))
+    );
+    assert_eq!(
+        parse_proc_cgroup(t, true),
+        Some(PathBuf::from("/unified/x"))
+    );
+    assert_eq!(parse_proc_cgroup("1:name=systemd:/\n", false), None);
+}
