@@ -1,4 +1,5 @@
 //! `containerd-shim-cove-v1`: argv dispatch only (-v, -info, start, delete, server).
+#![deny(unsafe_code)]
 
 use cove::bootstrap;
 
@@ -24,7 +25,7 @@ fn main() {
         match flags.action.as_str() {
             "start" => bootstrap::start(&flags),
             "delete" => bootstrap::delete(&flags),
-            _ => bootstrap::serve(&flags),
+            _ => cove::server::serve(&flags),
         }
     };
     if let Err(e) = result {

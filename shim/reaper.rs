@@ -115,9 +115,7 @@ impl Reaper {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        // A panic while holding this lock cannot leave the table inconsistent (every
-        // update is a single map operation), so a poisoned lock is still usable.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock::lock(&self.table)
     }
 }
 

@@ -1,17 +1,17 @@
-//! What a sandbox leaves on the host, persisted in its bundle (`cove-sandbox.json`) so the
-//! shim's `delete` can remove all of it after a crash, and the one cleanup routine that both
-//! ShutdownSandbox and `delete` run.
+//! What a sandbox leaves on the host, persisted in its bundle (`cove-sandbox.json`, a
+//! [`crate::record`]) so the shim's `delete` can remove all of it after a crash, and the
+//! one cleanup routine that both ShutdownSandbox and `delete` run.
 //!
-//! The record is rewritten atomically (temp file, fsync, rename) whenever it changes.
+//! The record is rewritten atomically (temp file, rename) whenever it changes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::record::{self, Record};
 
 pub const STATE_FILE: &str = "cove-sandbox.json";
 
@@ -32,20 +32,59 @@ pub struct Leftovers {
     pub units: Vec<String>,
 }
 
-fn paths(v: &Value, k: &str) -> Vec<PathBuf> {
-    v.get(k)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(PathBuf::from)
-                .collect()
-        })
-        .unwrap_or_default()
+/// [`Leftovers`] as stored. Version 1 is version 0 (the hand-written layout, whose
+/// field names it keeps) with a version; `pause_cgroups` and `units` came later in
+/// version 0, so they default to empty.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SandboxRecord {
+    pause_pid: Option<i32>,
+    pause_start: Option<u64>,
+    #[serde(default)]
+    pause_cgroups: Vec<PathBuf>,
+    #[serde(default)]
+    cgroups: Vec<PathBuf>,
+    #[serde(default)]
+    shm: Option<PathBuf>,
+    #[serde(default)]
+    files: Vec<PathBuf>,
+    #[serde(default)]
+    dirs: Vec<PathBuf>,
+    #[serde(default)]
+    units: Vec<String>,
 }
 
-fn strs(p: &[PathBuf]) -> Vec<String> {
-    p.iter().map(|p| p.to_string_lossy().into_owned()).collect()
+impl Record for SandboxRecord {
+    const KIND: &'static str = "sandbox record";
+    const VERSION: u32 = 1;
+}
+
+impl From<&Leftovers> for SandboxRecord {
+    fn from(l: &Leftovers) -> Self {
+        SandboxRecord {
+            pause_pid: l.pause.map(|p| p.0),
+            pause_start: l.pause.map(|p| p.1),
+            pause_cgroups: l.pause_cgroups.clone(),
+            cgroups: l.cgroups.clone(),
+            shm: l.shm.clone(),
+            files: l.files.clone(),
+            dirs: l.dirs.clone(),
+            units: l.units.clone(),
+        }
+    }
+}
+
+impl From<SandboxRecord> for Leftovers {
+    fn from(r: SandboxRecord) -> Self {
+        Leftovers {
+            pause: r.pause_pid.zip(r.pause_start),
+            pause_cgroups: r.pause_cgroups,
+            cgroups: r.cgroups,
+            shm: r.shm,
+            files: r.files,
+            dirs: r.dirs,
+            units: r.units,
+        }
+    }
 }
 
 impl Leftovers {
@@ -53,78 +92,19 @@ impl Leftovers {
         *self == Leftovers::default()
     }
 
-    fn to_json(&self) -> String {
-        json!({
-            "pause_pid": self.pause.map(|p| p.0),
-            "pause_start": self.pause.map(|p| p.1),
-            "pause_cgroups": strs(&self.pause_cgroups),
-            "cgroups": strs(&self.cgroups),
-            "shm": self.shm.as_ref().map(|p| p.to_string_lossy().into_owned()),
-            "files": strs(&self.files),
-            "dirs": strs(&self.dirs),
-            "units": self.units,
-        })
-        .to_string()
-    }
-
-    fn from_json(s: &str) -> Result<Leftovers> {
-        let v: Value = serde_json::from_str(s)
-            .map_err(|e| Error::Corrupt(format!("{STATE_FILE} is corrupt: {e}")))?;
-        let pid = v.get("pause_pid").and_then(Value::as_i64);
-        let start = v.get("pause_start").and_then(Value::as_u64);
-        Ok(Leftovers {
-            pause: pid.zip(start).map(|(p, s)| (p as i32, s)),
-            pause_cgroups: paths(&v, "pause_cgroups"),
-            cgroups: paths(&v, "cgroups"),
-            shm: v.get("shm").and_then(Value::as_str).map(PathBuf::from),
-            files: paths(&v, "files"),
-            dirs: paths(&v, "dirs"),
-            units: v
-                .get("units")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-    }
-
-    /// Persists the record in `bundle`, atomically (write, then rename). There is no
-    /// fsync: the record guards against a crash of the shim, which leaves the page cache
-    /// intact. A crash of the host takes the pause process, its mounts and cgroups with it,
-    /// and the bundle lives in containerd's state directory, which does not outlive a boot.
+    /// Persists the record in `bundle`, atomically.
     pub fn save(&self, bundle: &Path) -> Result<()> {
-        let path = bundle.join(STATE_FILE);
-        let tmp = bundle.join(format!(".{STATE_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp).context(|| format!("create {}", tmp.display()))?;
-        f.write_all(self.to_json().as_bytes())
-            .context(|| format!("write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).context(|| format!("rename to {}", path.display()))
+        record::save(&SandboxRecord::from(self), &bundle.join(STATE_FILE))
     }
 
-    /// Reads the record from `bundle`; `None` when there is none.
+    /// Reads the record from `bundle`; `None` when there is none, [`Error::Corrupt`] when
+    /// it cannot be read as one.
     pub fn load(bundle: &Path) -> Result<Option<Leftovers>> {
-        match std::fs::read_to_string(bundle.join(STATE_FILE)) {
-            Ok(s) => Leftovers::from_json(&s).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(
-                format!("read {}", bundle.join(STATE_FILE).display()),
-                e,
-            )),
-        }
+        Ok(record::load::<SandboxRecord>(&bundle.join(STATE_FILE))?.map(Leftovers::from))
     }
 
     pub fn forget(bundle: &Path) -> Result<()> {
-        match std::fs::remove_file(bundle.join(STATE_FILE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(
-                format!("remove {}", bundle.join(STATE_FILE).display()),
-                e,
-            )),
-            _ => Ok(()),
-        }
+        record::forget(&bundle.join(STATE_FILE))
     }
 
     /// Kills the pause process: by pid if it is still the one recorded, and whatever is in
@@ -238,11 +218,33 @@ mod tests {
         };
         l.save(&dir).unwrap();
         assert_eq!(Leftovers::load(&dir).unwrap(), Some(l));
-        assert!(!dir.join(format!(".{STATE_FILE}.tmp")).exists());
+        assert!(!dir.join(format!("{STATE_FILE}.tmp")).exists());
         Leftovers::forget(&dir).unwrap();
         Leftovers::forget(&dir).unwrap();
         assert_eq!(Leftovers::load(&dir).unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_of_an_older_cove_is_read() {
+        // As cove wrote it before records were versioned (and before `units`).
+        let old = r#"{"pause_pid":42,"pause_start":1234,"pause_cgroups":["/sys/fs/cgroup/pids/p/x"],"cgroups":["/sys/fs/cgroup/pids/p/x"],"shm":null,"files":["/var/lib/x/hosts"],"dirs":[]}"#;
+        let r: SandboxRecord = record::decode(old, Path::new("old")).unwrap();
+        assert_eq!(
+            Leftovers::from(r),
+            Leftovers {
+                pause: Some((42, 1234)),
+                pause_cgroups: vec!["/sys/fs/cgroup/pids/p/x".into()],
+                cgroups: vec!["/sys/fs/cgroup/pids/p/x".into()],
+                files: vec!["/var/lib/x/hosts".into()],
+                ..Default::default()
+            }
+        );
+        let wrong = r#"{"pause_pid":"42","pause_start":1}"#;
+        assert!(matches!(
+            record::decode::<SandboxRecord>(wrong, Path::new("x")),
+            Err(Error::Corrupt(_))
+        ));
     }
 
     #[test]

@@ -418,6 +418,15 @@ async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
         ),
         Code::ALREADY_EXISTS
     );
+    // A second sandbox: one cove shim serves one sandbox.
+    let second = create_req("another-pod", &shim.bundle);
+    match sb.create_sandbox(ctx(), &second).await {
+        Err(ttrpc::Error::RpcStatus(st)) => {
+            assert_eq!(st.code(), Code::FAILED_PRECONDITION);
+            assert!(st.message.contains(&shim.id), "{}", st.message);
+        }
+        other => panic!("a second sandbox in one shim: {other:?}"),
+    }
     // Metrics before Start.
     let mut m = SandboxMetricsRequest::new();
     m.sandbox_id = shim.id.clone();

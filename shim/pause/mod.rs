@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -19,7 +19,7 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::sys::{self, Forked};
@@ -27,8 +27,10 @@ use crate::sys::{self, Forked};
 /// The process name the pause process shows in `ps -o comm` and `/proc/PID/comm`.
 pub const PAUSE_COMM: &str = "cove-pause";
 
-/// What the pause process must look like.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the pause process must look like: the request the shim sends the helper, one JSON
+/// line each (the same binary on both ends, so the message needs no version).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PauseConfig {
     /// Network namespace to join; `None` keeps the shim's (the host's).
     pub netns: Option<PathBuf>,
@@ -43,59 +45,13 @@ pub struct PauseConfig {
     pub cgroups: Vec<PathBuf>,
 }
 
-impl PauseConfig {
-    fn to_json(&self) -> String {
-        json!({
-            "netns": self.netns.as_ref().map(|p| p.to_string_lossy().into_owned()),
-            "new_uts": self.new_uts,
-            "new_ipc": self.new_ipc,
-            "new_pid": self.new_pid,
-            "hostname": self.hostname,
-            "sysctls": self.sysctls,
-            "cgroups": self.cgroups.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>(),
-        })
-        .to_string()
-    }
-
-    fn from_json(line: &str) -> std::result::Result<Self, String> {
-        let v: Value = serde_json::from_str(line).map_err(|e| format!("bad pause request: {e}"))?;
-        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-        let b = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
-        let sysctls = v
-            .get("sysctls")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|kv| {
-                        let kv = kv.as_array()?;
-                        Some((
-                            kv.first()?.as_str()?.to_owned(),
-                            kv.get(1)?.as_str()?.to_owned(),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let cgroups = v
-            .get("cgroups")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(PathBuf::from)
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(PauseConfig {
-            netns: s("netns").map(PathBuf::from),
-            new_uts: b("new_uts"),
-            new_ipc: b("new_ipc"),
-            new_pid: b("new_pid"),
-            hostname: s("hostname"),
-            sysctls,
-            cgroups,
-        })
-    }
+/// The helper's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Reply {
+    /// The host pid of the pause process it created.
+    Pid(i32),
+    Error(String),
 }
 
 /// The shim's end of a freshly forked pause helper.
@@ -107,7 +63,7 @@ pub struct HelperHandle {
 /// Forks the pause helper. Must be called while the process is single-threaded.
 pub fn fork_helper() -> std::io::Result<HelperHandle> {
     let (ours, theirs) = UnixStream::pair()?;
-    match sys::fork_single_threaded()? {
+    match sys::fork()? {
         Forked::Child => {
             drop(ours);
             helper_main(theirs)
@@ -152,7 +108,8 @@ impl PauseSpawner {
         let conn = guard.as_mut().ok_or_else(|| {
             Error::FailedPrecondition("this shim has already created its pause process".into())
         })?;
-        let mut req = cfg.to_json();
+        let mut req = serde_json::to_string(cfg)
+            .map_err(|e| Error::Internal(format!("encode pause request: {e}")))?;
         req.push('\n');
         let helper = conn.pid;
         let lost = |e: std::io::Error| Error::io(format!("pause helper (pid {helper})"), e);
@@ -163,17 +120,14 @@ impl PauseSpawner {
                 "pause helper (pid {helper}) exited without answering"
             )));
         }
-        let v: Value = serde_json::from_str(&line)
-            .map_err(|e| Error::Internal(format!("pause helper answered {line:?}: {e}")))?;
-        if let Some(pid) = v.get("pid").and_then(Value::as_i64) {
-            return i32::try_from(pid)
-                .map_err(|_| Error::Internal(format!("pause helper returned pid {pid}")));
+        match serde_json::from_str::<Reply>(&line) {
+            Ok(Reply::Pid(pid)) if pid > 0 => Ok(pid),
+            Ok(Reply::Pid(pid)) => Err(Error::Internal(format!("pause helper returned pid {pid}"))),
+            Ok(Reply::Error(msg)) => Err(Error::Internal(format!("create pause process: {msg}"))),
+            Err(e) => Err(Error::Internal(format!(
+                "pause helper answered {line:?}: {e}"
+            ))),
         }
-        let msg = v
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown error");
-        Err(Error::Internal(format!("create pause process: {msg}")))
     }
 
     /// Lets the helper exit; later `spawn` calls fail.
@@ -194,10 +148,11 @@ const READY_FD: i32 = 3;
 fn helper_main(stream: UnixStream) -> ! {
     // Keep only stdio and the request stream: the helper must not hold the shim's
     // listening socket, its readiness pipe or the log fifo open.
-    let stream = match move_fd(stream.into(), HELPER_FD) {
-        Ok(fd) => UnixStream::from(fd),
-        Err(_) => sys::exit_now(1),
-    };
+    sys::run_alone(stream.into(), HELPER_FD, serve_requests)
+}
+
+fn serve_requests(stream: OwnedFd) -> ! {
+    let stream = UnixStream::from(stream);
     let _ = nix::unistd::setsid();
     let mut reader = BufReader::new(&stream);
     let mut writer = &stream;
@@ -208,28 +163,19 @@ fn helper_main(stream: UnixStream) -> ! {
             Ok(0) | Err(_) => sys::exit_now(0),
             Ok(_) => {}
         }
-        let reply = match PauseConfig::from_json(&line).and_then(|cfg| create_pause(&cfg)) {
-            Ok(pid) => json!({ "pid": pid }),
-            Err(e) => json!({ "error": e }),
+        let reply = match serde_json::from_str::<PauseConfig>(&line) {
+            Ok(cfg) => match create_pause(&cfg) {
+                Ok(pid) => Reply::Pid(pid),
+                Err(e) => Reply::Error(e),
+            },
+            Err(e) => Reply::Error(format!("bad pause request: {e}")),
         };
-        let mut out = reply.to_string();
+        let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{}".into());
         out.push('\n');
         if writer.write_all(out.as_bytes()).is_err() {
             sys::exit_now(0);
         }
     }
-}
-
-/// Moves `fd` to number `to` and closes every descriptor above it.
-fn move_fd(fd: OwnedFd, to: i32) -> nix::Result<OwnedFd> {
-    if fd.as_raw_fd() != to {
-        nix::unistd::dup2(fd.as_raw_fd(), to)?;
-        drop(fd);
-    } else {
-        std::mem::forget(fd);
-    }
-    sys::close_fds_from(to + 1)?;
-    sys::adopt_inherited_fd(to).ok_or(nix::Error::EBADF)
 }
 
 /// Runs in the helper: forks the setup child and reports the pause pid it created.
@@ -239,7 +185,7 @@ fn create_pause(cfg: &PauseConfig) -> std::result::Result<i32, String> {
         None => None,
     };
     let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    match sys::fork_single_threaded().map_err(|e| format!("fork: {e}"))? {
+    match sys::fork().map_err(|e| format!("fork: {e}"))? {
         Forked::Child => {
             drop(rd);
             let result = setup_and_fork_pause(cfg, netns.as_ref());
@@ -293,16 +239,13 @@ fn setup_and_fork_pause(
             std::fs::write(&tasks, "0")
                 .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
         } else {
-            let fd = nix::fcntl::open(
-                dir,
-                nix::fcntl::OFlag::O_RDONLY
-                    | nix::fcntl::OFlag::O_DIRECTORY
-                    | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )
-            .map_err(|e| format!("open cgroup {}: {e}", dir.display()))?;
-            // SAFETY: open returned a new descriptor that nothing else owns.
-            v2_dir = Some((dir, unsafe { OwnedFd::from_raw_fd(fd) }));
+            use std::os::unix::fs::OpenOptionsExt;
+            let fd = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(dir)
+                .map_err(|e| format!("open cgroup {}: {e}", dir.display()))?;
+            v2_dir = Some((dir, OwnedFd::from(fd)));
         }
     }
     if let Some(ns) = netns {
@@ -325,15 +268,15 @@ fn setup_and_fork_pause(
     }
     let (ready_rd, ready_wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     let forked = match &v2_dir {
-        Some((dir, fd)) => match sys::fork_into_cgroup(fd.as_fd()) {
+        Some((dir, fd)) => match sys::fork_in_cgroup(fd.as_fd()) {
             Err(nix::Error::ENOSYS | nix::Error::EINVAL | nix::Error::E2BIG) => {
                 std::fs::write(dir.join("cgroup.procs"), "0")
                     .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
-                sys::fork_single_threaded()
+                sys::fork()
             }
             r => r,
         },
-        None => sys::fork_single_threaded(),
+        None => sys::fork(),
     };
     match forked.map_err(|e| format!("fork pause: {e}"))? {
         Forked::Child => {
@@ -366,10 +309,10 @@ pub fn sysctl_path(key: &str) -> PathBuf {
 
 /// The pause process: PID 1 of the pod's pid namespace (or a plain sleeper with hostPID).
 fn pause_main(ready: OwnedFd) -> ! {
-    let ready = match move_fd(ready, READY_FD) {
-        Ok(fd) => fd,
-        Err(_) => sys::exit_now(1),
-    };
+    sys::run_alone(ready, READY_FD, pause_loop)
+}
+
+fn pause_loop(ready: OwnedFd) -> ! {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -425,7 +368,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_round_trips_through_json() {
+    fn request_and_reply_round_trip_and_bad_ones_fail() {
         let cfg = PauseConfig {
             netns: Some("/var/run/netns/cni-1".into()),
             new_uts: true,
@@ -435,8 +378,15 @@ mod tests {
             sysctls: vec![("net.ipv4.ip_forward".into(), "1".into())],
             cgroups: vec!["/sys/fs/cgroup/memory/p".into()],
         };
-        assert_eq!(PauseConfig::from_json(&cfg.to_json()).unwrap(), cfg);
-        assert!(PauseConfig::from_json("{not json").is_err());
+        let line = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(serde_json::from_str::<PauseConfig>(&line).unwrap(), cfg);
+        assert!(serde_json::from_str::<PauseConfig>("{not json").is_err());
+        // A wrong type is an error, not an absent field.
+        assert!(serde_json::from_str::<PauseConfig>(r#"{"new_uts":"yes"}"#).is_err());
+        for r in [Reply::Pid(42), Reply::Error("no".into())] {
+            let line = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), r);
+        }
     }
 
     #[test]

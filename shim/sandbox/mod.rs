@@ -4,13 +4,16 @@
 
 pub mod config;
 pub mod files;
+mod phase;
 pub mod service;
 pub mod update;
+
+pub use phase::{Phase, SANDBOX_NOTREADY, SANDBOX_READY};
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
@@ -21,88 +24,16 @@ use tokio::sync::watch;
 use crate::cgroups::systemd::Systemd;
 use crate::cgroups::Layout;
 use crate::error::{Error, Result};
+use crate::lifetime::Lifetime;
+use crate::lock::lock;
 use crate::pause::{PauseConfig, PauseSpawner};
 use crate::reaper::{wait_exit, Exit, Reaper};
 use crate::state::{proc_start_time, Leftovers};
 use config::PodSpec;
 use files::PodFiles;
 
-/// CRI's literal sandbox states (`runtime.v1.PodSandboxState` names).
-pub const SANDBOX_READY: &str = "SANDBOX_READY";
-pub const SANDBOX_NOTREADY: &str = "SANDBOX_NOTREADY";
-
 /// How long StopSandbox waits after SIGTERM when the caller gives no timeout (CRI gives 0).
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(2);
-
-/// Where a sandbox is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// CreateSandbox recorded it; nothing runs yet.
-    Created,
-    /// The pause process is alive.
-    Running { pid: u32, started_at: SystemTime },
-    /// The pause process has exited (or the sandbox was stopped before it started).
-    Stopped {
-        pid: u32,
-        started_at: Option<SystemTime>,
-        exit: Exit,
-    },
-}
-
-impl Phase {
-    /// May the pause process be started now?
-    pub fn check_start(&self, id: &str) -> Result<()> {
-        match self {
-            Phase::Created => Ok(()),
-            Phase::Running { .. } => Err(Error::FailedPrecondition(format!(
-                "sandbox {id} is already started"
-            ))),
-            Phase::Stopped { .. } => Err(Error::FailedPrecondition(format!(
-                "sandbox {id} is stopped and cannot be started again"
-            ))),
-        }
-    }
-
-    /// The pause process `pid` started.
-    pub fn started(&self, id: &str, pid: u32, at: SystemTime) -> Result<Phase> {
-        self.check_start(id)?;
-        Ok(Phase::Running {
-            pid,
-            started_at: at,
-        })
-    }
-
-    /// The pause process exited, or a never-started sandbox was stopped.
-    pub fn exited(&self, exit: Exit) -> Phase {
-        match *self {
-            Phase::Created => Phase::Stopped {
-                pid: 0,
-                started_at: None,
-                exit,
-            },
-            Phase::Running { pid, started_at } => Phase::Stopped {
-                pid,
-                started_at: Some(started_at),
-                exit,
-            },
-            stopped @ Phase::Stopped { .. } => stopped,
-        }
-    }
-
-    pub fn state(&self) -> &'static str {
-        match self {
-            Phase::Running { .. } => SANDBOX_READY,
-            _ => SANDBOX_NOTREADY,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        match *self {
-            Phase::Created => 0,
-            Phase::Running { pid, .. } | Phase::Stopped { pid, .. } => pid,
-        }
-    }
-}
 
 /// Labels and annotations kept for the sandbox (from Create and Update).
 #[derive(Debug, Clone, Default)]
@@ -128,23 +59,17 @@ pub struct Sandbox {
     host: tokio::sync::Mutex<Leftovers>,
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update under these locks is a single assignment, so a poisoned lock still
-    // holds a consistent value.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Sandbox {
     pub fn phase(&self) -> Phase {
-        *locked(&self.phase)
+        *lock(&self.phase)
     }
 
     pub fn meta(&self) -> Meta {
-        locked(&self.meta).clone()
+        lock(&self.meta).clone()
     }
 
     fn set_exited(&self, exit: Exit) {
-        let mut p = locked(&self.phase);
+        let mut p = lock(&self.phase);
         *p = p.exited(exit);
         self.exited.send_replace(Some(exit));
     }
@@ -183,44 +108,35 @@ pub struct Status {
     pub info: Option<String>,
 }
 
-/// Every sandbox of this shim.
+/// The sandbox of this shim. The registry is a map because the state machine, status
+/// and cleanup are per sandbox, but a shim serves exactly one: containerd starts a shim
+/// per sandbox (its socket is named after the sandbox id), and the pause helper, forked
+/// while the server is single-threaded, goes after the first StartSandbox. A CreateSandbox
+/// for a second id is refused with FAILED_PRECONDITION. Serving many pods from one process
+/// would take a helper that stays (or a pause made by a fresh helper per pod): the door is
+/// this check and the helper's `close`.
 pub struct Manager {
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     spawner: PauseSpawner,
     reaper: Reaper,
     layout: Layout,
-    exit: watch::Sender<bool>,
-    /// Container tasks alive in this shim (the task service keeps the count).
-    tasks: std::sync::atomic::AtomicUsize,
-    /// containerd asked the shim to go (Task.Shutdown, or the last ShutdownSandbox).
-    exit_asked: std::sync::atomic::AtomicBool,
+    lifetime: Arc<Lifetime>,
 }
 
 impl Manager {
-    pub fn new(spawner: PauseSpawner, reaper: Reaper, layout: Layout) -> Manager {
+    pub fn new(
+        spawner: PauseSpawner,
+        reaper: Reaper,
+        layout: Layout,
+        lifetime: Arc<Lifetime>,
+    ) -> Manager {
         Manager {
             sandboxes: Mutex::default(),
             spawner,
             reaper,
             layout,
-            exit: watch::channel(false).0,
-            tasks: Default::default(),
-            exit_asked: Default::default(),
+            lifetime,
         }
-    }
-
-    /// Resolves when the shim server should exit.
-    pub fn exit_requested(&self) -> watch::Receiver<bool> {
-        self.exit.subscribe()
-    }
-
-    /// Asks the server to exit once the current reply is on its way.
-    pub fn request_exit(&self) {
-        let tx = self.exit.clone();
-        tokio::spawn(async move {
-            tokio::task::yield_now().await;
-            tx.send_replace(true);
-        });
     }
 
     /// A shim serving plain tasks (no sandbox) lets its pause helper go.
@@ -230,30 +146,8 @@ impl Manager {
         }
     }
 
-    /// Counts container tasks in or out of this shim.
-    pub fn tasks_changed(&self, added: bool) {
-        use std::sync::atomic::Ordering::SeqCst;
-        if added {
-            self.tasks.fetch_add(1, SeqCst);
-        } else {
-            self.tasks.fetch_sub(1, SeqCst);
-        }
-    }
-
-    /// Exits the server once it has been asked to (now or before) and holds neither
-    /// sandboxes nor container tasks; containerd may ask while some are still alive.
-    pub fn exit_if_idle(&self, asked: bool) {
-        use std::sync::atomic::Ordering::SeqCst;
-        if asked {
-            self.exit_asked.store(true, SeqCst);
-        }
-        if self.exit_asked.load(SeqCst) && !self.has_sandboxes() && self.tasks.load(SeqCst) == 0 {
-            self.request_exit();
-        }
-    }
-
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
-        locked(&self.sandboxes)
+        lock(&self.sandboxes)
             .get(id)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("sandbox {id} not found")))
@@ -262,7 +156,7 @@ impl Manager {
     /// The bundle of the sandbox a container task belongs to: the one CRI names in the
     /// task's annotations, else the shim's only sandbox.
     pub fn bundle_for_task(&self, sandbox_id: Option<&str>) -> Option<PathBuf> {
-        let all = locked(&self.sandboxes);
+        let all = lock(&self.sandboxes);
         if let Some(sb) = sandbox_id.and_then(|id| all.get(id)) {
             return Some(sb.bundle.clone());
         }
@@ -274,7 +168,7 @@ impl Manager {
 
     /// Whether a sandbox of this shim is still alive (not yet shut down).
     pub fn has_sandboxes(&self) -> bool {
-        !locked(&self.sandboxes).is_empty()
+        !lock(&self.sandboxes).is_empty()
     }
 
     pub fn create(&self, p: CreateParams) -> Result<()> {
@@ -300,10 +194,17 @@ impl Manager {
         } else {
             PathBuf::from(&p.bundle)
         };
-        let mut all = locked(&self.sandboxes);
+        let mut all = lock(&self.sandboxes);
         if all.contains_key(&p.id) {
             return Err(Error::AlreadyExists(format!(
                 "sandbox {} already exists",
+                p.id
+            )));
+        }
+        if let Some(other) = all.keys().next() {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox {}: this shim serves sandbox {other}, and a cove shim serves one \
+                 sandbox (containerd starts one per sandbox)",
                 p.id
             )));
         }
@@ -332,6 +233,7 @@ impl Manager {
                 host: tokio::sync::Mutex::new(Leftovers::default()),
             }),
         );
+        self.lifetime.sandbox_added();
         Ok(())
     }
 
@@ -366,7 +268,7 @@ impl Manager {
         let pid_u = pid as u32;
         let mut rx = self.reaper.watch(pid, born);
         {
-            let mut p = locked(&sb.phase);
+            let mut p = lock(&sb.phase);
             *p = p.started(id, pid_u, at)?;
         }
         self.spawner.close().await;
@@ -559,7 +461,7 @@ impl Manager {
             Err(e) => {
                 // containerd shuts a shim down this way when CreateSandbox failed: with no
                 // sandbox (and no task) left, the server must not linger.
-                self.exit_if_idle(true);
+                self.lifetime.asked();
                 return Err(e);
             }
         };
@@ -569,15 +471,9 @@ impl Manager {
         host.clean_async().await?;
         *host = Leftovers::default();
         Leftovers::forget(&sb.bundle)?;
-        let last = {
-            let mut all = locked(&self.sandboxes);
-            all.remove(id);
-            all.is_empty()
-        };
+        lock(&self.sandboxes).remove(id);
         log::info!("shut down sandbox {id}");
-        if last {
-            self.exit_if_idle(true);
-        }
+        self.lifetime.sandbox_removed();
         Ok(())
     }
 
@@ -603,7 +499,7 @@ impl Manager {
             }
             self.layout.apply(&sb.spec.pod_cgroup(id), res)?;
         }
-        let mut meta = locked(&sb.meta);
+        let mut meta = lock(&sb.meta);
         meta.annotations.extend(change.annotations);
         if let Some(labels) = change.labels {
             meta.labels = labels;
@@ -635,13 +531,22 @@ fn check_netns(path: &Path) -> Result<()> {
 
 /// GOARCH name of the architecture cove was built for.
 pub fn goarch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "x86" => "386",
-        "aarch64" => "arm64",
-        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
+    goarch_of(std::env::consts::ARCH, cfg!(target_endian = "little"))
+}
+
+/// Go's GOARCH name for a Rust target architecture (`std::env::consts::ARCH`).
+fn goarch_of(arch: &'static str, little_endian: bool) -> &'static str {
+    match (arch, little_endian) {
+        ("x86_64", _) => "amd64",
+        ("x86", _) => "386",
+        ("aarch64", _) => "arm64",
+        ("powerpc64", true) => "ppc64le",
+        ("powerpc64", false) => "ppc64",
+        ("mips", true) => "mipsle",
+        ("mips64", true) => "mips64le",
+        ("loongarch64", _) => "loong64",
+        // arm, mips, mips64, riscv64, s390x: the same name in Go.
+        (other, _) => other,
     }
 }
 
@@ -649,77 +554,28 @@ pub fn goarch() -> &'static str {
 mod tests {
     use super::*;
 
-    fn exit(status: u32) -> Exit {
-        Exit {
-            status,
-            at: SystemTime::UNIX_EPOCH,
+    #[test]
+    fn goarch_names_are_gos() {
+        for (arch, le, go) in [
+            ("x86_64", true, "amd64"),
+            ("x86", true, "386"),
+            ("aarch64", true, "arm64"),
+            ("arm", true, "arm"),
+            ("powerpc64", true, "ppc64le"),
+            ("powerpc64", false, "ppc64"),
+            ("mips", true, "mipsle"),
+            ("mips64", false, "mips64"),
+            ("riscv64", true, "riscv64"),
+            ("s390x", false, "s390x"),
+            ("loongarch64", true, "loong64"),
+        ] {
+            assert_eq!(goarch_of(arch, le), go, "{arch}");
         }
-    }
-
-    #[test]
-    fn created_can_start_once() {
-        let p = Phase::Created;
-        p.check_start("a").unwrap();
-        let r = p.started("a", 7, SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!(r.state(), SANDBOX_READY);
-        assert_eq!(r.pid(), 7);
-        assert!(matches!(
-            r.started("a", 8, SystemTime::UNIX_EPOCH),
-            Err(Error::FailedPrecondition(_))
-        ));
-    }
-
-    #[test]
-    fn running_exits_into_stopped_and_keeps_pid() {
-        let r = Phase::Running {
-            pid: 7,
-            started_at: SystemTime::UNIX_EPOCH,
-        };
-        let s = r.exited(exit(137));
-        assert_eq!(s.state(), SANDBOX_NOTREADY);
-        assert_eq!(s.pid(), 7);
-        assert!(matches!(
-            s,
-            Phase::Stopped {
-                exit: Exit { status: 137, .. },
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn stopped_is_final() {
-        let s = Phase::Created.exited(exit(0));
-        assert_eq!(s.pid(), 0);
-        assert_eq!(s.exited(exit(9)), s, "a second exit changes nothing");
-        assert!(matches!(
-            s.check_start("a"),
-            Err(Error::FailedPrecondition(_))
-        ));
-    }
-
-    #[test]
-    fn states_are_cri_enum_names() {
-        assert_eq!(Phase::Created.state(), "SANDBOX_NOTREADY");
-        assert_eq!(
-            Phase::Running {
-                pid: 1,
-                started_at: SystemTime::UNIX_EPOCH
-            }
-            .state(),
-            "SANDBOX_READY"
-        );
-    }
-
-    #[test]
-    fn goarch_names_match_the_build_target() {
-        let expect = if cfg!(target_arch = "x86_64") {
-            "amd64"
-        } else if cfg!(target_arch = "aarch64") {
-            "arm64"
-        } else {
-            goarch()
-        };
-        assert_eq!(goarch(), expect);
+        // What this build reports is one of Go's architectures (`go tool dist list`).
+        const GOARCHES: &[&str] = &[
+            "386", "amd64", "arm", "arm64", "loong64", "mips", "mips64", "mips64le", "mipsle",
+            "ppc64", "ppc64le", "riscv64", "s390x",
+        ];
+        assert!(GOARCHES.contains(&goarch()), "{}", goarch());
     }
 }

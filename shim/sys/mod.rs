@@ -1,23 +1,63 @@
-//! Every raw system call cove makes that `nix` does not wrap safely, each behind a small
-//! safe function. Nothing outside this module contains `unsafe`.
+//! Every raw system call cove makes that `nix` does not wrap safely. The crate denies
+//! `unsafe` everywhere else (`#![deny(unsafe_code)]` in `lib.rs`): this module is the one
+//! place it is allowed, and every `unsafe` block here says why it is sound.
+//!
+//! A call whose soundness depends on its caller is an `unsafe fn` with a `# Safety`
+//! section; the rest of cove reaches it only through a safe function here that establishes
+//! the precondition itself: [`fork`] checks that the process has one thread,
+//! [`adopt_inherited`] that a descriptor was inherited and is unowned, and [`run_alone`]
+//! closes descriptors only on the way into a function that never returns.
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::unistd::Pid;
 
-/// Result of [`fork`], mirroring `nix::unistd::ForkResult`.
+/// Result of a fork, mirroring `nix::unistd::ForkResult`.
 pub enum Forked {
     Parent(Pid),
     Child,
 }
 
+/// How many threads the calling process has.
+pub fn thread_count() -> nix::Result<usize> {
+    let dir = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    Ok(dir.count())
+}
+
+/// Forks the calling process, which must have exactly one thread: a child forked from a
+/// multi-threaded process could inherit locks held by threads that do not exist in it.
+/// Fails with `EDEADLK` (and forks nothing) when the process has more threads.
+///
+/// cove forks only before its async runtime starts, and inside the pause helper, which
+/// never starts threads; the child may then allocate and use the standard library freely.
+pub fn fork() -> nix::Result<Forked> {
+    if thread_count()? != 1 {
+        return Err(nix::Error::EDEADLK);
+    }
+    // SAFETY: the process has one thread (checked above), the precondition of
+    // fork_single_threaded.
+    unsafe { fork_single_threaded() }
+}
+
+/// [`fork`], with the child born in the cgroup v2 directory open as `cgroup` (see
+/// [`fork_into_cgroup`]). Same precondition check.
+pub fn fork_in_cgroup(cgroup: BorrowedFd<'_>) -> nix::Result<Forked> {
+    if thread_count()? != 1 {
+        return Err(nix::Error::EDEADLK);
+    }
+    // SAFETY: the process has one thread (checked above).
+    unsafe { fork_into_cgroup(cgroup) }
+}
+
 /// Forks the calling process.
 ///
-/// Callers must be single-threaded at this point (cove forks only before its async runtime
-/// starts, or inside the pause helper, which never starts threads), so the child may allocate
-/// and use the standard library freely.
-pub fn fork_single_threaded() -> nix::Result<Forked> {
-    // SAFETY: the documented precondition (a single-threaded caller) makes every
+/// # Safety
+///
+/// The calling process must have exactly one thread, so that no lock (the allocator's,
+/// stdio's, the environment's) can be held by a thread that the child does not have.
+pub unsafe fn fork_single_threaded() -> nix::Result<Forked> {
+    // SAFETY: the caller guarantees a single-threaded process, which makes every
     // operation in the child as safe as it was in the parent.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
@@ -30,7 +70,11 @@ pub fn fork_single_threaded() -> nix::Result<Forked> {
 /// kernel no migration: writing a pid into `cgroup.procs` takes a global lock whose first
 /// writer waits for an RCU grace period (~10 ms on a busy 2-core VM). Fails with ENOSYS
 /// or EINVAL where the kernel cannot do it; callers then join by writing `cgroup.procs`.
-pub fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> nix::Result<Forked> {
+///
+/// # Safety
+///
+/// As for [`fork_single_threaded`]: the calling process must have exactly one thread.
+pub unsafe fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> nix::Result<Forked> {
     #[repr(C)]
     struct CloneArgs {
         flags: u64,
@@ -60,8 +104,8 @@ pub fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> nix::Result<Forked> {
         cgroup: cgroup.as_raw_fd() as u64,
     };
     // SAFETY: with no stack given, clone3 duplicates the caller like fork(2) and both
-    // return here. The precondition of fork_single_threaded (one thread, so no lock is
-    // held by another) makes the child as safe as after fork(2); the args outlive the call.
+    // return here. The caller's guarantee (one thread, so no lock is held by another)
+    // makes the child as safe as after fork(2); the args outlive the call.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -77,9 +121,15 @@ pub fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> nix::Result<Forked> {
 }
 
 /// Closes every file descriptor numbered `first` or above.
-pub fn close_fds_from(first: RawFd) -> nix::Result<()> {
-    // SAFETY: close_range only closes descriptors; callers own every fd at or above
-    // `first` and do not use them afterwards.
+///
+/// # Safety
+///
+/// The caller owns every descriptor numbered `first` or above, and nothing in the process
+/// (an `OwnedFd`, a `File`, a static) uses or closes any of them afterwards: a later close
+/// of a number that has been reused would close someone else's descriptor.
+pub unsafe fn close_fds_from(first: RawFd) -> nix::Result<()> {
+    // SAFETY: close_range only closes descriptors; the caller guarantees that no owner
+    // of any of them is left to use it.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
@@ -92,6 +142,37 @@ pub fn close_fds_from(first: RawFd) -> nix::Result<()> {
         return Err(nix::Error::last());
     }
     Ok(())
+}
+
+/// Becomes a process that holds only stdio and `keep`: moves `keep` to descriptor `at`,
+/// closes every descriptor above it, and runs `main` with it. Never returns, so no frame
+/// of the caller, and no owner of a closed descriptor in it, runs again; `main` is a plain
+/// function and carries none. What a forked child (the pause helper, the pause process)
+/// calls first. Exits with status 1 if the descriptors cannot be arranged.
+///
+/// cove holds no descriptor in a static before the server's runtime (and its shim log)
+/// starts, which is where these children are forked from.
+pub fn run_alone(keep: OwnedFd, at: RawFd, main: fn(OwnedFd) -> !) -> ! {
+    if keep.as_raw_fd() != at {
+        if nix::unistd::dup2(keep.as_raw_fd(), at).is_err() {
+            exit_now(1);
+        }
+        drop(keep);
+    } else {
+        std::mem::forget(keep);
+    }
+    // SAFETY: this function never returns: the frames that owned the descriptors above
+    // `at` never run again, `main` is a function pointer that captures none of them, and
+    // the processes that call this keep no descriptor in a static (see above).
+    if unsafe { close_fds_from(at + 1) }.is_err() {
+        exit_now(1);
+    }
+    // SAFETY: `at` was just made a duplicate that nothing owns (the original was dropped
+    // or forgotten above), so it is adopted once, here.
+    match unsafe { adopt_inherited_fd(at) } {
+        Some(fd) => main(fd),
+        None => exit_now(1),
+    }
 }
 
 /// Drops every capability from the effective, permitted and inheritable sets of the
@@ -186,12 +267,39 @@ pub fn close_on_exec_from(first: RawFd) -> nix::Result<()> {
 /// Takes ownership of a descriptor number inherited from the parent process.
 ///
 /// Returns `None` unless `fd` is open in this process.
-pub fn adopt_inherited_fd(fd: RawFd) -> Option<std::os::fd::OwnedFd> {
+///
+/// # Safety
+///
+/// `fd` was handed to this process for the caller alone: no `OwnedFd`, `File` or other
+/// owner in the process refers to it, and it is adopted only once.
+pub unsafe fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     use std::os::fd::FromRawFd;
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).ok()?;
-    // SAFETY: the fd is open (checked above) and was passed to us by number for us
-    // alone to own; nothing else in this process refers to it.
-    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    // SAFETY: the fd is open (checked above), and the caller guarantees that nothing else
+    // in this process refers to it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes ownership of descriptor `fd`, which the process that exec'd this one left open
+/// for it (the server's listener and readiness pipe, from `start`), and makes it
+/// close-on-exec.
+///
+/// Returns `None` unless `fd` is open and inheritable. That is how an inherited descriptor
+/// is told from one this process owns: everything cove opens (through std, tokio and nix)
+/// is close-on-exec, so an open descriptor without the flag came across the exec and has
+/// no owner here; setting the flag on adoption makes a second adoption fail. Call it
+/// before anything marks inherited descriptors close-on-exec.
+pub fn adopt_inherited(fd: RawFd) -> Option<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).ok()?);
+    if flags.contains(FdFlag::FD_CLOEXEC) {
+        return None;
+    }
+    fcntl(fd, FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC)).ok()?;
+    // SAFETY: the descriptor is open and was inheritable (checked above), so it came
+    // across the exec with no owner in this process; it is now close-on-exec, so it is
+    // never adopted again.
+    unsafe { adopt_inherited_fd(fd) }
 }
 
 /// The filesystem magic of nsfs, the filesystem of `/proc/<pid>/ns/*` and their bind mounts.
@@ -252,7 +360,7 @@ pub fn pass_fds(cmd: &mut std::process::Command, fds: Vec<RawFd>, first: RawFd) 
 }
 
 /// Receives one descriptor sent with SCM_RIGHTS on a unix socket (runc's console socket).
-pub fn recv_fd(sock: RawFd) -> nix::Result<Option<std::os::fd::OwnedFd>> {
+pub fn recv_fd(sock: RawFd) -> nix::Result<Option<OwnedFd>> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::FromRawFd;
     let mut buf = [0u8; 4096];
@@ -264,7 +372,7 @@ pub fn recv_fd(sock: RawFd) -> nix::Result<Option<std::os::fd::OwnedFd>> {
         if let ControlMessageOwned::ScmRights(fds) = c {
             for fd in fds {
                 // SAFETY: the kernel just installed `fd` in our table for us alone.
-                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
                 if got.is_none() {
                     got = Some(owned);
                 }
@@ -275,9 +383,7 @@ pub fn recv_fd(sock: RawFd) -> nix::Result<Option<std::os::fd::OwnedFd>> {
 }
 
 /// Registers an owned descriptor with the async runtime's reactor.
-pub fn async_fd(
-    fd: std::os::fd::OwnedFd,
-) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: the AsyncFd takes ownership of `fd`, so the descriptor stays open for as
     // long as it is registered and is closed only after deregistration.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::{Error, IoContext, Result};
+use crate::record::{self, Record};
 use crate::task::oom::Oom;
 use crate::task::process::Process;
 use crate::task::runc::Runc;
@@ -15,6 +16,27 @@ use crate::task::runc::Runc;
 /// The record in a container bundle that lets `delete` clean up after a shim crash.
 pub const TASK_FILE: &str = "cove-task.json";
 
+/// What `delete` needs to clean up a container after a crash (a [`crate::record`]).
+/// Version 1 is the hand-written version 0 with a version; `systemd_cgroup` came later
+/// in version 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: String,
+    /// The bundle (absent from the records that `cleanup_indexed` makes up).
+    #[serde(default)]
+    pub bundle: PathBuf,
+    /// The OCI runtime binary and its state root (namespace included).
+    pub runtime: String,
+    pub root: PathBuf,
+    #[serde(default)]
+    pub systemd_cgroup: bool,
+    pub rootfs_mounted: bool,
+}
+
+impl Record for TaskRecord {
+    const KIND: &'static str = "task record";
+    const VERSION: u32 = 1;
+}
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
@@ -40,7 +62,7 @@ pub struct Container {
 
 impl Container {
     pub fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {
-        self.execs.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock::lock(&self.execs)
     }
 
     pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
@@ -58,10 +80,7 @@ impl Container {
     }
 
     pub fn cgroup(&self) -> Option<PathBuf> {
-        self.cgroup
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::lock::lock(&self.cgroup).clone()
     }
 
     pub fn rootfs(&self) -> PathBuf {
@@ -72,18 +91,17 @@ impl Container {
     /// sandbox's index (containerd may remove the bundle of a dead shim's task before the
     /// sandbox's `delete` runs, so the entry carries everything that `delete` needs).
     pub fn save(&self) -> Result<()> {
-        let rec = json!({
-            "id": self.id,
-            "bundle": self.bundle,
-            "runtime": self.runc.binary,
-            "root": self.runc.root,
-            "systemd_cgroup": self.runc.systemd_cgroup,
-            "rootfs_mounted": self.rootfs_mounted,
-        })
-        .to_string();
-        write_atomic(&self.bundle.join(TASK_FILE), &rec)?;
+        let rec = record::encode(&TaskRecord {
+            id: self.id.clone(),
+            bundle: self.bundle.clone(),
+            runtime: self.runc.binary.clone(),
+            root: self.runc.root.clone(),
+            systemd_cgroup: self.runc.systemd_cgroup,
+            rootfs_mounted: self.rootfs_mounted,
+        })?;
+        record::write_atomic(&self.bundle.join(TASK_FILE), &rec)?;
         if let Some(entry) = &self.index {
-            write_atomic(entry, &rec)?;
+            record::write_atomic(entry, &rec)?;
         }
         Ok(())
     }
@@ -93,13 +111,6 @@ impl Container {
 /// (one file per container id, holding its bundle path): containerd runs `delete` only for
 /// the sandbox when a sandbox's shim dies, and that `delete` cleans up its containers too.
 pub const TASK_INDEX: &str = "cove-tasks";
-
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text).context(|| format!("write {}", path.display()))?;
-    std::fs::rename(&tmp, path).context(|| format!("write {}", path.display()))
-}
 
 /// The index entry of container `id` under the sandbox bundle `sandbox` (its directory is
 /// made here; [`Container::save`] writes the entry).
@@ -123,11 +134,7 @@ pub fn cleanup_indexed(sandbox: &Path, namespace: &str) -> Result<usize> {
         }
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
         let rec = parse_record(&text, &e.path(), &name, namespace);
-        let bundle = rec
-            .get("bundle")
-            .and_then(|b| b.as_str())
-            .map(PathBuf::from)
-            .unwrap_or_default();
+        let bundle = rec.bundle.clone();
         match cleanup_record(&rec, &bundle) {
             Ok(()) => {
                 n += 1;
@@ -150,24 +157,24 @@ pub fn cleanup_indexed(sandbox: &Path, namespace: &str) -> Result<usize> {
     Ok(n)
 }
 
-/// A crash-cleanup record; one that cannot be read is reported, and stands in for the
-/// container as containerd names it (`id` in `namespace`, runc's default root).
-fn parse_record(text: &str, path: &Path, id: &str, namespace: &str) -> serde_json::Value {
-    match serde_json::from_str(text) {
-        Ok(v) => v,
+/// A crash-cleanup record; one that cannot be read is reported (as DATA_LOSS, in the shim
+/// log and on stderr), and stands in for the container as containerd names it (`id` in
+/// `namespace`, runc's default root, everything under the rootfs unmounted).
+fn parse_record(text: &str, path: &Path, id: &str, namespace: &str) -> TaskRecord {
+    match record::decode::<TaskRecord>(text, path) {
+        Ok(r) => r,
         Err(e) => {
-            let msg = format!(
-                "{} is corrupt ({e}); cleaning up task {id} with runc's defaults",
-                path.display()
-            );
+            let msg = format!("{e}; cleaning up task {id} with runc's defaults");
             log::warn!("{msg}");
             eprintln!("cove: {msg}");
-            json!({
-                "id": id,
-                "runtime": "runc",
-                "root": Path::new(crate::task::runc::DEFAULT_ROOT).join(namespace),
-                "rootfs_mounted": true,
-            })
+            TaskRecord {
+                id: id.to_owned(),
+                bundle: PathBuf::new(),
+                runtime: "runc".into(),
+                root: Path::new(crate::task::runc::DEFAULT_ROOT).join(namespace),
+                systemd_cgroup: false,
+                rootfs_mounted: true,
+            }
         }
     }
 }
@@ -200,27 +207,20 @@ pub fn cleanup_leftover(bundle: &Path, id: &str, namespace: &str) -> Result<bool
 }
 
 /// Force-deletes the runc container a record names and unmounts its rootfs.
-fn cleanup_record(v: &serde_json::Value, bundle: &Path) -> Result<()> {
-    let s = |k: &str| {
-        v.get(k)
-            .and_then(|x| x.as_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (id, runtime, root) = (s("id"), s("runtime"), s("root"));
-    if !id.is_empty() && !runtime.is_empty() {
+fn cleanup_record(r: &TaskRecord, bundle: &Path) -> Result<()> {
+    if !r.id.is_empty() && !r.runtime.is_empty() {
         // runc can fail while the container's last processes are still exiting (a busy
         // cgroup); the state is gone only when runc says so, so try a few times and say
         // what runc said if it never does.
-        let state = Path::new(&root).join(&id);
+        let state = r.root.join(&r.id);
         let mut said = String::new();
         for attempt in 0..DELETE_TRIES {
-            let mut c = std::process::Command::new(&runtime);
-            c.arg("--root").arg(&root);
-            if v.get("systemd_cgroup").and_then(|x| x.as_bool()) == Some(true) {
+            let mut c = std::process::Command::new(&r.runtime);
+            c.arg("--root").arg(&r.root);
+            if r.systemd_cgroup {
                 c.arg("--systemd-cgroup");
             }
-            match c.args(["delete", "--force", &id]).output() {
+            match c.args(["delete", "--force", &r.id]).output() {
                 Ok(o) if o.status.success() => break,
                 Ok(o) => said = String::from_utf8_lossy(&o.stderr).trim().to_owned(),
                 Err(e) => said = e.to_string(),
@@ -234,16 +234,45 @@ fn cleanup_record(v: &serde_json::Value, bundle: &Path) -> Result<()> {
         }
         if state.exists() {
             return Err(Error::Internal(format!(
-                "{runtime} delete --force {id} left {}: {said}",
+                "{} delete --force {} left {}: {said}",
+                r.runtime,
+                r.id,
                 state.display()
             )));
         }
     }
-    if v.get("rootfs_mounted").and_then(|x| x.as_bool()) == Some(true)
-        && !bundle.as_os_str().is_empty()
-        && bundle.join("rootfs").exists()
-    {
+    if r.rootfs_mounted && !bundle.as_os_str().is_empty() && bundle.join("rootfs").exists() {
         unmount_rootfs(&bundle.join("rootfs"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_records_of_this_and_an_older_cove_are_read() {
+        // As cove wrote it before records were versioned.
+        let old = r#"{"id":"c1","bundle":"/run/b/c1","runtime":"runc","root":"/run/containerd/runc/k8s.io","systemd_cgroup":false,"rootfs_mounted":true}"#;
+        let r = parse_record(old, Path::new("old"), "c1", "k8s.io");
+        assert_eq!(r.bundle, PathBuf::from("/run/b/c1"));
+        assert!(r.rootfs_mounted);
+        let text = record::encode(&r).unwrap();
+        assert_eq!(parse_record(&text, Path::new("new"), "c1", "k8s.io"), r);
+    }
+
+    #[test]
+    fn a_corrupt_task_record_stands_in_with_runcs_defaults() {
+        let r = parse_record(
+            r#"{"id":"c1","runtime":"runc","root":7}"#,
+            Path::new("bad"),
+            "c1",
+            "moby",
+        );
+        assert_eq!(
+            (r.runtime.as_str(), r.root.as_path(), r.rootfs_mounted),
+            ("runc", Path::new("/run/containerd/runc/moby"), true)
+        );
+    }
 }

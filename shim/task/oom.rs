@@ -48,7 +48,7 @@ pub struct Ledgers(Mutex<HashMap<PathBuf, Weak<Ledger>>>);
 
 impl Ledgers {
     fn get(&self, parent: &Path) -> Option<Arc<Ledger>> {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = crate::lock::lock(&self.0);
         all.retain(|_, l| l.strong_count() > 0);
         if let Some(l) = all.get(parent).and_then(Weak::upgrade) {
             return Some(l);

@@ -71,6 +71,17 @@ impl Runc {
         Err(classify(what, msg))
     }
 
+    /// The part `runc create` and `runc exec` share: the subcommand and its own flags,
+    /// then the pid file and console socket of the new process.
+    fn launch_command(&self, log: &Path, args: &[&std::ffi::OsStr], l: &Launch<'_>) -> Command {
+        let mut c = self.command(log);
+        c.args(args).arg("--pid-file").arg(&l.pid_file);
+        if let Some(s) = l.console_socket {
+            c.arg("--console-socket").arg(s);
+        }
+        c
+    }
+
     pub async fn create(
         &self,
         id: &str,
@@ -80,15 +91,11 @@ impl Runc {
         no_new_keyring: bool,
     ) -> Result<()> {
         let log = bundle.join("log.json");
-        let mut c = self.command(&log);
-        c.arg("create")
-            .arg("--bundle")
-            .arg(bundle)
-            .arg("--pid-file")
-            .arg(&l.pid_file);
-        if let Some(s) = l.console_socket {
-            c.arg("--console-socket").arg(s);
-        }
+        let mut c = self.launch_command(
+            &log,
+            &["create".as_ref(), "--bundle".as_ref(), bundle.as_ref()],
+            &l,
+        );
         if no_pivot {
             c.arg("--no-pivot");
         }
@@ -103,16 +110,13 @@ impl Runc {
 
     pub async fn exec(&self, id: &str, bundle: &Path, process: &Path, l: Launch<'_>) -> Result<()> {
         let log = bundle.join("log.json");
-        let mut c = self.command(&log);
-        c.arg("exec")
-            .arg("--process")
-            .arg(process)
-            .arg("--detach")
-            .arg("--pid-file")
-            .arg(&l.pid_file);
-        if let Some(s) = l.console_socket {
-            c.arg("--console-socket").arg(s);
-        }
+        let args: [&std::ffi::OsStr; 4] = [
+            "exec".as_ref(),
+            "--process".as_ref(),
+            process.as_ref(),
+            "--detach".as_ref(),
+        ];
+        let mut c = self.launch_command(&log, &args, &l);
         c.arg(id).current_dir(bundle);
         self.run(c, &log, l.stdio, &format!("exec in {id}"))
             .await

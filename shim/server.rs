@@ -1,0 +1,245 @@
+//! The shim server: one process per pod sandbox (or plain task), serving the Sandbox and
+//! Task v3 services on one ttrpc socket until its [`Lifetime`] says it is done.
+//!
+//! Before its runtime starts it adopts the listener and readiness pipe that `start` handed
+//! over, becomes a child subreaper and forks the pause helper (while it has one thread).
+//! Asked to go, it unlinks its socket (so the next `start` for its id makes a new server),
+//! waits (bounded) for its clients to take their last replies and close, and exits.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use containerd_shim::Flags;
+
+use crate::bootstrap::{socket_path, LISTEN_FD_ENV, READY_FD_ENV};
+use crate::error::{Error, IoContext, Result};
+use crate::lifetime::Lifetime;
+
+/// The server: runs until its last sandbox is shut down (or Task.Shutdown with none alive).
+pub fn serve(flags: &Flags) -> Result<()> {
+    if flags.socket.is_empty() {
+        return Err(Error::InvalidArgument("server mode needs -socket".into()));
+    }
+    nix::sys::prctl::set_child_subreaper(true).context(|| "become a child subreaper".into())?;
+    // The two descriptors `start` hands over, adopted while they are still inheritable
+    // (which is how they are told from descriptors this process owns).
+    let listener = take_fd(LISTEN_FD_ENV).map(UnixListener::from);
+    let ready = take_fd(READY_FD_ENV);
+    // Nothing else this process inherited goes on to runc, hooks or log drivers.
+    if let Err(e) = crate::sys::close_on_exec_from(3) {
+        eprintln!("cove: close-on-exec on inherited descriptors: {e}");
+    }
+    // Fork the pause helper while this process has exactly one thread.
+    let helper = crate::pause::fork_helper().context(|| "fork the pause helper".into())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context(|| "build the async runtime".into())?;
+    runtime.block_on(run_server(flags, listener, ready, helper))
+}
+
+/// Adopts a descriptor `start` handed over (close-on-exec again, so that no runc, hook or
+/// log driver the server runs inherits it). Called before the runtime starts: the
+/// environment is changed while the process has one thread.
+fn take_fd(env: &str) -> Option<OwnedFd> {
+    let fd = std::env::var(env).ok()?.parse().ok()?;
+    std::env::remove_var(env);
+    crate::sys::adopt_inherited(fd)
+}
+
+async fn run_server(
+    flags: &Flags,
+    listener: Option<UnixListener>,
+    ready: Option<OwnedFd>,
+    helper: crate::pause::HelperHandle,
+) -> Result<()> {
+    if Path::new("log").exists() {
+        if let Err(e) =
+            containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+        {
+            eprintln!("cove: shim log: {e}");
+        }
+    }
+    let reaper = crate::reaper::Reaper::start().context(|| "watch SIGCHLD".into())?;
+    let spawner = crate::pause::PauseSpawner::new(helper).context(|| "pause helper".into())?;
+    let layout = crate::cgroups::Layout::detect()?;
+    let lifetime = Arc::new(Lifetime::default());
+    let manager = Arc::new(crate::sandbox::Manager::new(
+        spawner,
+        reaper.clone(),
+        layout.clone(),
+        lifetime.clone(),
+    ));
+
+    let listener = match listener {
+        Some(l) => l,
+        None => {
+            let path = socket_path(&flags.socket);
+            let _ = std::fs::remove_file(path);
+            UnixListener::bind(path).context(|| format!("listen on {path}"))?
+        }
+    };
+    listener
+        .set_nonblocking(true)
+        .context(|| "nonblocking listener".into())?;
+    let listener = ttrpc::r#async::transport::Listener::try_from(listener)
+        .map_err(|e| Error::Internal(format!("ttrpc listener: {e}")))?;
+
+    let mut sandbox = containerd_shim_protos::sandbox_async::create_sandbox(Arc::new(
+        crate::sandbox::service::SandboxService {
+            manager: manager.clone(),
+        },
+    ));
+    for svc in sandbox.values_mut() {
+        svc.methods.insert(
+            crate::sandbox::update::METHOD.to_string(),
+            Box::new(crate::sandbox::update::UpdateMethod {
+                manager: manager.clone(),
+            }),
+        );
+    }
+    let task =
+        containerd_shim_protos::shim_async::create_task(Arc::new(crate::task::TaskService::new(
+            manager.clone(),
+            lifetime.clone(),
+            reaper,
+            layout,
+            &flags.namespace,
+        )));
+    let mut server = ttrpc::r#async::Server::new()
+        .add_listener(listener)
+        .register_service(sandbox)
+        .register_service(task);
+    server
+        .start()
+        .await
+        .map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
+    if let Some(fd) = ready {
+        let _ = std::fs::File::from(fd).write_all(b"ok");
+    }
+    log::info!(
+        "cove {} serving {} on {}",
+        env!("CARGO_PKG_VERSION"),
+        flags.id,
+        flags.socket
+    );
+
+    let path = socket_path(&flags.socket);
+    let socket_file = file_identity(path);
+    let mut exit = lifetime.exit_requested();
+    let _ = exit.wait_for(|e| *e).await;
+    // From here on no new client may find this server: a `start` for the same id (Docker
+    // restarting a container, a restart policy) must launch a new server, not hand out
+    // the address of one that is about to go. Connections already made are served on.
+    // The path is unlinked only while it is still this server's socket file: a new
+    // server may already have bound its own there.
+    if socket_file.is_some() && file_identity(path) == socket_file {
+        let _ = std::fs::remove_file(path);
+    }
+    // The reply to the request that let the shim go (ShutdownSandbox, Task.Shutdown) is
+    // still on its way out: exiting now can cut it off ("ttrpc: closed" in containerd).
+    // containerd closes its connection once it has the reply; wait for that, bounded.
+    let waited = std::time::Instant::now();
+    while connected_peers(path) > 0 && waited.elapsed() < REPLY_FLUSH {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    log::info!(
+        "shim for {} exiting ({} connection(s) open after {:?})",
+        flags.id,
+        connected_peers(path),
+        waited.elapsed()
+    );
+    let _ = server.shutdown().await;
+    Ok(())
+}
+
+/// (device, inode) of the file at `path`, to tell our socket file from a successor's.
+fn file_identity(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// How long an exiting server waits for its clients to take their last replies and close.
+const REPLY_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How many connections to this server's socket at `path` are open: its accepted sockets,
+/// as `/proc/net/unix` lists them (connected, named by the listener's path), that this
+/// process holds. A successor server bound at the same path has its own.
+fn connected_peers(path: &str) -> usize {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return 0;
+    };
+    count_connected(&table, path, &own_socket_inodes())
+}
+
+/// The inodes of the sockets among this process's descriptors.
+fn own_socket_inodes() -> std::collections::HashSet<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+fn count_connected(table: &str, path: &str, ours: &std::collections::HashSet<u64>) -> usize {
+    const SS_CONNECTED: &str = "03";
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 8
+                && f[5] == SS_CONNECTED
+                && f[7] == path
+                && f[6].parse().is_ok_and(|ino: u64| ours.contains(&ino))
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connected_server_sockets_are_counted_by_path_and_owner() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 100 /run/c/s/abc
+0000000000000000: 00000003 00000000 00000000 0001 03 101 /run/c/s/abc
+0000000000000000: 00000003 00000000 00000000 0001 03 102
+0000000000000000: 00000003 00000000 00000000 0001 03 103 /run/c/s/other
+0000000000000000: 00000003 00000000 00000000 0001 03 104 /run/c/s/abc
+";
+        let all = [100, 101, 102, 103, 104].into_iter().collect();
+        assert_eq!(count_connected(table, "/run/c/s/abc", &all), 2);
+        assert_eq!(count_connected(table, "/run/c/s/none", &all), 0);
+        assert_eq!(count_connected("", "/run/c/s/abc", &all), 0);
+        // A successor server's connections at the same path are not ours.
+        let mine = [100, 101].into_iter().collect();
+        assert_eq!(count_connected(table, "/run/c/s/abc", &mine), 1);
+    }
+
+    #[tokio::test]
+    async fn a_live_connection_is_seen_until_its_peer_closes() {
+        let dir = std::env::temp_dir().join(format!("cove-peers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(connected_peers(p), 0);
+        let client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        assert_eq!(connected_peers(p), 1);
+        drop(client);
+        drop(server_side);
+        assert_eq!(connected_peers(p), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

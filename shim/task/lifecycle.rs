@@ -1,0 +1,432 @@
+//! A container's life: Task.Create (rootfs, the crash record, `runc create`), Start (of
+//! the init or an exec), the exits the reaper reports, and Delete.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use containerd_shim_protos::api::*;
+use oci_spec::runtime::Spec;
+
+use super::container::{self, Container, TASK_FILE};
+use super::process::{Process, State};
+use super::runc::Launch;
+use super::spec::{
+    has_poststop_or_rdt, parse_options, read_pid, shares_pid_namespace, uses_systemd_cgroups,
+};
+use super::{name, oom, stdio, ts, Inner, IO_DRAIN, OOM_FLUSH};
+use crate::error::{Error, IoContext, Result};
+use crate::lock::lock;
+use crate::protos::runc::Options;
+use crate::reaper::{wait_exit, Exit};
+
+impl Inner {
+    pub(super) async fn create(self: &Arc<Self>, r: CreateTaskRequest) -> Result<u32> {
+        crate::ids::validate("task id", &r.id)?;
+        if !r.checkpoint.is_empty() {
+            return Err(Error::Unimplemented(format!(
+                "task {}: restoring from a checkpoint needs CRIU, which cove does not drive",
+                r.id
+            )));
+        }
+        if self.manager.get(&r.id).is_ok() || lock(&self.containers).contains_key(&r.id) {
+            return Err(Error::AlreadyExists(format!(
+                "task {} already exists",
+                r.id
+            )));
+        }
+        if !lock(&self.creating).insert(r.id.clone()) {
+            return Err(Error::AlreadyExists(format!(
+                "task {} is being created",
+                r.id
+            )));
+        }
+        let res = self.create_locked(&r).await;
+        lock(&self.creating).remove(&r.id);
+        res
+    }
+
+    async fn create_locked(self: &Arc<Self>, r: &CreateTaskRequest) -> Result<u32> {
+        let bundle = PathBuf::from(&r.bundle);
+        if r.bundle.is_empty() || !bundle.is_absolute() {
+            return Err(Error::InvalidArgument(format!(
+                "task {}: bundle {:?} must be an absolute path",
+                r.id, r.bundle
+            )));
+        }
+        let options = parse_options(r.options.as_ref())?;
+        let spec = Spec::load(bundle.join("config.json")).map_err(|e| {
+            Error::InvalidArgument(format!("task {}: read the bundle's config.json: {e}", r.id))
+        })?;
+        let kill_all_on_exit = shares_pid_namespace(&spec);
+        let mut runc = self.runc_for(&options);
+        // CRI writes `<slice>:cri-containerd:<id>` for pods under the systemd cgroup driver;
+        // runc then needs its systemd driver, whatever the runtime options say.
+        if uses_systemd_cgroups(&spec) {
+            runc.systemd_cgroup = true;
+        }
+        let plain_delete = !runc.systemd_cgroup && !has_poststop_or_rdt(&spec);
+
+        let rootfs = bundle.join("rootfs");
+        let rootfs_mounted = !r.rootfs.is_empty();
+        if rootfs_mounted {
+            std::fs::create_dir_all(&rootfs).context(|| format!("create {}", rootfs.display()))?;
+            for m in &r.rootfs {
+                if let Err(e) = containerd_shim::mount::mount_rootfs(
+                    Some(m.type_.as_str()),
+                    Some(m.source.as_str()),
+                    &m.options,
+                    &rootfs,
+                ) {
+                    let _ = container::unmount_rootfs(&rootfs);
+                    return Err(Error::Internal(format!(
+                        "task {}: mount {} ({}) on the rootfs: {e}",
+                        r.id, m.source, m.type_
+                    )));
+                }
+            }
+        }
+        let sandbox_id = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get("io.kubernetes.cri.sandbox-id").cloned());
+        let index = match self.manager.bundle_for_task(sandbox_id.as_deref()) {
+            Some(sb) => match container::index_task(&sb, &r.id) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    if rootfs_mounted {
+                        let _ = container::unmount_rootfs(&rootfs);
+                    }
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        let init = Process::new(
+            "",
+            stdio::Paths {
+                stdin: r.stdin.clone(),
+                stdout: r.stdout.clone(),
+                stderr: r.stderr.clone(),
+                terminal: r.terminal,
+            },
+            Vec::new(),
+        );
+        let c = Arc::new(Container {
+            id: r.id.clone(),
+            bundle: bundle.clone(),
+            runc,
+            init: init.clone(),
+            execs: Mutex::default(),
+            rootfs_mounted,
+            index,
+            kill_all_on_exit,
+            plain_delete,
+            cgroup: Mutex::default(),
+            oom: Mutex::default(),
+            gate: tokio::sync::watch::channel(false).0,
+        });
+        // Written before runc runs, so that `delete` cleans up whatever this leaves: run
+        // for the task, or for its sandbox (the only one containerd runs when a sandbox's
+        // shim dies), which finds the task through its index.
+        if let Err(e) = c.save() {
+            if let Some(entry) = &c.index {
+                let _ = std::fs::remove_file(entry);
+            }
+            if rootfs_mounted {
+                let _ = container::unmount_rootfs(&rootfs);
+            }
+            return Err(e);
+        }
+        crate::failpoint::hit(crate::failpoint::TASK_CREATE_BEFORE_RUNC).await;
+        match self.launch_init(&c, &options).await {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                let _ = c.runc.delete(&c.id, &bundle, true).await;
+                if rootfs_mounted {
+                    let _ = container::unmount_rootfs(&rootfs);
+                }
+                let _ = std::fs::remove_file(bundle.join(TASK_FILE));
+                if let Some(entry) = &c.index {
+                    let _ = std::fs::remove_file(entry);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch_init(self: &Arc<Self>, c: &Arc<Container>, options: &Options) -> Result<u32> {
+        let mut prep = stdio::prepare(
+            &c.init.paths,
+            stdio::Owner {
+                id: &c.id,
+                namespace: &self.namespace,
+                reaper: &self.reaper,
+            },
+        )
+        .await?;
+        let pid_file = c.bundle.join("init.pid");
+        let stdio = prep.stdio()?;
+        let console = prep.console.as_ref().map(|s| s.path.clone());
+        let born = std::time::Instant::now();
+        c.runc
+            .create(
+                &c.id,
+                &c.bundle,
+                Launch {
+                    pid_file: pid_file.clone(),
+                    console_socket: console.as_deref(),
+                    stdio: Some(stdio),
+                },
+                options.no_pivot_root,
+                options.no_new_keyring,
+            )
+            .await?;
+        let pid = read_pid(&pid_file)?;
+        crate::failpoint::hit(crate::failpoint::TASK_CREATE_AFTER_RUNC).await;
+        let exit = self.reaper.watch(pid as i32, born);
+        let io = prep.finish().await?;
+        c.init.set_created(pid, io);
+        if let Some(cg) = crate::cgroups::cgroup_of(pid, &self.layout) {
+            *lock(&c.oom) = oom::Oom::watch(
+                &self.layout,
+                &cg,
+                &c.id,
+                self.events.clone(),
+                &self.oom_ledgers,
+            );
+            *lock(&c.cgroup) = Some(cg);
+        }
+        lock(&self.containers).insert(c.id.clone(), c.clone());
+        self.lifetime.task_added();
+        self.manager.serving_tasks_only().await;
+        let p = &c.init.paths;
+        self.events.create(
+            &c.id,
+            &c.bundle.to_string_lossy(),
+            pid,
+            [&p.stdin, &p.stdout, &p.stderr],
+            p.terminal,
+        );
+        tokio::spawn(self.clone().on_init_exit(c.clone(), exit));
+        log::info!("created task {} (pid {pid})", c.id);
+        Ok(pid)
+    }
+
+    async fn on_init_exit(
+        self: Arc<Self>,
+        c: Arc<Container>,
+        mut rx: tokio::sync::watch::Receiver<Option<Exit>>,
+    ) {
+        let Some(exit) = wait_exit(&mut rx).await else {
+            return;
+        };
+        c.init.set_reaped();
+        let mut gate = c.gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
+        let oom = lock(&c.oom).clone();
+        if let Some(oom) = oom {
+            // CRI learns of the exit from Task.Wait, which returns once the init is marked
+            // stopped below; its reason is OOMKilled only if /tasks/oom reached containerd
+            // first, so an OOM kill is delivered before the exit is let out.
+            if oom.check_exit(exit.status == 128 + libc::SIGKILL as u32) {
+                self.events.flushed(OOM_FLUSH).await;
+            }
+        }
+        if c.kill_all_on_exit {
+            if let Err(e) = self.kill_all(&c, libc::SIGKILL).await {
+                log::debug!("kill the rest of {}: {e}", c.id);
+            }
+        }
+        if let Some(io) = c.init.io() {
+            io.drained(IO_DRAIN).await;
+        }
+        c.init.set_stopped(exit);
+        if !c.init.is_deleted() {
+            self.events.exit(&c.id, "", c.init.pid(), exit);
+        }
+        log::info!("task {} exited with status {}", c.id, exit.status);
+    }
+
+    async fn on_exec_exit(
+        self: Arc<Self>,
+        c: Arc<Container>,
+        p: Arc<Process>,
+        mut rx: tokio::sync::watch::Receiver<Option<Exit>>,
+    ) {
+        let Some(exit) = wait_exit(&mut rx).await else {
+            return;
+        };
+        p.set_reaped();
+        if let Some(io) = p.io() {
+            io.drained(IO_DRAIN).await;
+        }
+        p.set_stopped(exit);
+        self.events.exit(&c.id, &p.exec_id, p.pid(), exit);
+    }
+
+    pub(super) async fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
+        let c = self.container(id)?;
+        let p = c.process(exec_id)?;
+        if (!exec_id.is_empty() && p.pid() != 0) || !p.begin_start() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} was already started",
+                name(id, exec_id)
+            )));
+        }
+        let res = self.start_claimed(&c, &p, id, exec_id).await;
+        if res.is_err() {
+            p.start_failed();
+        }
+        res
+    }
+
+    async fn start_claimed(
+        self: &Arc<Self>,
+        c: &Arc<Container>,
+        p: &Arc<Process>,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<u32> {
+        if exec_id.is_empty() {
+            let res = c.runc.start(id, &c.bundle).await;
+            if res.is_ok() && p.transition(State::Running) {
+                self.events.start_(id, p.pid());
+            }
+            c.open_gate();
+            res?;
+            log::info!("started task {id}");
+            return Ok(p.pid());
+        }
+        if c.init.state() != State::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot start exec {exec_id}: task {id} is not running"
+            )));
+        }
+        let mut prep = stdio::prepare(
+            &p.paths,
+            stdio::Owner {
+                id,
+                namespace: &self.namespace,
+                reaper: &self.reaper,
+            },
+        )
+        .await?;
+        let spec_file = c.bundle.join(format!("exec-{exec_id}.json"));
+        let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
+        std::fs::write(&spec_file, &p.spec).context(|| format!("write {}", spec_file.display()))?;
+        let stdio = prep.stdio()?;
+        let console = prep.console.as_ref().map(|s| s.path.clone());
+        let born = std::time::Instant::now();
+        let res = c
+            .runc
+            .exec(
+                id,
+                &c.bundle,
+                &spec_file,
+                Launch {
+                    pid_file: pid_file.clone(),
+                    console_socket: console.as_deref(),
+                    stdio: Some(stdio),
+                },
+            )
+            .await;
+        let _ = std::fs::remove_file(&spec_file);
+        let pid = res.and_then(|_| read_pid(&pid_file));
+        let _ = std::fs::remove_file(&pid_file);
+        let pid = pid?;
+        let exit = self.reaper.watch(pid as i32, born);
+        let io = prep.finish().await?;
+        p.set_created(pid, io);
+        p.transition(State::Running);
+        self.events.exec_started(id, exec_id, pid);
+        tokio::spawn(self.clone().on_exec_exit(c.clone(), p.clone(), exit));
+        Ok(pid)
+    }
+
+    pub(super) async fn delete(
+        self: &Arc<Self>,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<DeleteResponse> {
+        let c = self.container(id)?;
+        let p = c.process(exec_id)?;
+        if matches!(p.state(), State::Running | State::Paused) {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is still running; kill it before deleting",
+                name(id, exec_id)
+            )));
+        }
+        let mut resp = DeleteResponse::new();
+        resp.pid = p.pid();
+        if !exec_id.is_empty() {
+            c.execs().remove(exec_id);
+            if let Some(io) = p.io() {
+                io.shutdown();
+            }
+            if let Some(exit) = p.exit() {
+                resp.exit_status = exit.status;
+                resp.exited_at = ts(exit.at);
+            }
+            return Ok(resp);
+        }
+        if p.mark_deleted() {
+            return Err(Error::NotFound(format!("task {id} is being deleted")));
+        }
+        c.open_gate();
+        // A container whose processes are all gone needs no runc run to be deleted.
+        let removed = c.plain_delete && p.exit().is_some() && c.runc.remove_stopped(id);
+        if !removed {
+            if let Err(e) = c.runc.delete(id, &c.bundle, true).await {
+                if !matches!(e, Error::NotFound(_)) {
+                    log::warn!("{e}");
+                }
+            }
+        }
+        let exit = match p.exit() {
+            Some(e) => e,
+            None => tokio::time::timeout(IO_DRAIN, p.wait())
+                .await
+                .unwrap_or(Exit {
+                    status: 128 + libc::SIGKILL as u32,
+                    at: std::time::SystemTime::now(),
+                }),
+        };
+        for e in c.execs().drain() {
+            if let Some(io) = e.1.io() {
+                io.shutdown();
+            }
+        }
+        if let Some(io) = p.io() {
+            io.shutdown();
+        }
+        if c.rootfs_mounted {
+            let unmounted = if crate::failpoint::fails(crate::failpoint::TASK_DELETE_UNMOUNT) {
+                Err(Error::Internal(format!(
+                    "unmount {}: failpoint",
+                    c.rootfs().display()
+                )))
+            } else {
+                container::unmount_rootfs(&c.rootfs())
+            };
+            if let Err(e) = unmounted {
+                // Keep the container, and let containerd's retry delete it again.
+                p.unmark_deleted();
+                return Err(e);
+            }
+        }
+        let _ = std::fs::remove_file(c.bundle.join(TASK_FILE));
+        if let Some(entry) = &c.index {
+            let _ = std::fs::remove_file(entry);
+        }
+        if let Some(oom) = lock(&c.oom).take() {
+            oom.stop();
+        }
+        lock(&self.containers).remove(id);
+        self.lifetime.task_removed();
+        self.events.delete(id, resp.pid, Some(exit));
+        resp.exit_status = exit.status;
+        resp.exited_at = ts(exit.at);
+        log::info!("deleted task {id}");
+        Ok(resp)
+    }
+}
