@@ -192,7 +192,7 @@ impl Inner {
                 &cg,
                 &c.id,
                 self.events.clone(),
-                &self.oom_ledgers,
+                c.index.is_some().then_some(&self.oom_ledgers),
             );
             *lock(&c.cgroup) = Some(cg);
         }

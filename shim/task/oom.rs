@@ -10,7 +10,12 @@
 //! `memory.events` counts the kills of every cgroup below it (cgroup v2 counters are
 //! hierarchical), so a [`Ledger`] per parent keeps how many of its kills the containers of
 //! this shim have claimed; a container killed by SIGKILL whose own counter is gone claims
-//! one the parent counted and nobody has claimed.
+//! one the parent counted and nobody has claimed. That holds only where every cgroup below
+//! the parent is this shim's: the pod cgroup of a sandbox it serves. A plain task's parent
+//! (Docker's `system.slice`, say) holds other shims' containers and the host's services,
+//! whose OOM kills are not this container's: there the container's own counter is all
+//! that is read (seen in the systemd guest: Docker's `rm -f` of cove containers reported an
+//! OOM kill that runc's container in the same slice had taken).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
@@ -77,17 +82,19 @@ fn oom_kills(dir: &Path, v2: bool) -> Option<u64> {
 
 impl Oom {
     /// Watches the memory cgroup `rel` of container `id`; None without a memory controller.
+    /// `pod_ledgers` is given when the container's parent is the pod cgroup of a sandbox
+    /// this shim serves (its kills are then the shim's containers').
     pub fn watch(
         layout: &Layout,
         rel: &Path,
         id: &str,
         events: Events,
-        ledgers: &Ledgers,
+        pod_ledgers: Option<&Ledgers>,
     ) -> Option<Arc<Oom>> {
         let v2 = matches!(layout, Layout::V2(_));
         let dir = layout.controller_dir("memory", rel)?;
-        let parent = match dir.parent() {
-            Some(p) if v2 => ledgers.get(p).map(|l| (p.to_owned(), l)),
+        let parent = match (dir.parent(), pod_ledgers) {
+            (Some(p), Some(ledgers)) if v2 => ledgers.get(p).map(|l| (p.to_owned(), l)),
             _ => None,
         };
         let oom = Arc::new(Oom {
@@ -287,8 +294,8 @@ mod tests {
         let layout = Layout::V2(PathBuf::from("/"));
         let ledgers = Ledgers::default();
         let events = Events::detached("test");
-        let oa = Oom::watch(&layout, &a, "a", events.clone(), &ledgers).unwrap();
-        let ob = Oom::watch(&layout, &b, "b", events.clone(), &ledgers).unwrap();
+        let oa = Oom::watch(&layout, &a, "a", events.clone(), Some(&ledgers)).unwrap();
+        let ob = Oom::watch(&layout, &b, "b", events.clone(), Some(&ledgers)).unwrap();
         // a is OOM-killed and the watcher sees it: the parent's kill is a's.
         counters(&a, 1);
         counters(&root, 6);
@@ -304,7 +311,7 @@ mod tests {
         let c = root.join("c.scope");
         std::fs::create_dir_all(&c).unwrap();
         counters(&c, 0);
-        let oc = Oom::watch(&layout, &c, "c", events.clone(), &ledgers).unwrap();
+        let oc = Oom::watch(&layout, &c, "c", events.clone(), Some(&ledgers)).unwrap();
         counters(&root, 7);
         std::fs::remove_dir_all(&c).unwrap();
         oc.check_exit(false);
@@ -316,6 +323,27 @@ mod tests {
         oc.check_exit(true);
         oc.check_exit(true);
         assert_eq!(events.sent_oom(), vec!["a".to_string(), "c".to_string()]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn a_plain_tasks_parent_is_not_its_ledger() {
+        let root = std::env::temp_dir().join(format!("cove-oom-plain-{}", std::process::id()));
+        let d = root.join("docker-d.scope");
+        std::fs::create_dir_all(&d).unwrap();
+        counters(&d, 0);
+        counters(&root, 2);
+        let layout = Layout::V2(PathBuf::from("/"));
+        let events = Events::detached("test");
+        let od = Oom::watch(&layout, &d, "d", events.clone(), None).unwrap();
+        // Someone else in the same parent is OOM-killed; d is SIGKILLed and its scope goes.
+        counters(&root, 3);
+        std::fs::remove_dir_all(&d).unwrap();
+        assert!(!od.check_exit(true));
+        assert!(
+            events.sent_oom().is_empty(),
+            "another cgroup's OOM kill is not d's"
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 }
