@@ -462,6 +462,16 @@ fn events_of(all: &[serde_json::Value], rt: &str) -> BTreeMap<String, Vec<String
         }
         list.push(action);
     }
+    // `docker stop` and `restart` publish `stop` when the stop call returns and `die` when
+    // the exit reaches the daemon: two goroutines, either first (seen with both runtimes
+    // in the systemd guest). The pair is put in one order.
+    for list in per.values_mut() {
+        for i in 1..list.len() {
+            if list[i - 1] == "stop" && list[i] == "die" {
+                list.swap(i - 1, i);
+            }
+        }
+    }
     per
 }
 
