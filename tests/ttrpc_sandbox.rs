@@ -395,6 +395,59 @@ async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
         );
     }
 
+    // A user-namespaced pod: malformed mappings are INVALID_ARGUMENT; a valid request is
+    // UNIMPLEMENTED, never a pod quietly left in the host's user namespace.
+    let userns = |uids: Vec<(u32, u32, u32)>| {
+        use cove::protos::cri::*;
+        let maps = |v: &[(u32, u32, u32)]| -> Vec<IDMapping> {
+            v.iter()
+                .map(|&(container_id, host_id, length)| IDMapping {
+                    container_id,
+                    host_id,
+                    length,
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let mut cfg = PodSandboxConfig::parse_from_bytes(&pod_options("u", "").value).unwrap();
+        let mut ns = NamespaceOption::new();
+        ns.userns_options = Some(UserNamespace {
+            mode: NamespaceMode::POD.into(),
+            uids: maps(&uids),
+            gids: maps(&[(0, 200_000, 65536)]),
+            ..Default::default()
+        })
+        .into();
+        cfg.linux
+            .mut_or_insert_default()
+            .security_context
+            .mut_or_insert_default()
+            .namespace_options = Some(ns).into();
+        let mut r = create_req(&shim.id, &shim.bundle);
+        r.options = Some(Any {
+            type_url: "runtime.v1.PodSandboxConfig".into(),
+            value: cfg.write_to_bytes().unwrap(),
+            ..Default::default()
+        })
+        .into();
+        r
+    };
+    for (uids, want) in [
+        (vec![(0, 200_000, 65536)], Code::UNIMPLEMENTED),
+        (vec![(0, 200_000, 0)], Code::INVALID_ARGUMENT),
+        (
+            vec![(0, 200_000, 100), (50, 300_000, 100)],
+            Code::INVALID_ARGUMENT,
+        ),
+        (vec![], Code::INVALID_ARGUMENT),
+    ] {
+        assert_eq!(
+            code(sb.create_sandbox(ctx(), &userns(uids.clone())).await),
+            want,
+            "uid mappings {uids:?}"
+        );
+    }
+
     // Unknown sandbox, Start before Create.
     let mut st = StartSandboxRequest::new();
     st.sandbox_id = shim.id.clone();

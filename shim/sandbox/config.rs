@@ -96,6 +96,10 @@ impl PodSpec {
             m.map(|m| m == protobuf::EnumOrUnknown::new(NamespaceMode::NODE))
                 .unwrap_or(false)
         };
+        super::userns::check(
+            &cfg.metadata.name,
+            ns.and_then(|n| n.userns_options.as_ref()),
+        )?;
         let mut sysctls: Vec<(String, String)> = linux
             .map(|l| {
                 l.sysctls

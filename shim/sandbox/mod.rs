@@ -7,6 +7,7 @@ pub mod files;
 mod phase;
 pub mod service;
 pub mod update;
+pub mod userns;
 
 pub use phase::{Phase, SANDBOX_NOTREADY, SANDBOX_READY};
 
