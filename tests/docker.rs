@@ -212,13 +212,16 @@ fn exercise(cd: &Containerd, d: &Dockerd, rt: &str) -> Seen {
     ids.push(run_d(
         "counter",
         &[],
-        "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done",
+        // Renamed into place, so that a freeze between two writes still leaves a number.
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; \
+         sleep 0.05; done",
     ));
     let counter = n("counter");
-    d.ok(&["pause", &counter]);
-    let paused = d.inspect(&counter, "{{.State.Status}}");
     let pid = d.inspect(&counter, "{{.State.Pid}}");
     let read_n = || std::fs::read_to_string(format!("/proc/{pid}/root/tmp/n")).unwrap_or_default();
+    poll_until(|| !read_n().is_empty());
+    d.ok(&["pause", &counter]);
+    let paused = d.inspect(&counter, "{{.State.Status}}");
     let before = read_n();
     std::thread::sleep(Duration::from_millis(300));
     let frozen = before == read_n() && !before.is_empty();
