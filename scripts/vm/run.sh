@@ -48,7 +48,10 @@ for leg in $legs; do
     echo "test-vm: leg $leg: booting $(basename "$kernel") under QEMU (TCG)"
     start=$(date +%s)
     # Through a pipe: QEMU reopens /proc/self/fd/1, which would truncate a log file.
-    timeout --kill-after=30 "${COVE_VM_TIMEOUT:-2400}" vng "$@" < /dev/null 2>&1 | cat
+    # A leg is ended after COVE_VM_TIMEOUT seconds: the systemd leg, Docker suite included,
+    # took 2152 s once (on a host that was building at the same time), the cgroupfs leg
+    # 1020 s.
+    timeout --kill-after=30 "${COVE_VM_TIMEOUT:-3000}" vng "$@" < /dev/null 2>&1 | cat
     rc=$(cat "$out/rc" 2>/dev/null || echo "none")
     [ "$leg" = systemd ] && rm -f "$units/cove-vm.target" "$units/cove-vm-test.service"
     summary=$(grep -a 'Summary \[' "$out/log" 2>/dev/null | tail -1 || true)
