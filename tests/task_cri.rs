@@ -62,11 +62,7 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
     let shims = if handler == "cove" {
         cd.cove_shims()
     } else {
-        let ours = pids_with(&cd.sock.to_string_lossy());
-        pids_with("containerd-shim-runc-v2")
-            .into_iter()
-            .filter(|p| ours.contains(p))
-            .collect()
+        cd.runc_shims()
     };
     assert!(!shims.is_empty(), "{handler}: no shim found");
     let shim_fds_inherited: Vec<String> = shims.iter().flat_map(|&p| inheritable_fds(p)).collect();

@@ -138,13 +138,9 @@ impl Dockerd {
             .spawn()
             .expect("start dockerd");
         self.child = Some(child);
-        for _ in 0..3000 {
-            if self.docker(&["version"]).0 == 0 {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !poll_until(|| self.docker(&["version"]).0 == 0) {
+            panic!("dockerd did not come up; log:\n{}", self.log_tail());
         }
-        panic!("dockerd did not come up; log:\n{}", self.log_tail());
     }
 
     /// Stops dockerd (SIGTERM; with live-restore its containers keep running) and starts it
@@ -338,13 +334,10 @@ impl Dockerd {
     /// runc shims (v2) serving Docker's namespace.
     pub fn shims(&self, cd: &Containerd, runtime: &str) -> Vec<i32> {
         if runtime == "cove" {
-            return cd.cove_shims();
+            cd.cove_shims()
+        } else {
+            cd.runc_shims()
         }
-        let ours = pids_with(&cd.sock.to_string_lossy());
-        pids_with("containerd-shim-runc-v2")
-            .into_iter()
-            .filter(|p| ours.contains(p))
-            .collect()
     }
 
     pub fn log_tail(&self) -> String {

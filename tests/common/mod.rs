@@ -464,6 +464,15 @@ state = "{d}/state"
             .collect()
     }
 
+    /// containerd's runc shims (v2) of this containerd: their command lines name its socket.
+    pub fn runc_shims(&self) -> Vec<i32> {
+        let ours = pids_with(&self.sock.to_string_lossy());
+        pids_with("containerd-shim-runc-v2")
+            .into_iter()
+            .filter(|p| ours.contains(p))
+            .collect()
+    }
+
     /// The sum of a metric's samples on containerd's Prometheus endpoint (e.g. a timer's
     /// `_seconds_sum`); 0 when it has none yet.
     pub fn metric(&self, name: &str) -> f64 {
