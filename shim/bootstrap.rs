@@ -180,6 +180,10 @@ fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Re
         cmd.env("TTRPC_ADDRESS", t);
     }
     let mut child = cmd.spawn().context(|| "spawn the shim server".into())?;
+    // As containerd's own shims: one above containerd, so the OOM killer takes a shim
+    // before the daemon. Raising needs no privilege; a failure here is /proc's, and the
+    // server then keeps containerd's score.
+    let _ = crate::oom_score::adjust_shim(child.id());
     drop(ready_wr);
     drop(listener);
     let mut ready = std::fs::File::from(ready_rd);

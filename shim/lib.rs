@@ -11,6 +11,7 @@ pub mod failpoint;
 pub mod ids;
 pub mod lifetime;
 pub mod lock;
+pub mod oom_score;
 pub mod options;
 pub mod panic;
 pub mod pause;

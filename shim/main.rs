@@ -6,6 +6,10 @@ use cove::bootstrap;
 fn main() {
     cove::panic::install_crash_only();
     let args: Vec<String> = std::env::args().collect();
+    // The pause process, re-exec'd by its setup (shim/pause/confine.rs).
+    if args.len() == 1 && args[0] == cove::pause::PAUSE_ARGV0 {
+        cove::pause::exec_main();
+    }
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(f) => f,
         Err(e) => {

@@ -3,26 +3,35 @@
 //! The shim server forks a **pause helper** while it is still single-threaded, before its
 //! async runtime starts (design rule 4). The helper waits on a socket for one JSON request
 //! per line. For each it forks a setup child that joins the pod cgroup, enters the pod
-//! network namespace, unshares UTS/IPC/PID as asked, sets the hostname and sysctls, and
-//! forks the pause process itself: PID 1 of the new pid namespace, with no capabilities and
-//! no_new_privs, reaping orphans until SIGTERM/SIGINT/SIGHUP. The setup child exits, so the
-//! pause process is reparented to the shim (a child subreaper) whose reaper sees its exit.
-//! Nothing is exec'd: the pause process shares the shim's pages copy-on-write.
+//! network namespace, unshares UTS/IPC/PID as asked, sets the hostname, the sysctls and the
+//! OOM score, and forks the pause process: PID 1 of the new pid namespace. The setup child
+//! lives outside that pid namespace, so the pod never sees it, and exits once the pause is
+//! ready; the pause is reparented to the shim (a child subreaper) whose reaper sees its
+//! exit.
+//!
+//! A container of a pod with a shared pid namespace reads `/proc/1/*` of the pause, so the
+//! pause is confined before it says it is ready (see `confine.rs` and docs/security.md):
+//! its own mount and cgroup namespaces, an empty read-only tmpfs as its root and cwd, the
+//! shim binary re-exec'd through a read-only bind mount with no environment and the argv
+//! `cove-pause`, then not dumpable, uid and gid 65535 with no groups and no capabilities,
+//! no_new_privs, and a seccomp filter that lets it do nothing but wait for signals and
+//! reap.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::sys::{self, Forked};
+
+mod confine;
+pub use confine::{exec_main, PAUSE_ARGV0, PAUSE_GID, PAUSE_UID};
 
 /// The process name the pause process shows in `ps -o comm` and `/proc/PID/comm`.
 pub const PAUSE_COMM: &str = "cove-pause";
@@ -43,14 +52,26 @@ pub struct PauseConfig {
     pub sysctls: Vec<(String, String)>,
     /// The pause process's cgroup directory in every hierarchy.
     pub cgroups: Vec<PathBuf>,
+    /// A directory the pause's empty root is mounted on inside its own mount namespace
+    /// (the sandbox's bundle): nothing is mounted there in the host's.
+    pub root: PathBuf,
+}
+
+/// A pause process as the helper made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    /// Its host pid.
+    pub pid: i32,
+    /// The `oom_score_adj` it runs with: [`crate::oom_score::PAUSE_SCORE`], or the
+    /// nearest the kernel allowed.
+    pub oom_score_adj: i32,
 }
 
 /// The helper's answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Reply {
-    /// The host pid of the pause process it created.
-    Pid(i32),
+    Started(Started),
     Error(String),
 }
 
@@ -101,8 +122,8 @@ impl PauseSpawner {
         })
     }
 
-    /// Creates a pause process and returns its host pid.
-    pub async fn spawn(&self, cfg: &PauseConfig) -> Result<i32> {
+    /// Creates a pause process.
+    pub async fn spawn(&self, cfg: &PauseConfig) -> Result<Started> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let mut guard = self.conn.lock().await;
         let conn = guard.as_mut().ok_or_else(|| {
@@ -121,8 +142,11 @@ impl PauseSpawner {
             )));
         }
         match serde_json::from_str::<Reply>(&line) {
-            Ok(Reply::Pid(pid)) if pid > 0 => Ok(pid),
-            Ok(Reply::Pid(pid)) => Err(Error::Internal(format!("pause helper returned pid {pid}"))),
+            Ok(Reply::Started(p)) if p.pid > 0 => Ok(p),
+            Ok(Reply::Started(p)) => Err(Error::Internal(format!(
+                "pause helper returned pid {}",
+                p.pid
+            ))),
             Ok(Reply::Error(msg)) => Err(Error::Internal(format!("create pause process: {msg}"))),
             Err(e) => Err(Error::Internal(format!(
                 "pause helper answered {line:?}: {e}"
@@ -142,8 +166,6 @@ impl PauseSpawner {
 
 /// The helper's descriptor for its request stream after it tidies its fd table.
 const HELPER_FD: i32 = 3;
-/// The pause process's descriptor for its readiness pipe.
-const READY_FD: i32 = 3;
 
 fn helper_main(stream: UnixStream) -> ! {
     // Keep only stdio and the request stream: the helper must not hold the shim's
@@ -165,7 +187,7 @@ fn serve_requests(stream: OwnedFd) -> ! {
         }
         let reply = match serde_json::from_str::<PauseConfig>(&line) {
             Ok(cfg) => match create_pause(&cfg) {
-                Ok(pid) => Reply::Pid(pid),
+                Ok(p) => Reply::Started(p),
                 Err(e) => Reply::Error(e),
             },
             Err(e) => Reply::Error(format!("bad pause request: {e}")),
@@ -178,8 +200,8 @@ fn serve_requests(stream: OwnedFd) -> ! {
     }
 }
 
-/// Runs in the helper: forks the setup child and reports the pause pid it created.
-fn create_pause(cfg: &PauseConfig) -> std::result::Result<i32, String> {
+/// Runs in the helper: forks the setup child and reports the pause process it created.
+fn create_pause(cfg: &PauseConfig) -> std::result::Result<Started, String> {
     let netns = match &cfg.netns {
         Some(p) => Some(File::open(p).map_err(|e| format!("open netns {}: {e}", p.display()))?),
         None => None,
@@ -190,7 +212,7 @@ fn create_pause(cfg: &PauseConfig) -> std::result::Result<i32, String> {
             drop(rd);
             let result = setup_and_fork_pause(cfg, netns.as_ref());
             let msg = match &result {
-                Ok(pid) => format!("ok {pid}"),
+                Ok(p) => format!("ok {} {}", p.pid, p.oom_score_adj),
                 Err(e) => format!("err {e}"),
             };
             let mut wr = File::from(wr);
@@ -207,11 +229,12 @@ fn create_pause(cfg: &PauseConfig) -> std::result::Result<i32, String> {
                     other => break other,
                 }
             };
-            if let Some(pid) = msg.strip_prefix("ok ") {
-                return pid
-                    .trim()
-                    .parse()
-                    .map_err(|e| format!("bad pid {pid:?}: {e}"));
+            if let Some(ok) = msg.strip_prefix("ok ") {
+                let mut it = ok.split_whitespace().map(str::parse::<i32>);
+                return match (it.next(), it.next()) {
+                    (Some(Ok(pid)), Some(Ok(oom_score_adj))) => Ok(Started { pid, oom_score_adj }),
+                    _ => Err(format!("bad pause setup result {ok:?}")),
+                };
             }
             if let Some(e) = msg.strip_prefix("err ") {
                 return Err(e.to_owned());
@@ -227,7 +250,7 @@ fn create_pause(cfg: &PauseConfig) -> std::result::Result<i32, String> {
 fn setup_and_fork_pause(
     cfg: &PauseConfig,
     netns: Option<&File>,
-) -> std::result::Result<i32, String> {
+) -> std::result::Result<Started, String> {
     // cgroup v1: this single-threaded child moves itself through `tasks`, which spares the
     // kernel the global threadgroup lock (and its RCU grace period) that `cgroup.procs`
     // takes; the pause process inherits the cgroups. cgroup v2 has no such file: the pause
@@ -266,6 +289,9 @@ fn setup_and_fork_pause(
         let path = sysctl_path(key);
         std::fs::write(&path, value).map_err(|e| format!("set sysctl {key}={value}: {e}"))?;
     }
+    // Inherited by the pause across its fork and exec.
+    let oom_score_adj = crate::oom_score::lower_own_towards(crate::oom_score::PAUSE_SCORE)
+        .map_err(|e| format!("set oom_score_adj: {e}"))?;
     let (ready_rd, ready_wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     let forked = match &v2_dir {
         Some((dir, fd)) => match sys::fork_in_cgroup(fd.as_fd()) {
@@ -281,18 +307,27 @@ fn setup_and_fork_pause(
     match forked.map_err(|e| format!("fork pause: {e}"))? {
         Forked::Child => {
             drop(ready_rd);
-            pause_main(ready_wr)
+            confine::prepare_and_exec(ready_wr, &cfg.root)
         }
         Forked::Parent(pid) => {
             drop(ready_wr);
-            let mut byte = [0u8; 1];
-            match File::from(ready_rd).read(&mut byte) {
-                Ok(1) => Ok(pid.as_raw()),
-                _ => {
-                    let status = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-                    Err(format!("pause process {pid} died during setup: {status:?}"))
-                }
+            // "1" once it is confined, or why it could not be; then EOF either way.
+            let mut said = Vec::new();
+            let _ = File::from(ready_rd).take(4096).read_to_end(&mut said);
+            if said == b"1" {
+                return Ok(Started {
+                    pid: pid.as_raw(),
+                    oom_score_adj,
+                });
             }
+            let status = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+            if said.is_empty() {
+                return Err(format!("pause process {pid} died during setup: {status:?}"));
+            }
+            Err(format!(
+                "pause process {pid}: {}",
+                String::from_utf8_lossy(&said)
+            ))
         }
     }
 }
@@ -305,62 +340,6 @@ pub fn sysctl_path(key: &str) -> PathBuf {
         key.replace('.', "/")
     };
     PathBuf::from("/proc/sys").join(rel)
-}
-
-/// The pause process: PID 1 of the pod's pid namespace (or a plain sleeper with hostPID).
-fn pause_main(ready: OwnedFd) -> ! {
-    sys::run_alone(ready, READY_FD, pause_loop)
-}
-
-fn pause_loop(ready: OwnedFd) -> ! {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..3 {
-            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
-        }
-    }
-    let _ = nix::unistd::chdir("/");
-    let _ = nix::sys::prctl::set_name(&std::ffi::CString::new(PAUSE_COMM).unwrap_or_default());
-    let mut waited = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGCHLD,
-    ] {
-        waited.add(s);
-    }
-    // Blocked signals are queued even for a pid-namespace init, which would otherwise
-    // drop signals it has no handler for; sigwait then receives them.
-    if waited.thread_block().is_err()
-        || nix::sys::prctl::set_no_new_privs().is_err()
-        || sys::drop_all_capabilities().is_err()
-    {
-        sys::exit_now(1);
-    }
-    let mut ready = File::from(ready);
-    if ready.write_all(b"1").is_err() {
-        sys::exit_now(1);
-    }
-    drop(ready);
-    loop {
-        match waited.wait() {
-            Ok(Signal::SIGCHLD) => reap_orphans(),
-            Ok(_) => sys::exit_now(0),
-            Err(_) => continue,
-        }
-    }
-}
-
-fn reap_orphans() {
-    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -377,13 +356,18 @@ mod tests {
             hostname: Some("web-0".into()),
             sysctls: vec![("net.ipv4.ip_forward".into(), "1".into())],
             cgroups: vec!["/sys/fs/cgroup/memory/p".into()],
+            root: "/run/containerd/b".into(),
         };
         let line = serde_json::to_string(&cfg).unwrap();
         assert_eq!(serde_json::from_str::<PauseConfig>(&line).unwrap(), cfg);
         assert!(serde_json::from_str::<PauseConfig>("{not json").is_err());
         // A wrong type is an error, not an absent field.
         assert!(serde_json::from_str::<PauseConfig>(r#"{"new_uts":"yes"}"#).is_err());
-        for r in [Reply::Pid(42), Reply::Error("no".into())] {
+        let started = Started {
+            pid: 42,
+            oom_score_adj: -998,
+        };
+        for r in [Reply::Started(started), Reply::Error("no".into())] {
             let line = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), r);
         }

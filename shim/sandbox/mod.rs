@@ -341,9 +341,19 @@ impl Manager {
             hostname: (spec.own_uts() && !spec.hostname.is_empty()).then(|| spec.hostname.clone()),
             sysctls: spec.sysctls.clone(),
             cgroups: pause_dirs,
+            root: sb.bundle.clone(),
         };
         crate::failpoint::hit(crate::failpoint::START_SANDBOX_BEFORE_PAUSE).await;
-        let pid = self.spawner.spawn(&cfg).await?;
+        let started = self.spawner.spawn(&cfg).await?;
+        let pid = started.pid;
+        if started.oom_score_adj != crate::oom_score::PAUSE_SCORE {
+            log::warn!(
+                "sandbox {}: the kernel refused oom_score_adj {} for the pause process (no CAP_SYS_RESOURCE); it runs with {}, the lowest allowed",
+                sb.id,
+                crate::oom_score::PAUSE_SCORE,
+                started.oom_score_adj
+            );
+        }
         crate::failpoint::hit(crate::failpoint::START_SANDBOX_SPAWNED).await;
         let at = SystemTime::now();
         match proc_start_time(pid) {

@@ -388,3 +388,73 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd
     // long as it is registered and is closed only after deregistration.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
+
+/// Becomes the program at `path`: moves each `(source, target)` descriptor to its target
+/// number (inheritable), closes every other descriptor, and execs `path` with `argv` and an
+/// empty environment. Never returns; exits with status 127 if anything fails. Sources may
+/// repeat (one descriptor at several targets) and may sit at target numbers.
+pub fn exec_alone(
+    path: &std::ffi::CStr,
+    argv: &[&std::ffi::CStr],
+    fds: &[(BorrowedFd<'_>, RawFd)],
+) -> ! {
+    use nix::fcntl::{fcntl, FcntlArg};
+    const MAX: usize = 8;
+    if fds.len() > MAX {
+        exit_now(127);
+    }
+    // Every source is first copied above every target, so that no dup2 below overwrites a
+    // source that a later one still needs.
+    let mut high = [0 as RawFd; MAX];
+    for (slot, (src, _)) in high.iter_mut().zip(fds) {
+        match fcntl(src.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(64)) {
+            Ok(h) => *slot = h,
+            Err(_) => exit_now(127),
+        }
+    }
+    let mut last = 2;
+    for (h, (_, at)) in high.iter().zip(fds) {
+        if nix::unistd::dup2(*h, *at).is_err() {
+            exit_now(127);
+        }
+        last = last.max(*at);
+    }
+    // SAFETY: this function never returns: the process either becomes `path` or exits, so
+    // no owner of a descriptor closed here (the callers' and the copies above) runs again.
+    if unsafe { close_fds_from(last + 1) }.is_err() {
+        exit_now(127);
+    }
+    let env: [&std::ffi::CStr; 0] = [];
+    let _ = nix::unistd::execve(path, argv, &env);
+    exit_now(127)
+}
+
+/// Empties the calling thread's capability bounding set (needs CAP_SETPCAP) and its
+/// ambient set, so that nothing it runs can regain a capability.
+pub fn drop_bounding_and_ambient_capabilities() -> nix::Result<()> {
+    for cap in 0..64 {
+        // SAFETY: PR_CAPBSET_DROP takes an integer and touches no memory of ours.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc < 0 {
+            match nix::Error::last() {
+                // Past the last capability the kernel knows.
+                nix::Error::EINVAL if cap > 0 => break,
+                e => return Err(e),
+            }
+        }
+    }
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes integers only.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}

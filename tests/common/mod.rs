@@ -423,6 +423,11 @@ state = "{d}/state"
         );
     }
 
+    /// containerd's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("containerd is running").id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the OCI image archives the tests import (no registry is reachable), each also
 # carrying the manifest.json of `docker save`, so that Docker loads the same archive:
-#   busybox.tar  cove.test/busybox:latest  (Debian's busybox-static)
+#   busybox.tar  cove.test/busybox:latest  (Debian's busybox-static, and
+#                tests/images/probe.c as /bin/cove-probe, static)
 #   pause.tar    cove.test/pause:latest    (tests/images/pause.c, static)
 # Usage: build.sh OUTDIR. Idempotent: archives newer than their inputs are kept.
 set -eu
@@ -42,10 +43,12 @@ image() { # NAME ROOTFS ENTRYPOINT_JSON OUT
     rm -rf "$work"
 }
 
-if [ ! -f "$out/busybox.tar" ] || [ /bin/busybox -nt "$out/busybox.tar" ] || [ "$0" -nt "$out/busybox.tar" ]; then
+if [ ! -f "$out/busybox.tar" ] || [ /bin/busybox -nt "$out/busybox.tar" ] || [ "$0" -nt "$out/busybox.tar" ] || [ "$here/probe.c" -nt "$out/busybox.tar" ]; then
     root=$(mktemp -d)
     mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/proc" "$root/sys" "$root/dev" "$root/root"
     cp /bin/busybox "$root/bin/busybox"
+    gcc -static -O2 -Wall -Werror -o "$root/bin/cove-probe" "$here/probe.c"
+    strip "$root/bin/cove-probe"
     for app in $(/bin/busybox --list); do
         [ "$app" = busybox ] || ln -sf busybox "$root/bin/$app"
     done

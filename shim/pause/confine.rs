@@ -1,0 +1,354 @@
+//! What the pause process is, and how it is locked down before any container of its pod
+//! can see it. Two halves, on either side of one exec:
+//!
+//! - [`prepare_and_exec`] runs in the freshly forked pause (still root, already in the pod's
+//!   namespaces and cgroup): a new mount namespace in which nothing propagates to or from
+//!   the host, a new cgroup namespace rooted at the pod's cgroup, a small tmpfs mounted on
+//!   the sandbox directory holding one file, a read-only, nosuid bind mount of the shim
+//!   binary; then the exec of that file with the argv [`PAUSE_ARGV0`] and no environment.
+//!   The exec replaces the shim's memory, argv and environment (which `/proc/1/{cmdline,
+//!   environ,mem}` would show) and makes `/proc/1/exe` a file on a read-only mount, so
+//!   even a container that may ptrace the pause cannot chmod or write the host's binary
+//!   through it.
+//! - [`exec_main`] is the re-exec'd binary: it pivots into the tmpfs, detaches the host's
+//!   whole tree and the binary's bind mount, removes the file, makes the root read-only,
+//!   drops to uid/gid 65535 with no groups and no capabilities (bounding and ambient sets
+//!   too), sets no_new_privs, becomes not dumpable, installs its seccomp filter and only
+//!   then says it is ready. It is PID 1 of the pod: it reaps orphans and exits on
+//!   SIGTERM, SIGINT or SIGHUP.
+//!
+//! Nothing of the host is left in its mount namespace: `/proc/1/root` and `/proc/1/cwd`
+//! are an empty read-only tmpfs, `/proc/1/mountinfo` has that one line.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+
+use crate::sys;
+
+/// The pause's argv (its only element): how `main` tells the re-exec'd pause from a shim.
+pub const PAUSE_ARGV0: &str = "cove-pause";
+/// The ids the pause runs as: those of the Kubernetes pause image (`USER 65535:65535`).
+pub const PAUSE_UID: u32 = 65535;
+pub const PAUSE_GID: u32 = 65535;
+
+/// The descriptors the re-exec'd pause finds: its readiness pipe and the directory its
+/// root is mounted on. 0-2 are an empty pipe (the standard library of the new image
+/// expects them open) and are closed at once.
+const READY_FD: i32 = 3;
+const ROOT_FD: i32 = 4;
+/// The binary's name inside the pause's root, while it is mounted there.
+const EXE_NAME: &str = "pause";
+/// The pause's root: one inode for the file above, a few pages at most, no device nodes,
+/// no setuid, nothing to execute once the binary is gone.
+const ROOT_OPTIONS: &str = "size=4k,nr_inodes=4,mode=0555";
+
+/// Runs in the forked pause before it execs itself (never returns; exits 1 on failure,
+/// which the setup child reports as a pause that died during setup).
+pub(super) fn prepare_and_exec(ready: OwnedFd, root: &Path) -> ! {
+    match prepare(root) {
+        Ok((exe, root_dir, empty)) => sys::exec_alone(
+            &exe,
+            &[c"cove-pause"],
+            &[
+                (empty.as_fd(), 0),
+                (empty.as_fd(), 1),
+                (empty.as_fd(), 2),
+                (ready.as_fd(), READY_FD),
+                (root_dir.as_fd(), ROOT_FD),
+            ],
+        ),
+        Err(e) => fail(ready, &e),
+    }
+}
+
+/// Tells the setup child why the pause could not be made, and exits.
+fn fail(ready: OwnedFd, why: &str) -> ! {
+    let _ = File::from(ready).write_all(why.as_bytes());
+    sys::exit_now(1)
+}
+
+trait Step<T> {
+    /// Names the step that failed.
+    fn step(self, what: &str) -> Result<T, String>;
+}
+
+impl<T> Step<T> for nix::Result<T> {
+    fn step(self, what: &str) -> Result<T, String> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+fn prepare(root: &Path) -> Result<(std::ffi::CString, OwnedFd, OwnedFd), String> {
+    // The binary by path: a bind mount's source must be in the caller's mount namespace,
+    // and this process's executable is still held through the host's.
+    let host_exe =
+        std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    let want = nix::sys::stat::stat("/proc/self/exe").step("stat /proc/self/exe")?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP)
+        .step("unshare mount and cgroup namespaces")?;
+    // Nothing mounted from here on reaches the host, nor the other way round.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .step("make the mount namespace private")?;
+    mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(ROOT_OPTIONS),
+    )
+    .step("mount the pause root")?;
+    let exe = root.join(EXE_NAME);
+    drop(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&exe)
+            .map_err(|e| format!("create {}: {e}", exe.display()))?,
+    );
+    mount(
+        Some(&host_exe),
+        &exe,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .step("bind the shim binary")?;
+    mount(
+        None::<&str>,
+        &exe,
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .step("make the binary's mount read-only")?;
+    let got = nix::sys::stat::stat(&exe).step("stat the bound binary")?;
+    if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino) {
+        return Err(format!(
+            "{} is no longer the running shim's binary (replaced on disk?)",
+            host_exe.display()
+        ));
+    }
+    let root_dir = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(root)
+            .map(OwnedFd::from)
+            .map_err(|e| format!("open {}: {e}", root.display()))?
+    };
+    let (empty, writer) = nix::unistd::pipe().step("pipe")?;
+    drop(writer);
+    let exe = std::ffi::CString::new(exe.into_os_string().into_encoded_bytes())
+        .map_err(|_| "the sandbox directory has a NUL in its path".to_string())?;
+    Ok((exe, root_dir, empty))
+}
+
+/// The re-exec'd pause: `main` calls this when its argv is exactly [`PAUSE_ARGV0`].
+pub fn exec_main() -> ! {
+    // fd 3 was placed, inheritable, by `prepare_and_exec` for this process alone.
+    let Some(ready) = sys::adopt_inherited(READY_FD) else {
+        sys::exit_now(1)
+    };
+    if let Err(e) = confine() {
+        fail(ready, &e);
+    }
+    let waited = waited_signals();
+    let prog = match seccomp_program() {
+        Ok(p) => p,
+        Err(e) => fail(ready, &format!("seccomp filter: {e}")),
+    };
+    // From here on only the calls the filter allows: one write and a close of fd 3, made
+    // directly (std's descriptor types may check a descriptor with fcntl on drop).
+    if seccompiler::apply_filter(&prog).is_err() || nix::unistd::write(&ready, b"1") != Ok(1) {
+        sys::exit_now(1);
+    }
+    let _ = nix::unistd::close(ready.into_raw_fd());
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGCHLD) => reap_orphans(),
+            Ok(_) => sys::exit_now(0),
+            Err(_) => continue,
+        }
+    }
+}
+
+fn confine() -> Result<(), String> {
+    // Into the tmpfs, with the host's tree detached behind us.
+    nix::unistd::fchdir(ROOT_FD).step("enter the pause root")?;
+    nix::unistd::pivot_root(".", ".").step("pivot_root")?;
+    umount2(".", MntFlags::MNT_DETACH).step("detach the host's tree")?;
+    nix::unistd::chdir("/").step("chdir /")?;
+    // The binary is in use as this process's executable; its mount goes, and with it the
+    // last path to a host file.
+    umount2(EXE_NAME, MntFlags::MNT_DETACH).step("detach the binary")?;
+    nix::unistd::unlink(EXE_NAME).step("remove the binary's mount point")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .step("make the pause root read-only")?;
+    for fd in [0, 1, 2, ROOT_FD] {
+        let _ = nix::unistd::close(fd);
+    }
+    // Identity: the bounding set needs CAP_SETPCAP, so it goes while the process is root;
+    // the uid change then clears the permitted and effective sets, and capset makes sure.
+    sys::drop_bounding_and_ambient_capabilities().step("drop the bounding set")?;
+    nix::unistd::setgroups(&[]).step("setgroups")?;
+    let (uid, gid) = (Uid::from_raw(PAUSE_UID), Gid::from_raw(PAUSE_GID));
+    nix::unistd::setresgid(gid, gid, gid).step("setresgid")?;
+    nix::unistd::setresuid(uid, uid, uid).step("setresuid")?;
+    sys::drop_all_capabilities().step("capset")?;
+    nix::sys::prctl::set_no_new_privs().step("no_new_privs")?;
+    nix::sys::prctl::set_dumpable(false).step("not dumpable")?;
+    nix::sys::prctl::set_name(c"cove-pause").step("set the name")?;
+    Ok(())
+}
+
+/// The signals the pause acts on. Blocked signals are queued even for a pid-namespace init,
+/// which would otherwise drop signals it has no handler for; sigwait then receives them.
+fn waited_signals() -> SigSet {
+    let mut waited = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        waited.add(s);
+    }
+    if waited.thread_block().is_err() {
+        sys::exit_now(1);
+    }
+    waited
+}
+
+fn reap_orphans() {
+    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// The system calls the pause makes once it is confined, and nothing else: waiting for a
+/// signal, reaping, one write of its readiness byte to fd 3 and its close, and exiting.
+/// Any other call kills it (a pause that did something else was not running this code).
+fn seccomp_rules() -> Result<BTreeMap<i64, Vec<seccompiler::SeccompRule>>, seccompiler::BackendError>
+{
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    let only_ready_fd = vec![SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        READY_FD as u64,
+    )?])?];
+    let mut rules = BTreeMap::new();
+    for nr in [
+        libc::SYS_rt_sigtimedwait,
+        libc::SYS_wait4,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_restart_syscall,
+    ] {
+        rules.insert(nr, Vec::new());
+    }
+    rules.insert(libc::SYS_write, only_ready_fd.clone());
+    rules.insert(libc::SYS_close, only_ready_fd);
+    Ok(rules)
+}
+
+fn target_arch() -> Option<seccompiler::TargetArch> {
+    if cfg!(target_arch = "x86_64") {
+        Some(seccompiler::TargetArch::x86_64)
+    } else if cfg!(target_arch = "aarch64") {
+        Some(seccompiler::TargetArch::aarch64)
+    } else if cfg!(target_arch = "riscv64") {
+        Some(seccompiler::TargetArch::riscv64)
+    } else {
+        None
+    }
+}
+
+fn seccomp_program() -> Result<seccompiler::BpfProgram, String> {
+    let arch = target_arch().ok_or("no seccomp filter for this architecture")?;
+    let filter = seccompiler::SeccompFilter::new(
+        seccomp_rules().map_err(|e| e.to_string())?,
+        seccompiler::SeccompAction::KillProcess,
+        seccompiler::SeccompAction::Allow,
+        arch,
+    )
+    .map_err(|e| e.to_string())?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_compiles_for_this_architecture() {
+        let prog = seccomp_program().unwrap();
+        assert!(!prog.is_empty());
+    }
+
+    #[test]
+    fn the_filter_allows_only_the_pause_loop() {
+        let rules = seccomp_rules().unwrap();
+        let allowed: Vec<i64> = rules.keys().copied().collect();
+        for nr in [
+            libc::SYS_execve,
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_ptrace,
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_mount,
+            libc::SYS_setns,
+            libc::SYS_unshare,
+            libc::SYS_kill,
+            libc::SYS_process_vm_writev,
+            libc::SYS_read,
+        ] {
+            assert!(!allowed.contains(&nr), "syscall {nr} must not be allowed");
+        }
+        assert!(
+            rules[&libc::SYS_write].len() == 1,
+            "write only to the ready fd"
+        );
+    }
+
+    #[test]
+    fn argv0_matches_the_exec() {
+        assert_eq!(PAUSE_ARGV0.as_bytes(), c"cove-pause".to_bytes());
+    }
+}
