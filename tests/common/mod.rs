@@ -456,7 +456,7 @@ state = "{d}/state"
     }
 
     /// cove shim processes of this containerd (their command lines name its socket; the
-    /// pause processes, forked from them, carry the same command line and are left out).
+    /// pause processes run as `cove-pause` and are left out too).
     pub fn cove_shims(&self) -> Vec<i32> {
         let ours = pids_with(&self.sock.to_string_lossy());
         pids_with("containerd-shim-cove-v1")
@@ -862,7 +862,9 @@ pub fn alive(pid: u32) -> bool {
     cove::state::proc_start_time(pid as i32).is_some()
 }
 
-/// Pids whose command line mentions `needle` (shims of this containerd name its socket).
+/// Pids whose command line mentions `needle` (shims of this containerd name its socket),
+/// and cove pause processes whose cgroup does (a pod's id): a pause's command line is only
+/// `cove-pause`.
 pub fn pids_with(needle: &str) -> Vec<i32> {
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -871,6 +873,17 @@ pub fn pids_with(needle: &str) -> Vec<i32> {
         };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmd).contains(needle) {
+            v.push(pid);
+        } else if cmd
+            == cove::pause::PAUSE_ARGV0
+                .as_bytes()
+                .iter()
+                .chain(b"\0")
+                .copied()
+                .collect::<Vec<u8>>()
+            && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains(needle))
+        {
             v.push(pid);
         }
     }
