@@ -313,10 +313,38 @@ fn classify(what: &str, msg: String) -> Error {
     }
 }
 
+/// The most of what a failed runc call appended to its log that is read for its error: the
+/// error runc fails with is its last line, and a pod can make the log grow without bound
+/// (a failing exec probe with a 100 kB argv, once a second).
+const MAX_LOG_TAIL: u64 = 64 << 10;
+
 /// The message of the last `"level":"error"` line runc appended to its log after `from`.
 fn last_error(log: &Path, from: u64) -> Option<String> {
-    let data = std::fs::read(log).ok()?;
-    let tail = data.get(from as usize..).unwrap_or_default();
+    let mut f = std::fs::File::open(log).ok()?;
+    last_error_in(&mut f, from)
+}
+
+/// [`last_error`] on an open log: reads only what was appended after `from`, and of that
+/// at most the last [`MAX_LOG_TAIL`] bytes (a line cut at the start of the window is
+/// dropped).
+fn last_error_in<R: std::io::Read + std::io::Seek>(log: &mut R, from: u64) -> Option<String> {
+    use std::io::{Read, SeekFrom};
+    let end = log.seek(SeekFrom::End(0)).ok()?;
+    if end <= from {
+        return None;
+    }
+    let start = from.max(end.saturating_sub(MAX_LOG_TAIL));
+    log.seek(SeekFrom::Start(start)).ok()?;
+    let mut data = Vec::new();
+    log.take(end - start).read_to_end(&mut data).ok()?;
+    let mut tail = data.as_slice();
+    if start > from {
+        let cut = tail
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(tail.len(), |i| i + 1);
+        tail = &tail[cut..];
+    }
     String::from_utf8_lossy(tail)
         .lines()
         .rev()
@@ -348,6 +376,89 @@ mod tests {
         );
         assert_eq!(last_error(&dir, 10_000), None);
         let _ = std::fs::remove_file(&dir);
+    }
+
+    /// A log that refuses to hand out more than `budget` bytes in total, and counts them.
+    struct Budgeted {
+        inner: std::fs::File,
+        read: u64,
+        budget: u64,
+    }
+
+    impl std::io::Read for Budgeted {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            if self.read > self.budget {
+                return Err(std::io::Error::other("read past the budget"));
+            }
+            Ok(n)
+        }
+    }
+
+    impl std::io::Seek for Budgeted {
+        fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+
+    fn error_line(msg: &str) -> String {
+        format!("{}\n", serde_json::json!({"level": "error", "msg": msg}))
+    }
+
+    #[test]
+    fn a_huge_log_is_read_only_in_its_bounded_appended_tail() {
+        use std::io::{Seek, Write};
+        let path = std::env::temp_dir().join(format!("cove-runc-biglog-{}", std::process::id()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        // What earlier calls left: an error, then 8 GiB (sparse: no disk, no memory).
+        f.write_all(error_line("old").as_bytes()).unwrap();
+        let from = 8 << 30;
+        f.set_len(from).unwrap();
+        f.seek(std::io::SeekFrom::End(0)).unwrap();
+        // What the failed call appended: 4 MiB of noise around the error that counts.
+        let noise = format!(
+            "{}\n",
+            serde_json::json!({"level": "info", "msg": "x".repeat(1000)})
+        );
+        for _ in 0..(4 << 20) / noise.len() {
+            f.write_all(noise.as_bytes()).unwrap();
+        }
+        f.write_all(error_line("exec: \"probe\": argument list too long").as_bytes())
+            .unwrap();
+        f.write_all(noise.as_bytes()).unwrap();
+        drop(f);
+
+        let mut log = Budgeted {
+            inner: std::fs::File::open(&path).unwrap(),
+            read: 0,
+            budget: MAX_LOG_TAIL,
+        };
+        let found = last_error_in(&mut log, from);
+        let read = log.read;
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            found.as_deref(),
+            Some("exec: \"probe\": argument list too long")
+        );
+        assert!(read <= MAX_LOG_TAIL, "{read} bytes read");
+    }
+
+    #[test]
+    fn nothing_appended_reads_nothing() {
+        let path = std::env::temp_dir().join(format!("cove-runc-nolog-{}", std::process::id()));
+        std::fs::write(&path, error_line("old")).unwrap();
+        let mut log = Budgeted {
+            inner: std::fs::File::open(&path).unwrap(),
+            read: 0,
+            budget: 0,
+        };
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(last_error_in(&mut log, len), None);
+        // A log that shrank below the offset (rotated, truncated) holds nothing of ours.
+        assert_eq!(last_error_in(&mut log, len + 10), None);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(log.read, 0);
     }
 
     #[test]
