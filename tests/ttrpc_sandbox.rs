@@ -395,6 +395,32 @@ async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
         );
     }
 
+    // A network sysctl without a pod network namespace would be set on the host's.
+    let mut cfg =
+        cove::protos::cri::PodSandboxConfig::parse_from_bytes(&pod_options("n", "").value).unwrap();
+    cfg.linux
+        .mut_or_insert_default()
+        .sysctls
+        .insert("net.ipv4.ip_forward".into(), "1".into());
+    let mut r = create_req(&shim.id, &shim.bundle);
+    r.options = Some(Any {
+        type_url: "runtime.v1.PodSandboxConfig".into(),
+        value: cfg.write_to_bytes().unwrap(),
+        ..Default::default()
+    })
+    .into();
+    match sb.create_sandbox(ctx(), &r).await {
+        Err(ttrpc::Error::RpcStatus(s)) => {
+            assert_eq!(s.code(), Code::INVALID_ARGUMENT);
+            assert!(
+                s.message().contains("net.ipv4.ip_forward"),
+                "{}",
+                s.message()
+            );
+        }
+        other => panic!("a net sysctl without a netns: {other:?}"),
+    }
+
     // A user-namespaced pod: malformed mappings are INVALID_ARGUMENT; a valid request is
     // UNIMPLEMENTED, never a pod quietly left in the host's user namespace.
     let userns = |uids: Vec<(u32, u32, u32)>| {

@@ -199,6 +199,26 @@ impl PodSpec {
         Ok(())
     }
 
+    /// Network sysctls are written by the pause process once it has joined the pod's
+    /// network namespace; with no netns path it stays in the host's, where they would
+    /// change the whole node. `has_netns`: CreateSandbox named one.
+    pub fn check_network_sysctls(&self, has_netns: bool) -> Result<()> {
+        if has_netns {
+            return Ok(());
+        }
+        match self
+            .sysctls
+            .iter()
+            .find(|(k, _)| k.replace('/', ".").starts_with("net."))
+        {
+            Some((k, _)) => Err(Error::InvalidArgument(format!(
+                "sysctl {k:?}: network sysctls need the pod's own network namespace, and \
+                 this sandbox was given no netns path (it would be set on the host)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The pod's UTS namespace is its own unless it is on the host network (as CRI does).
     pub fn own_uts(&self) -> bool {
         !self.host_network
@@ -424,6 +444,28 @@ mod tests {
                 "{key} {parent}"
             );
         }
+    }
+
+    #[test]
+    fn network_sysctls_need_a_pod_network_namespace() {
+        for key in ["net.ipv4.ip_forward", "net/ipv4/conf/all/forwarding"] {
+            let s = PodSpec::from_options(Some(&any(&cri(
+                false,
+                &[("kernel.shmmni", "1000"), (key, "1")],
+                "",
+            ))))
+            .unwrap();
+            s.check_network_sysctls(true).unwrap();
+            match s.check_network_sysctls(false) {
+                Err(Error::InvalidArgument(m)) => assert!(m.contains(key), "{m}"),
+                other => panic!("{key} without a netns: {other:?}"),
+            }
+        }
+        // Other namespaced sysctls do not depend on the network namespace.
+        let s = PodSpec::from_options(Some(&any(&cri(false, &[("kernel.shmmni", "1000")], ""))))
+            .unwrap();
+        s.check_network_sysctls(false).unwrap();
+        PodSpec::default().check_network_sysctls(false).unwrap();
     }
 
     #[test]

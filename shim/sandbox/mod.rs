@@ -190,6 +190,7 @@ impl Manager {
                 p.id, p.netns_path
             )));
         }
+        spec.check_network_sysctls(netns.is_some())?;
         let bundle = if p.bundle.is_empty() {
             std::env::current_dir().map_err(|e| Error::io("current directory", e))?
         } else {
