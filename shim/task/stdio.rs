@@ -439,7 +439,8 @@ fn direct(t: Target) -> Result<Option<OwnedFd>> {
 }
 
 /// Starts a `binary://` logger (containerd's protocol: fd 3 stdout, fd 4 stderr, fd 5 is
-/// closed when the logger is ready) and returns the write ends for the process.
+/// closed when the logger is ready; CONTAINER_ID and CONTAINER_NAMESPACE its only
+/// environment) and returns the write ends for the process.
 async fn spawn_logger(
     path: &PathBuf,
     args: &[String],
@@ -450,7 +451,10 @@ async fn spawn_logger(
     let (ready_r, ready_w) = pipe()?;
     let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
     let mut cmd = Command::new(path);
+    // containerd's NewBinaryCmd: the driver's environment is these two variables alone,
+    // none of the shim's.
     cmd.args(args)
+        .env_clear()
         .env("CONTAINER_ID", owner.id)
         .env("CONTAINER_NAMESPACE", owner.namespace)
         .stdin(Stdio::null())
@@ -479,4 +483,57 @@ pub async fn read_pipe(fd: OwnedFd) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     tokio::io::AsyncReadExt::read_to_end(&mut r, &mut buf).await?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// containerd's `NewBinaryCmd` gives a log driver an environment of exactly
+    /// CONTAINER_ID and CONTAINER_NAMESPACE; the shim's own (its TTRPC_ADDRESS, PATH,
+    /// whatever containerd was started with) is none of the driver's business.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_binary_logger_gets_only_the_container_id_and_namespace() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("cove-logger-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("logger");
+        let dump = dir.join("environ");
+        // The environment execve gave the driver, not the one its shell exports.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n/bin/cat /proc/$$/environ > {}\n",
+                dump.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(
+            std::env::vars().count() > 0,
+            "the test has an environment to leak"
+        );
+        let reaper = Reaper::start().unwrap();
+        let paths = Paths {
+            stdout: format!("binary://{}", script.display()),
+            ..Default::default()
+        };
+        let owner = Owner {
+            id: "c1",
+            namespace: "k8s.io",
+            reaper: &reaper,
+        };
+        // The driver is ready when it closes fd 5: here, when it exits.
+        let prepared = prepare(&paths, owner).await.unwrap();
+        drop(prepared);
+        let env = std::fs::read(&dump).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut vars: Vec<String> = env
+            .split(|b| *b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        vars.sort();
+        assert_eq!(vars, ["CONTAINER_ID=c1", "CONTAINER_NAMESPACE=k8s.io"]);
+    }
 }
