@@ -104,8 +104,10 @@ impl Layout {
     /// of running runc. cgroup v2 uses `cgroup.kill`. On v1 `cgroup.procs` is read and
     /// each pid killed until a read shows no pid not already killed: a process with
     /// SIGKILL pending cannot fork, so every child forked before the kill shows up in a
-    /// later read. A cgroup that is gone holds nothing. Returns how many pids were signalled
-    /// (v2: 0).
+    /// later read. Each pid is pinned with a pidfd and signalled only if the cgroup still
+    /// lists it afterwards, so a pid reused outside the cgroup is never signalled (see
+    /// `kill_listed`). A cgroup that is gone holds nothing. Returns how many pids were
+    /// signalled (v2: 0).
     pub fn kill_all(&self, rel: &Path) -> Result<usize> {
         let Some(dir) = self
             .controller_dir("pids", rel)
@@ -397,29 +399,68 @@ enum Listed {
 /// SIGKILLs each pid `dir/cgroup.procs` lists until a read shows none not already killed:
 /// a process with SIGKILL pending cannot fork, so every child forked before the kill shows
 /// up in a later read.
+///
+/// A listed pid may be reused by a process outside the cgroup before it is signalled (its
+/// process exited after the read). So each new pid is first pinned with a pidfd (which
+/// names the process holding the pid at that moment), `cgroup.procs` is read again, and
+/// only pids still listed then are signalled, through their pidfds: a pidfd whose process
+/// has been reaped since signals nobody. (runc freezes the cgroup instead; that needs a
+/// freezer hierarchy, waits for tasks to freeze, and would thaw a container its user
+/// paused.) A kernel without pidfd_open (before 5.3) gets kill(2) after the second read.
 fn kill_listed(dir: &Path) -> std::io::Result<Listed> {
+    use nix::sys::signal::{kill, Signal};
+    use std::os::fd::AsFd;
     let procs = dir.join("cgroup.procs");
-    let mut killed = std::collections::HashSet::new();
-    for _ in 0..KILL_ROUNDS {
-        let text = match std::fs::read_to_string(&procs) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Listed::Gone(killed.len()))
-            }
-            Err(e) => return Err(e),
-        };
-        let mut new = false;
-        for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            if killed.insert(pid) {
-                new = true;
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+    let read = || -> std::io::Result<Option<Vec<i32>>> {
+        match std::fs::read_to_string(&procs) {
+            Ok(t) => Ok(Some(
+                t.lines().filter_map(|l| l.trim().parse().ok()).collect(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
-        if !new {
+    };
+    let mut killed = std::collections::HashSet::new();
+    let Some(mut listed) = read()? else {
+        return Ok(Listed::Gone(0));
+    };
+    for _ in 0..KILL_ROUNDS {
+        let new: Vec<i32> = listed
+            .iter()
+            .copied()
+            .filter(|p| !killed.contains(p))
+            .collect();
+        if new.is_empty() {
             return Ok(Listed::Settled(killed.len()));
+        }
+        // In batches, so that a crowded cgroup never holds the shim near its descriptor
+        // limit.
+        for batch in new.chunks(PIDFD_BATCH) {
+            let pinned: Vec<(i32, nix::Result<std::os::fd::OwnedFd>)> = batch
+                .iter()
+                .map(|&p| (p, crate::sys::pidfd_open(p)))
+                .collect();
+            let Some(now) = read()? else {
+                return Ok(Listed::Gone(killed.len()));
+            };
+            for (pid, fd) in pinned {
+                if !now.contains(&pid) {
+                    continue;
+                }
+                let sent = match fd {
+                    Ok(fd) => crate::sys::pidfd_send_signal(fd.as_fd(), Signal::SIGKILL),
+                    Err(nix::Error::ENOSYS) => {
+                        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)
+                    }
+                    // Gone before it was pinned; a process listed under its pid since
+                    // is new to the next round.
+                    Err(e) => Err(e),
+                };
+                if sent.is_ok() {
+                    killed.insert(pid);
+                }
+            }
+            listed = now;
         }
     }
     Ok(Listed::KeptGaining)
@@ -501,6 +542,9 @@ pub(crate) fn has_child_cgroups(d: &Path) -> bool {
 
 /// Reads of `cgroup.procs` before kill_all gives up on a cgroup that keeps growing.
 const KILL_ROUNDS: usize = 1000;
+
+/// How many pids kill_all pins with pidfds at a time.
+const PIDFD_BATCH: usize = 256;
 
 /// How often removal retries a busy cgroup, and how long it pauses between tries.
 const REMOVE_RETRIES: u32 = 50;

@@ -170,6 +170,106 @@ fn kill_all_reaches_processes_forked_into_the_cgroup() {
     assert_eq!(left, 0, "nothing is left in the cgroup");
 }
 
+/// A stand-in for a cgroup directory whose `cgroup.procs` is a fifo: each read of it gets
+/// the next listing (the last one from then on), so a test decides what the cgroup holds
+/// at each read.
+struct ScriptedProcs {
+    dir: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writer: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl ScriptedProcs {
+    fn new(tag: &str, listings: Vec<String>) -> ScriptedProcs {
+        let dir = std::env::temp_dir().join(format!("cove-procs-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("pod")).unwrap();
+        let fifo = dir.join("pod/cgroup.procs");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = stop.clone();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut served = 0;
+            loop {
+                // Blocks until a reader opens the fifo.
+                let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&fifo) else {
+                    return served;
+                };
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    return served;
+                }
+                let text = &listings[served.min(listings.len() - 1)];
+                let _ = f.write_all(text.as_bytes());
+                served += 1;
+            }
+        });
+        ScriptedProcs {
+            dir,
+            stop,
+            writer: Some(writer),
+        }
+    }
+
+    /// A v1 layout with one `pids` hierarchy, in which cgroup `/pod` is this directory.
+    fn layout(&self) -> Layout {
+        Layout::V1(vec![Hierarchy {
+            mountpoint: self.dir.clone(),
+            controllers: vec!["pids".into()],
+        }])
+    }
+}
+
+impl Drop for ScriptedProcs {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Meet the writer waiting in open, so that it sees the stop.
+        let _ = std::fs::File::open(self.dir.join("pod/cgroup.procs"));
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// kill_all must not signal a pid that the cgroup listed but no longer holds by the time
+/// of the kill: the pid may have been given to a process outside the cgroup, a host
+/// process. Here the "cgroup" lists the test's own child once, then nothing, as when its
+/// process exits right after the read and the pid is reused outside.
+#[test]
+fn kill_all_spares_a_pid_the_cgroup_no_longer_lists() {
+    let mut outsider = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let procs = ScriptedProcs::new("spare", vec![format!("{}\n", outsider.id()), String::new()]);
+    let r = procs.layout().kill_all(Path::new("/pod"));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let alive = outsider.try_wait().unwrap().is_none();
+    let _ = outsider.kill();
+    let _ = outsider.wait();
+    drop(procs);
+    assert!(alive, "a pid the cgroup no longer listed was killed");
+    assert_eq!(r.unwrap(), 0, "no pid was the cgroup's at the kill");
+}
+
+/// ... and a pid the cgroup still lists is killed.
+#[test]
+fn kill_all_kills_a_pid_the_cgroup_still_lists() {
+    let mut member = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let procs = ScriptedProcs::new("kill", vec![format!("{}\n", member.id())]);
+    let r = procs.layout().kill_all(Path::new("/pod"));
+    let status = member.wait().unwrap();
+    drop(procs);
+    assert_eq!(r.unwrap(), 1);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
 #[ignore = "needs root (creates cgroups); make test runs it"]
 async fn removing_a_busy_cgroup_lets_other_tasks_run() {
