@@ -144,11 +144,7 @@ fn sandbox_of_bundle() -> Option<String> {
 
 fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Result<()> {
     let path = Path::new(socket_path(address));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).context(|| format!("create {}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).context(|| format!("listen on {}", path.display()))?;
+    let listener = bind_socket(path)?;
     // Close-on-exec: only the write end (cleared below) and the listener go to the server.
     let (ready_rd, ready_wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context(|| "readiness pipe".into())?;
@@ -200,6 +196,56 @@ fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Re
         flags.id,
         String::from_utf8_lossy(&buf)
     )))
+}
+
+/// The mode of the shim socket, and of a directory cove creates for it: the shim's user
+/// alone, as containerd's Go shim (`shim.NewSocket`) chmods its socket 0600 and makes its
+/// directory no looser than 0700. Both are set explicitly, whatever the umask.
+const SOCKET_MODE: u32 = 0o600;
+const SOCKET_DIR_MODE: u32 = 0o700;
+
+/// Binds and listens on the shim socket at `path`, replacing a stale one. Missing
+/// directories are created [`SOCKET_DIR_MODE`]. The socket is never looser than
+/// [`SOCKET_MODE`]: its inode gets that mode before bind(2), which makes the file with the
+/// inode's mode less the umask; and it is chmodded after, so that no umask leaves it
+/// stricter either.
+pub(crate) fn bind_socket(path: &Path) -> Result<UnixListener> {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+    use nix::sys::stat::{fchmod, Mode};
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(SOCKET_DIR_MODE)
+            .create(dir)
+            .context(|| format!("create {}", dir.display()))?;
+        for d in missing {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(SOCKET_DIR_MODE))
+                .context(|| format!("chmod {}", d.display()))?;
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    let what = || format!("listen on {}", path.display());
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context(what)?;
+    fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(SOCKET_MODE)).context(what)?;
+    let addr = nix::sys::socket::UnixAddr::new(path).context(what)?;
+    bind(fd.as_raw_fd(), &addr).context(what)?;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)) {
+        let _ = std::fs::remove_file(path);
+        return Err(Error::io(format!("chmod {}", path.display()), e));
+    }
+    if let Err(e) = listen(&fd, Backlog::MAXCONN) {
+        let _ = std::fs::remove_file(path);
+        return Err(Error::sys(what(), e));
+    }
+    Ok(UnixListener::from(fd))
 }
 
 /// `delete`: kill what the sandbox left running, remove its mounts, files, cgroups and

@@ -3,6 +3,7 @@
 //!
 //! Before its runtime starts it adopts the listener and readiness pipe that `start` handed
 //! over, becomes a child subreaper and forks the pause helper (while it has one thread).
+//! It serves only connections from its own effective uid and gid (`SameUser`).
 //! Asked to go, it unlinks its socket (so the next `start` for its id makes a new server),
 //! waits (bounded) for its clients to take their last replies and close, and exits.
 
@@ -76,17 +77,14 @@ async fn run_server(
 
     let listener = match listener {
         Some(l) => l,
-        None => {
-            let path = socket_path(&flags.socket);
-            let _ = std::fs::remove_file(path);
-            UnixListener::bind(path).context(|| format!("listen on {path}"))?
-        }
+        None => crate::bootstrap::bind_socket(std::path::Path::new(socket_path(&flags.socket)))?,
     };
     listener
         .set_nonblocking(true)
         .context(|| "nonblocking listener".into())?;
-    let listener = ttrpc::r#async::transport::Listener::try_from(listener)
-        .map_err(|e| Error::Internal(format!("ttrpc listener: {e}")))?;
+    let listener =
+        tokio::net::UnixListener::from_std(listener).context(|| "register the listener".into())?;
+    let listener = ttrpc::r#async::transport::Listener::new(SameUser::new(listener));
 
     let mut sandbox = containerd_shim_protos::sandbox_async::create_sandbox(Arc::new(
         crate::sandbox::service::SandboxService {
@@ -154,6 +152,78 @@ async fn run_server(
     );
     let _ = server.shutdown().await;
     Ok(())
+}
+
+/// The server's accepted connections: only those whose peer (SO_PEERCRED, as recorded at
+/// connect) has this process's effective uid and gid, as Go ttrpc's
+/// `UnixSocketRequireSameUser` handshaker lets through in containerd's shims. Any other
+/// is closed before ttrpc reads a byte from it. (ttrpc 0.10 has an accept hook only
+/// behind its `security_extension` feature, which also brings in payload transforms; a
+/// listener of our own needs neither that nor a raw descriptor.)
+struct SameUser {
+    listener: tokio::net::UnixListener,
+    uid: u32,
+    gid: u32,
+}
+
+/// Refused connections one poll of [`SameUser`] handles before it lets other tasks run.
+const REFUSALS_PER_POLL: usize = 32;
+
+impl SameUser {
+    fn new(listener: tokio::net::UnixListener) -> SameUser {
+        SameUser {
+            listener,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+
+    /// Whether the peer of `stream` may be served; says why not in the log.
+    fn admits(&self, stream: &tokio::net::UnixStream) -> bool {
+        match stream.peer_cred() {
+            Ok(c) if c.uid() == self.uid && c.gid() == self.gid => true,
+            Ok(c) => {
+                log::warn!(
+                    "refused a connection from uid {} gid {} (pid {}): this shim serves uid {} gid {} only",
+                    c.uid(),
+                    c.gid(),
+                    c.pid().map_or_else(|| "unknown".into(), |p| p.to_string()),
+                    self.uid,
+                    self.gid
+                );
+                false
+            }
+            Err(e) => {
+                log::warn!("refused a connection whose peer credentials cannot be read: {e}");
+                false
+            }
+        }
+    }
+}
+
+impl futures_core::Stream for SameUser {
+    type Item = std::io::Result<tokio::net::UnixStream>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        for _ in 0..REFUSALS_PER_POLL {
+            match this.listener.poll_accept(cx) {
+                Poll::Ready(Ok((stream, _))) if this.admits(&stream) => {
+                    return Poll::Ready(Some(Ok(stream)))
+                }
+                // Dropped here: closed unread.
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 /// (device, inode) of the file at `path`, to tell our socket file from a successor's.

@@ -340,6 +340,88 @@ fn mountinfo_has(p: &Path) -> bool {
         .contains(&format!(" {} ", p.display()))
 }
 
+/// As containerd's Go shim: the socket is 0600 and a directory cove creates for it 0700,
+/// whatever the umask; and a connection from another uid or gid (SO_PEERCRED) is closed
+/// before any request is served, even where the file mode would let it connect.
+#[tokio::test]
+async fn the_socket_serves_the_shims_own_user_only() {
+    use nix::unistd::{setegid, seteuid, Gid, Uid};
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    let shim = Shim::start_in_socket_dir("peer");
+    let socket = shim.socket();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&socket), 0o600, "{}", socket.display());
+    for d in [shim.dir.join("sockets"), shim.dir.join("sockets/shim")] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    let ping = |id: &str| {
+        let mut p = PingRequest::new();
+        p.sandbox_id = id.into();
+        p
+    };
+    let (sb, _, _) = shim.clients().await;
+    assert_eq!(
+        code(sb.ping_sandbox(ctx(), &ping("nope")).await),
+        Code::NOT_FOUND
+    );
+
+    // Past the file modes, the peer's credentials decide.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for d in [shim.dir.join("sockets"), shim.dir.join("sockets/shim")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    const NOBODY: u32 = 65534;
+    for (uid, gid) in [(NOBODY, NOBODY), (0, NOBODY)] {
+        // The kernel records the credentials at connect(2): connect as (uid, gid), then
+        // take root back (the saved ids stay root's).
+        let connect = || {
+            setegid(Gid::from_raw(gid)).unwrap();
+            seteuid(Uid::from_raw(uid)).unwrap();
+            let r = (UnixStream::connect(&socket), UnixStream::connect(&socket));
+            seteuid(Uid::from_raw(0)).unwrap();
+            setegid(Gid::from_raw(0)).unwrap();
+            r
+        };
+        let (raw, call) = connect();
+        let (mut raw, call) = (raw.unwrap(), call.unwrap());
+        // Closed without a word.
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        match raw.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("uid {uid} gid {gid}: connection not closed: {other:?}"),
+        }
+        // And a request on such a connection gets no answer.
+        let client =
+            ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::try_from(call).unwrap());
+        let r = containerd_shim_protos::sandbox_async::SandboxClient::new(client)
+            .ping_sandbox(ctx(), &ping("nope"))
+            .await;
+        assert!(
+            matches!(r, Err(ref e) if !matches!(e, ttrpc::Error::RpcStatus(_))),
+            "uid {uid} gid {gid}: served: {r:?}"
+        );
+    }
+    let log = std::fs::read_to_string(shim.bundle.join("log")).unwrap();
+    for (uid, gid) in [(NOBODY, NOBODY), (0, NOBODY)] {
+        let refused = format!("refused a connection from uid {uid} gid {gid}");
+        assert!(
+            log.contains(&refused),
+            "{refused:?} not in the shim log:\n{log}"
+        );
+    }
+    // The shim's own user is still served.
+    let (sb, _, _) = shim.clients().await;
+    assert_eq!(
+        code(sb.ping_sandbox(ctx(), &ping("nope")).await),
+        Code::NOT_FOUND
+    );
+}
+
 #[tokio::test]
 async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
     let shim = Shim::start("bad");

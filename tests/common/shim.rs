@@ -56,6 +56,65 @@ impl Shim {
         }
     }
 
+    /// [`Shim::start`] as containerd 2.3+ starts it, with BootstrapParams on stdin naming
+    /// the socket directory `<dir>/sockets/shim` (which does not exist yet), and under
+    /// `umask 000`: the modes of the socket and of its directory are then cove's doing.
+    /// The server logs to `<bundle>/log` (a plain file here, containerd's fifo otherwise).
+    pub fn start_in_socket_dir(tag: &str) -> Shim {
+        use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
+        use std::io::Write;
+        require_root();
+        let id = format!("cove-t-{tag}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&id);
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("log"), "").unwrap();
+        let params = BootstrapParams {
+            instance_id: id.clone(),
+            namespace: "cove-test".into(),
+            containerd_ttrpc_address: "/run/cove-test/containerd.sock.ttrpc".into(),
+            socket_dir: Some(dir.join("sockets/shim").to_string_lossy().into_owned()),
+            ..Default::default()
+        };
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+            .arg(super::cove_bin())
+            .args([
+                "-namespace",
+                "cove-test",
+                "-address",
+                "/run/cove-test/containerd.sock",
+                "-publish-binary",
+                "/bin/true",
+                "-id",
+                &id,
+                "start",
+            ])
+            .current_dir(&bundle)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&params.write_to_bytes().unwrap()).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reply = BootstrapResult::parse_from_bytes(&out.stdout).unwrap();
+        assert_eq!(reply.version, 3);
+        Shim {
+            dir,
+            bundle,
+            id,
+            address: reply.address,
+        }
+    }
+
     pub async fn clients(&self) -> (SandboxClient, TaskClient, ttrpc::r#async::Client) {
         let c = ttrpc::r#async::Client::connect(&self.address)
             .await
