@@ -41,8 +41,11 @@ use runc::Runc;
 
 pub const TASK_API_VERSION: &str = "3";
 
-/// How long an exit waits for the process's output copies to finish (a background
-/// process can keep a terminal open past its parent's exit).
+/// How long an exit waits for the process's output copies to reach the end of input,
+/// after which its output targets are closed anyway (`stdio::Io::drained`): a background
+/// child can keep a pipe or a terminal open past its parent's exit, and neither the exit
+/// event nor Delete may wait for it. containerd's runc shim waits as long for a
+/// process's I/O on delete (`waitTimeout(ctx, &p.wg, 2*time.Second)`), then closes it.
 const IO_DRAIN: Duration = Duration::from_secs(2);
 
 /// How long an OOM-killed init's exit waits for its `/tasks/oom` to reach containerd: as

@@ -1,13 +1,23 @@
 //! A process's stdio as containerd names it: named fifos (plain paths), `file://` paths,
 //! `binary://` log drivers, or a terminal through runc's console socket.
 //!
-//! Without a terminal, stdout and stderr fifos are handed to the process itself, opened
-//! read-write: the kernel keeps whatever the process wrote until containerd reads it (so
-//! output written just before an exit is never lost), the process never takes SIGPIPE
-//! while containerd restarts, and the shim is never in the data path. stdin goes through
-//! a pipe the shim feeds from the fifo, so that `CloseIO` can end it. With a terminal,
-//! the shim copies between the fifos and the pty master in both directions; a slow or
-//! absent reader stalls only that copy, never the shim.
+//! No container ever holds a descriptor to a host file: every stream of a process is a
+//! pipe (or a pty) whose other end the shim holds, and the shim moves the data.
+//!
+//! Without a terminal, stdout and stderr are each a pipe: the process gets the write end,
+//! and a copy on the event loop splices the read end into the target fifo (zero copy),
+//! or reads it and appends to a `file://` target (splice(2) refuses a file opened with
+//! O_APPEND). The shim holds the fifo open read-write, so the process never takes SIGPIPE
+//! while containerd restarts: a full fifo only makes the copy wait for room, and then the
+//! pipe fills and the process's writes wait. A copy runs until end of input, when every
+//! writer of the pipe (the process and any child that inherited it) has closed it, and
+//! then closes the target, which is how containerd's reader learns the stream ended. An
+//! exit waits for that, bounded (`Io::drained`): past the bound the target is closed
+//! anyway and what still arrives is drained and dropped until Delete closes the pipe.
+//! stdin goes through a pipe the shim feeds from the fifo, so that `CloseIO` can end it.
+//! `binary://` loggers read pipes too. With a terminal, the shim copies between the fifos
+//! and the pty master in both directions. A slow or absent reader stalls only its copy,
+//! never the shim.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -18,9 +28,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, IoContext, Result};
@@ -31,6 +43,13 @@ use crate::task::uri::{parse_target, Target};
 /// How long `Create` waits for a `binary://` logger to say it is ready, and for runc to
 /// hand over a pty master.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most one splice(2) asks to move: more than a pipe holds by default (64 KiB), so
+/// one call moves whatever the pipe has.
+const SPLICE_CHUNK: usize = 1 << 20;
+
+/// The buffer of a copy that reads and writes (a pty master, a `file://` target).
+const COPY_BUFFER: usize = 64 * 1024;
 
 #[derive(Clone, Debug, Default)]
 pub struct Paths {
@@ -51,18 +70,20 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).context(|| "create a pipe".into())
 }
 
-/// Opens a fifo read-write (never blocks, never EPIPE); `nonblocking` for the shim's own use.
-fn open_fifo(path: &PathBuf, nonblocking: bool) -> Result<OwnedFd> {
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true).write(true);
-    if nonblocking {
-        o.custom_flags(libc::O_NONBLOCK);
-    }
-    o.open(path)
+/// Opens a fifo for the shim, read-write (the open never waits for a peer, a write never
+/// meets EPIPE) and nonblocking.
+fn open_fifo(path: &PathBuf) -> Result<OwnedFd> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
         .map(OwnedFd::from)
         .context(|| format!("open fifo {}", path.display()))
 }
 
+/// Opens a `file://` target for the shim to append to (mode 0644 when it is created);
+/// only the shim ever holds it.
 fn open_file(path: &PathBuf) -> Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).context(|| format!("create {}", dir.display()))?;
@@ -70,28 +91,101 @@ fn open_file(path: &PathBuf) -> Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o644)
         .open(path)
         .context(|| format!("open log file {}", path.display()))
 }
 
-/// A destination the shim writes output to (terminal mode).
-enum Dest {
-    Async(AsyncFd<OwnedFd>),
+/// Where an output copy puts what it reads.
+enum Sink {
+    /// A fifo (opened read-write) or a logger's pipe, nonblocking.
+    Pipe(AsyncFd<OwnedFd>),
+    /// A `file://` target, opened for appending.
     File(std::fs::File),
+    /// Nowhere: the target is closed (released, or it failed); input is still drained so
+    /// that no writer blocks on a full pipe.
+    Discard,
 }
 
-impl Dest {
-    fn from_fd(fd: OwnedFd) -> io::Result<Dest> {
+impl Sink {
+    fn pipe(fd: OwnedFd) -> io::Result<Sink> {
         set_nonblocking(&fd)?;
-        Ok(Dest::Async(crate::sys::async_fd(fd)?))
+        Ok(Sink::Pipe(crate::sys::async_fd(fd)?))
     }
 
     async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
-            Dest::File(f) => f.write_all(buf),
-            Dest::Async(fd) => write_all(fd, buf).await,
+            // A regular file's write goes to the page cache; it does not wait for a peer.
+            Sink::File(f) => f.write_all(buf),
+            Sink::Pipe(fd) => write_all(fd, buf).await,
+            Sink::Discard => Ok(()),
         }
     }
+}
+
+/// Which side of a copy failed.
+enum Fault {
+    Source(io::Error),
+    Sink(io::Error),
+}
+
+/// Whether a pipe has data to read now (or no writer left: a read would not wait).
+fn has_input(fd: &AsyncFd<OwnedFd>) -> bool {
+    let mut fds = [PollFd::new(fd.get_ref().as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+/// Moves what `src` holds into `dst` with splice(2), pipe to pipe, without copying it
+/// through the shim; waits on the event loop for input and for room. Returns 0 at end of
+/// input.
+async fn splice_some(
+    src: &AsyncFd<OwnedFd>,
+    dst: &AsyncFd<OwnedFd>,
+) -> std::result::Result<usize, Fault> {
+    loop {
+        let mut input = src.readable().await.map_err(Fault::Source)?;
+        let mut room = dst.writable().await.map_err(Fault::Sink)?;
+        match nix::fcntl::splice(
+            src.get_ref(),
+            None,
+            dst.get_ref(),
+            None,
+            SPLICE_CHUNK,
+            SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            // Either side may be the one that is not ready: forget the readiness of the
+            // one that is not, so that its next edge wakes the copy. An edge that comes
+            // after the splice is still delivered by the next poll of the reactor.
+            Err(Errno::EAGAIN) => {
+                if has_input(src) {
+                    room.clear_ready();
+                } else {
+                    input.clear_ready();
+                }
+            }
+            Err(e) => return Err(Fault::Sink(e.into())),
+        }
+    }
+}
+
+/// Moves some input to the sink; 0 at end of input.
+async fn transfer(
+    src: &AsyncFd<OwnedFd>,
+    sink: &mut Sink,
+    buf: &mut Vec<u8>,
+    spliced: bool,
+) -> std::result::Result<usize, Fault> {
+    if let (true, Sink::Pipe(dst)) = (spliced, &*sink) {
+        return splice_some(src, dst).await;
+    }
+    if buf.is_empty() {
+        buf.resize(COPY_BUFFER, 0);
+    }
+    let n = read_some(src, buf).await.map_err(Fault::Source)?;
+    sink.write_all(&buf[..n]).await.map_err(Fault::Sink)?;
+    Ok(n)
 }
 
 async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
@@ -116,29 +210,40 @@ async fn write_all(fd: &AsyncFd<OwnedFd>, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Copies `src` to `dest` until end of input (EIO on a pty master whose slave is gone).
-/// When `dest` fails the copy keeps draining `src`, so the process never blocks on it.
-async fn copy_out(src: AsyncFd<OwnedFd>, mut dest: Dest) {
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut dest_ok = true;
+/// Copies `src` (a pipe, or a pty master: `spliced` says which) to `sink` until end of
+/// input (EIO on a pty master whose slave is gone), then closes the sink. When `release`
+/// turns true, or the sink fails, the sink is closed and the copy keeps draining `src`,
+/// so that no writer ever blocks on it.
+async fn copy_out(
+    src: AsyncFd<OwnedFd>,
+    mut sink: Sink,
+    spliced: bool,
+    mut release: watch::Receiver<bool>,
+) {
+    let mut buf = Vec::new();
+    let mut released = false;
     loop {
-        match read_some(&src, &mut buf).await {
-            Ok(0) => return,
-            Ok(n) => {
-                if dest_ok {
-                    if let Err(e) = dest.write_all(&buf[..n]).await {
-                        log::warn!("stdio output copy: {e}; discarding further output");
-                        dest_ok = false;
+        tokio::select! {
+            biased;
+            _ = release.wait_for(|r| *r), if !released => {
+                released = true;
+                sink = Sink::Discard;
+            }
+            r = transfer(&src, &mut sink, &mut buf, spliced) => match r {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(Fault::Sink(e)) => {
+                    log::warn!("stdio output copy: {e}; discarding further output");
+                    sink = Sink::Discard;
+                }
+                Err(Fault::Source(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(Fault::Source(e)) => {
+                    if e.raw_os_error() != Some(libc::EIO) {
+                        log::warn!("stdio output copy: {e}");
                     }
+                    return;
                 }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                if e.raw_os_error() != Some(libc::EIO) {
-                    log::warn!("stdio output copy: {e}");
-                }
-                return;
-            }
+            },
         }
     }
 }
@@ -230,11 +335,35 @@ impl Drop for ConsoleSocket {
 }
 
 /// The shim side of a process's stdio, kept for its lifetime.
-#[derive(Default)]
 pub struct Io {
     stdin_close: Mutex<Option<oneshot::Sender<()>>>,
     copies: Mutex<Vec<JoinHandle<()>>>,
     master: Mutex<Option<OwnedFd>>,
+    /// Tells the output copies to close their targets (see [`Io::drained`]).
+    release: watch::Sender<bool>,
+    /// How many output copies are still running.
+    running: watch::Sender<usize>,
+}
+
+/// Counts one running output copy, until it ends or is aborted.
+struct Running(watch::Sender<usize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Default for Io {
+    fn default() -> Io {
+        Io {
+            stdin_close: Mutex::default(),
+            copies: Mutex::default(),
+            master: Mutex::default(),
+            release: watch::channel(false).0,
+            running: watch::channel(0).0,
+        }
+    }
 }
 
 impl Io {
@@ -261,15 +390,29 @@ impl Io {
         crate::sys::set_winsize(master.as_fd(), &ws).context(|| "resize the terminal".into())
     }
 
-    /// Waits (bounded) until the output copies have passed on everything the process wrote.
+    /// Starts an output copy from `src` into `sink` (see [`copy_out`]).
+    fn copy_out(&self, src: AsyncFd<OwnedFd>, sink: Sink, spliced: bool) {
+        self.running.send_modify(|n| *n += 1);
+        let running = Running(self.running.clone());
+        let copy = copy_out(src, sink, spliced, self.release.subscribe());
+        lock(&self.copies).push(tokio::spawn(async move {
+            copy.await;
+            drop(running);
+        }));
+    }
+
+    /// Waits until the output copies have passed on everything written to them: until
+    /// every writer has closed them (the process and whatever inherited its stdio), then
+    /// their targets are closed and containerd's readers see the end. A child that keeps
+    /// them open past `limit` does not hold the caller: the targets are closed then, and
+    /// what still comes is dropped until [`Io::shutdown`].
     pub async fn drained(&self, limit: Duration) {
-        let handles: Vec<_> = lock(&self.copies).drain(..).collect();
-        let all = async {
-            for h in handles {
-                let _ = h.await;
-            }
-        };
-        let _ = tokio::time::timeout(limit, all).await;
+        let mut running = self.running.subscribe();
+        let all = running.wait_for(|n| *n == 0);
+        if tokio::time::timeout(limit, all).await.is_err() {
+            log::debug!("stdio output still open after {limit:?}: closing its targets");
+            self.release.send_replace(true);
+        }
     }
 
     /// Stops every copy and releases the terminal.
@@ -296,7 +439,7 @@ pub struct Prepared {
     pub console: Option<ConsoleSocket>,
     /// Terminal mode: the fifo the client writes stdin into, and where output goes.
     term_in: Option<OwnedFd>,
-    term_out: Option<Dest>,
+    term_out: Option<Sink>,
     io: Io,
 }
 
@@ -324,11 +467,8 @@ impl Prepared {
             let out = master.try_clone().context(|| "dup pty master".into())?;
             set_nonblocking(&out).context(|| "pty master".into())?;
             let out = crate::sys::async_fd(out).context(|| "register pty master".into())?;
-            if let Some(dest) = self.term_out.take() {
-                lock(&self.io.copies).push(tokio::spawn(copy_out(out, dest)));
-            } else {
-                lock(&self.io.copies).push(tokio::spawn(copy_out(out, Dest::File(null_file()?))));
-            }
+            let sink = self.term_out.take().unwrap_or(Sink::Discard);
+            self.io.copy_out(out, sink, false);
             if let Some(src) = self.term_in.take() {
                 let input = master.try_clone().context(|| "dup pty master".into())?;
                 let input = crate::sys::async_fd(input).context(|| "register pty master".into())?;
@@ -374,7 +514,7 @@ pub async fn prepare(paths: &Paths, owner: Owner<'_>) -> Result<Prepared> {
     let stdin_fifo = match paths.stdin.as_str() {
         "" => None,
         s => match parse_target(s)? {
-            Target::Fifo(path) => Some(open_fifo(&path, true)?),
+            Target::Fifo(path) => Some(open_fifo(&path)?),
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "stdin {s:?} must be a fifo path"
@@ -395,11 +535,11 @@ pub async fn prepare(paths: &Paths, owner: Owner<'_>) -> Result<Prepared> {
         p.term_out = match out {
             Target::Null => None,
             Target::Fifo(path) => {
-                Some(Dest::from_fd(open_fifo(&path, true)?).context(|| "stdout fifo".into())?)
+                Some(Sink::pipe(open_fifo(&path)?).context(|| "stdout fifo".into())?)
             }
-            Target::File(path) => Some(Dest::File(open_file(&path)?)),
+            Target::File(path) => Some(Sink::File(open_file(&path)?)),
             Target::Binary { .. } => match logger_pipes.take() {
-                Some((o, _e)) => Some(Dest::from_fd(o).context(|| "logger pipe".into())?),
+                Some((o, _e)) => Some(Sink::pipe(o).context(|| "logger pipe".into())?),
                 None => None,
             },
         };
@@ -421,21 +561,34 @@ pub async fn prepare(paths: &Paths, owner: Owner<'_>) -> Result<Prepared> {
         p.stderr = Some(e);
         return Ok(p);
     }
-    p.stdout = direct(out)?;
-    p.stderr = direct(err)?;
+    p.stdout = piped(out, &p.io)?;
+    p.stderr = piped(err, &p.io)?;
     Ok(p)
 }
 
-/// An output target the process writes to itself.
-fn direct(t: Target) -> Result<Option<OwnedFd>> {
-    match t {
-        Target::Null => Ok(None),
-        Target::Fifo(path) => open_fifo(&path, false).map(Some),
-        Target::File(path) => Ok(Some(OwnedFd::from(open_file(&path)?))),
-        Target::Binary { .. } => Err(Error::InvalidArgument(
-            "a binary:// logger must be given as stdout".into(),
-        )),
-    }
+/// Puts a pipe in front of an output target: returns the write end for the process and
+/// starts the copy from the read end into the target, which only the shim holds.
+fn piped(t: Target, io: &Io) -> Result<Option<OwnedFd>> {
+    let (sink, spliced) = match t {
+        Target::Null => return Ok(None),
+        Target::Fifo(path) => (
+            Sink::pipe(open_fifo(&path)?).context(|| format!("fifo {}", path.display()))?,
+            true,
+        ),
+        // splice(2) refuses a file opened with O_APPEND (EINVAL), and appending is what
+        // keeps two writers of one log (stdout and stderr) from overwriting each other.
+        Target::File(path) => (Sink::File(open_file(&path)?), false),
+        Target::Binary { .. } => {
+            return Err(Error::InvalidArgument(
+                "a binary:// logger must be given as stdout".into(),
+            ))
+        }
+    };
+    let (r, w) = pipe()?;
+    set_nonblocking(&r).context(|| "output pipe".into())?;
+    let r = crate::sys::async_fd(r).context(|| "register output pipe".into())?;
+    io.copy_out(r, sink, spliced);
+    Ok(Some(w))
 }
 
 /// Starts a `binary://` logger (containerd's protocol: fd 3 stdout, fd 4 stderr, fd 5 is
@@ -488,6 +641,172 @@ pub async fn read_pipe(fd: OwnedFd) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cove-stdio-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn paths(stdout: &Path, stderr: &Path) -> Paths {
+        Paths {
+            stdin: String::new(),
+            stdout: stdout.to_string_lossy().into_owned(),
+            stderr: stderr.to_string_lossy().into_owned(),
+            terminal: false,
+        }
+    }
+
+    /// What a reader of the fifo gets until end of input (every writer gone).
+    fn read_fifo(path: &Path) -> std::thread::JoinHandle<Vec<u8>> {
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            std::fs::File::open(path)
+                .unwrap()
+                .read_to_end(&mut got)
+                .unwrap();
+            got
+        })
+    }
+
+    /// A process's output goes through pipes; a fifo smaller than what is written makes
+    /// the copy wait for room (never the event loop), and the end of input closes it.
+    #[tokio::test]
+    async fn output_reaches_fifos_through_pipes_and_ends_with_them() {
+        let d = scratch("fifo");
+        let (out, err) = (d.join("out"), d.join("err"));
+        for f in [&out, &err] {
+            nix::unistd::mkfifo(f, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        }
+        let reaper = Reaper::default();
+        let mut p = prepare(
+            &paths(&out, &err),
+            Owner {
+                id: "t",
+                namespace: "ns",
+                reaper: &reaper,
+            },
+        )
+        .await
+        .unwrap();
+        let (w_out, w_err) = (p.stdout.take().unwrap(), p.stderr.take().unwrap());
+        for w in [&w_out, &w_err] {
+            let st = nix::sys::stat::fstat(w.as_raw_fd()).unwrap();
+            assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFIFO);
+            let link = std::fs::read_link(format!("/proc/self/fd/{}", w.as_raw_fd())).unwrap();
+            assert!(link.to_string_lossy().starts_with("pipe:"), "{link:?}");
+        }
+        let io = p.finish().await.unwrap();
+        let (r_out, r_err) = (read_fifo(&out), read_fifo(&err));
+        // Four times a pipe's default size, from another thread as a process would.
+        let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(w_out);
+            f.write_all(&sent).unwrap();
+            let mut e = std::fs::File::from(w_err);
+            e.write_all(b"to stderr\n").unwrap();
+        });
+        io.drained(Duration::from_secs(30)).await;
+        writer.join().unwrap();
+        assert_eq!(r_out.join().unwrap(), data);
+        assert_eq!(r_err.join().unwrap(), b"to stderr\n");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A file target is the shim's own: created 0644, appended to by both streams.
+    #[tokio::test]
+    async fn a_file_target_is_appended_to_by_the_shim() {
+        let d = scratch("file");
+        let log = d.join("sub/t.log");
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, b"before\n").unwrap();
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let fresh = d.join("new/t.log");
+        let reaper = Reaper::default();
+        for (file, want_mode) in [(&log, 0o600), (&fresh, 0o644)] {
+            let uri = format!("file://{}", file.display());
+            let mut p = prepare(
+                &Paths {
+                    stdin: String::new(),
+                    stdout: uri.clone(),
+                    stderr: uri,
+                    terminal: false,
+                },
+                Owner {
+                    id: "t",
+                    namespace: "ns",
+                    reaper: &reaper,
+                },
+            )
+            .await
+            .unwrap();
+            let (w_out, w_err) = (p.stdout.take().unwrap(), p.stderr.take().unwrap());
+            let io = p.finish().await.unwrap();
+            let mut o = std::fs::File::from(w_out);
+            let mut e = std::fs::File::from(w_err);
+            o.write_all(b"out\n").unwrap();
+            e.write_all(b"err\n").unwrap();
+            drop((o, e));
+            io.drained(Duration::from_secs(30)).await;
+            let text = std::fs::read_to_string(file).unwrap();
+            let mut lines: Vec<_> = text.lines().collect();
+            if file == &log {
+                assert_eq!(lines.remove(0), "before", "{text}");
+            }
+            lines.sort();
+            assert_eq!(lines, ["err", "out"], "{text}");
+            let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, want_mode, "{}", file.display());
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A child that keeps the output open holds an exit only as long as the bound: then
+    /// the target is closed (its reader sees the end) and the child's writes still go
+    /// somewhere, never to EPIPE.
+    #[tokio::test]
+    async fn an_output_held_open_is_let_go_at_the_bound() {
+        let d = scratch("held");
+        let out = d.join("out");
+        nix::unistd::mkfifo(&out, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let reaper = Reaper::default();
+        let mut p = prepare(
+            &paths(&out, Path::new("")),
+            Owner {
+                id: "t",
+                namespace: "ns",
+                reaper: &reaper,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(p.stderr.is_none());
+        let w = p.stdout.take().unwrap();
+        let io = p.finish().await.unwrap();
+        let reader = read_fifo(&out);
+        let mut w = std::fs::File::from(w);
+        w.write_all(b"first\n").unwrap();
+        let began = std::time::Instant::now();
+        io.drained(Duration::from_millis(300)).await;
+        assert!(began.elapsed() < Duration::from_secs(5));
+        // The reader ends although the writer is still open.
+        let got = tokio::task::spawn_blocking(move || reader.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(got, b"first\n");
+        for _ in 0..64 {
+            w.write_all(&[0u8; 4096]).unwrap();
+            tokio::task::yield_now().await;
+        }
+        io.shutdown();
+        drop(w);
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     /// containerd's `NewBinaryCmd` gives a log driver an environment of exactly
     /// CONTAINER_ID and CONTAINER_NAMESPACE; the shim's own (its TTRPC_ADDRESS, PATH,
