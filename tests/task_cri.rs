@@ -24,6 +24,9 @@ struct Seen {
     updated_memory_limit: String,
     in_pod_cgroup: bool,
     log_has_stdout_and_stderr: bool,
+    /// What the app's fd 1 and 2 are (`pipe`, or a path), and whether containerd's fifos
+    /// were found unchanged on the host after the app ran `chmod 4777` through them.
+    stdio: (String, String, bool),
     sigterm_exit: (i32, bool),
     sigkill_exit: i32,
     oom: (String, i32),
@@ -45,12 +48,44 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
             &pod_cfg,
             container_config(
                 "app",
-                "echo started; echo to-stderr >&2; trap 'echo got-term; exit 42' TERM; \
-                 while true; do sleep 0.1; done",
+                "printf fd1=; readlink /proc/self/fd/1; printf fd2= >&2; \
+                 readlink /proc/self/fd/2 >&2; chmod 4777 /proc/self/fd/1 /proc/self/fd/2; \
+                 echo chmod=$?; echo started; echo to-stderr >&2; \
+                 trap 'echo got-term; exit 42' TERM; while true; do sleep 0.1; done",
             ),
         )
         .await;
     cd.start_container(&app).await;
+    // The app's stdout and stderr are pipes the shim copies into containerd's fifos: no
+    // descriptor of a host file, nothing a chmod through /proc/self/fd reaches.
+    let app_log = logs.join("app.log");
+    let read_log = || std::fs::read_to_string(&app_log).unwrap_or_default();
+    eventually("the app's first lines reach its log", || {
+        let l = read_log();
+        l.contains("fd2=") && l.contains("chmod=")
+    })
+    .await;
+    let first_lines = read_log();
+    let kind = |key: &str| {
+        first_lines
+            .lines()
+            .find_map(|l| {
+                l.split_once(key)
+                    .map(|(_, v)| v.split(':').next().unwrap_or(v))
+            })
+            .unwrap_or_default()
+            .to_string()
+    };
+    let fifos = fifo_modes(
+        &cd.dir
+            .join("state/io.containerd.grpc.v1.cri/containers")
+            .join(&app),
+    );
+    let stdio = (
+        kind("fd1="),
+        kind("fd2="),
+        !fifos.is_empty() && fifos.iter().all(|m| m & 0o7077 == 0),
+    );
     let tasks = cd.tasks();
     let (app_pid, pod_pid) = (tasks[&app], tasks[&pod]);
     let shares_pod_namespaces = ["net", "ipc", "uts", "pid"]
@@ -271,12 +306,33 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
         updated_memory_limit,
         in_pod_cgroup,
         log_has_stdout_and_stderr,
+        stdio,
         sigterm_exit,
         sigkill_exit,
         oom,
         shim_fds_inherited,
         left_behind,
     }
+}
+
+/// The permission bits of every fifo under `dir`.
+fn fifo_modes(dir: &Path) -> Vec<u32> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let mut modes = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if m.is_dir() {
+                todo.push(e.path());
+            } else if m.file_type().is_fifo() {
+                modes.push(m.permissions().mode() & 0o7777);
+            }
+        }
+    }
+    modes
 }
 
 #[tokio::test]
@@ -306,6 +362,11 @@ async fn containers_in_cove_pods_behave_as_in_runc_pods() {
     assert_eq!(cove.updated_memory_limit.trim(), (64u64 << 20).to_string());
     assert!(cove.in_pod_cgroup);
     assert!(cove.log_has_stdout_and_stderr);
+    assert_eq!(
+        cove.stdio,
+        ("pipe".into(), "pipe".into(), true),
+        "{cove:#?}"
+    );
     assert_eq!(cove.sigterm_exit, (42, true));
     assert_eq!(cove.sigkill_exit, 137);
     assert_eq!(cove.oom, ("OOMKilled".into(), 137));

@@ -190,3 +190,93 @@ async fn a_crashed_shim_leaves_no_container_or_mount_behind() {
     .await;
     cd.ctr(&["container", "rm", "doomed"]);
 }
+
+/// A container's output reaches a `file://` log through a pipe the shim copies, on cove as
+/// on containerd's runc shim: the container cannot chmod the host's file through its
+/// fd 1 (it once made it setuid: a root container could have written an ELF there), and
+/// it sees pipes, not the host path. An exec whose background child keeps its output open
+/// still ends (its exit and Delete wait a bounded time), on both.
+#[tokio::test]
+async fn output_to_a_file_goes_through_pipes_as_with_runc() {
+    use std::os::unix::fs::PermissionsExt;
+    let cd = Containerd::start("filelog").await;
+    for (tag, runtime) in [("runc", "io.containerd.runc.v2"), ("cove", RUNTIME)] {
+        let log = cd.dir.join(format!("logs/{tag}.log"));
+        let uri = format!("file://{}", log.display());
+        let id = format!("filelog-{tag}");
+        let (code, _, err) = cd.ctr_status(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--log-uri",
+            &uri,
+            BUSYBOX,
+            &id,
+            "sh",
+            "-c",
+            "echo hi; readlink /proc/self/fd/1; readlink /proc/self/fd/2 >&2; \
+             chmod 4755 /proc/self/fd/1 /proc/self/fd/2; echo chmod=$?",
+        ]);
+        assert_eq!(code, 0, "{tag}: {err}");
+        let meta = std::fs::metadata(&log).unwrap_or_else(|e| panic!("{tag}: {e}"));
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            0o644,
+            "{tag}: the container changed the host's log file {}",
+            log.display()
+        );
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.first(), Some(&"hi"), "{tag}: {text}");
+        let fds: Vec<&str> = lines
+            .iter()
+            .filter(|l| !l.starts_with("hi") && !l.starts_with("chmod="))
+            .copied()
+            .collect();
+        assert_eq!(fds.len(), 2, "{tag}: {text}");
+        assert!(
+            fds.iter().all(|l| l.starts_with("pipe:[")),
+            "{tag}: the container's fd 1 and 2 are not pipes: {text}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("chmod=")),
+            "{tag}: {text}"
+        );
+
+        // An exec leaves a child holding its stdout; the exec still ends, with its output
+        // (were its exit held until the child ends, nextest would end the test).
+        let svc = format!("svc-{tag}");
+        cd.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            BUSYBOX,
+            &svc,
+            "sleep",
+            "1000",
+        ]);
+        let (code, out, err) = cd.ctr_status(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "bg",
+            &svc,
+            "sh",
+            "-c",
+            "sleep 1000 & echo from-exec",
+        ]);
+        assert_eq!((code, out.as_str()), (0, "from-exec\n"), "{tag}: {err}");
+        cd.ctr(&["task", "kill", "-s", "KILL", &svc]);
+        eventually("svc stops", || {
+            cd.ctr(&["task", "ls"])
+                .lines()
+                .any(|l| l.starts_with(&svc) && l.contains("STOPPED"))
+        })
+        .await;
+        cd.ctr(&["task", "delete", &svc]);
+        cd.ctr(&["container", "rm", &svc]);
+    }
+    eventually("every cove shim has exited", || cd.cove_shims().is_empty()).await;
+}
