@@ -18,11 +18,16 @@
 //!   handler gets a container created, started and removed alongside each one. Reports
 //!   anything left on the host (must be nothing) and the long-lived pod's shim descriptors
 //!   and memory before and after.
+//! - **output**: a container writes `COVE_BENCH_OUTPUT` MiB of zeros to its stdout
+//!   (`dd bs=64k`), through the handler's stdio path and CRI's log copy into its log file;
+//!   from StartContainer until CRI reports it exited (which it does once the log copy has
+//!   seen the end), MB/s, the median of `OUTPUT_ROUNDS` per handler, alternating.
 //! - **shim**: the shim alone over ttrpc, without containerd: `start`,
 //!   CreateSandbox+StartSandbox, StopSandbox+ShutdownSandbox.
 //!
 //! Sizes come from the environment: `COVE_BENCH_N` (50), `COVE_BENCH_BURST` (20),
-//! `COVE_BENCH_DENSITY` (200), `COVE_BENCH_CHURN` (200). A failed call names the phase,
+//! `COVE_BENCH_DENSITY` (200), `COVE_BENCH_CHURN` (200), `COVE_BENCH_OUTPUT` (256).
+//! `COVE_BENCH_ONLY=output` runs the output row alone. A failed call names the phase,
 //! handler and pod it belonged to. The report goes to stdout, `target/bench/report.md` and
 //! `target/bench/latency.svg`. Timings are reported, never asserted; a failed CRI call or
 //! anything left behind fails the run.
@@ -102,6 +107,8 @@ const DENSITY_PARALLEL: usize = 8;
 const WARMUP: usize = 2;
 /// Burst rounds per handler; the median wall time is reported.
 const BURST_ROUNDS: usize = 3;
+/// Output rounds per handler; the median throughput is reported.
+const OUTPUT_ROUNDS: usize = 5;
 
 const RUN: &str = "RunPodSandbox";
 const START: &str = "CreateContainer+StartContainer";
@@ -751,6 +758,71 @@ async fn shim_level(n: usize) -> BTreeMap<&'static str, Vec<Duration>> {
     out
 }
 
+/// Output throughput in MB/s per round and handler: one pod per round whose container
+/// writes `mib` MiB to stdout into its CRI log; the first round of each is not counted.
+async fn output(cd: &Containerd, mib: usize) -> BTreeMap<Handler, Vec<f64>> {
+    let mut out = BTreeMap::<Handler, Vec<f64>>::new();
+    let logs = cd.dir.join("bench-logs");
+    for i in 0..=OUTPUT_ROUNDS {
+        let order = if i % 2 == 0 {
+            [COVE, RUNC]
+        } else {
+            [RUNC, COVE]
+        };
+        for h in order {
+            let name = format!("out{i}-{}", h.name);
+            let mbs = doing(format!("output of {} pod {name}", h.name), async {
+                let dir = logs.join(&name);
+                std::fs::create_dir_all(&dir).expect("create the pod's log directory");
+                let mut cfg = cd.pod_config(&name);
+                cfg.log_directory = dir.to_string_lossy().into_owned();
+                let pod = cd.run_pod(&cfg, h.name).await;
+                let script = format!("dd if=/dev/zero bs=64k count={} 2>/dev/null", mib * 16);
+                let c = cd
+                    .create_container(&pod, &cfg, container_config("dd", &script))
+                    .await;
+                let t = Instant::now();
+                cd.start_container(&c).await;
+                loop {
+                    let st = cd.container_status(&c).await;
+                    if st.state == ContainerState::ContainerExited as i32 {
+                        assert_eq!(st.exit_code, 0, "dd in {name}");
+                        break;
+                    }
+                    assert!(
+                        t.elapsed() < Duration::from_secs(600),
+                        "dd in {name} never ended"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let took = t.elapsed();
+                let logged = std::fs::metadata(dir.join("dd.log")).map_or(0, |m| m.len());
+                assert!(
+                    logged >= (mib as u64) << 20,
+                    "{name}: {logged} bytes logged of {mib} MiB"
+                );
+                teardown(cd, &pod).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                (mib as f64 * 1.048_576) / took.as_secs_f64()
+            })
+            .await;
+            if i > 0 {
+                out.entry(h).or_default().push(mbs);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&logs);
+    for v in out.values_mut() {
+        v.sort_by(f64::total_cmp);
+    }
+    out
+}
+
+/// The median of sorted samples.
+fn median(sorted: &[f64]) -> f64 {
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
 // ---------------------------------------------------------------- report
 
 struct Report {
@@ -794,6 +866,19 @@ impl Report {
             format!("{:.1} ms", ms(r)),
             ratio(ms(c), ms(r)),
             goal.map(|g| verdict(q, g)).unwrap_or_default(),
+        );
+    }
+
+    fn output_row(&mut self, mib: usize, out: &BTreeMap<Handler, Vec<f64>>) {
+        let (c, u) = (median(&out[&COVE]), median(&out[&RUNC]));
+        self.row(
+            &format!(
+                "Output: a container writes {mib} MiB to stdout into its CRI log (median of {OUTPUT_ROUNDS})"
+            ),
+            format!("{c:.0} MB/s"),
+            format!("{u:.0} MB/s"),
+            ratio(c, u),
+            String::new(),
         );
     }
 
@@ -970,7 +1055,25 @@ async fn main() {
 
     name_failures();
     let c = env_size("COVE_BENCH_CHURN", 200);
+    let o = env_size("COVE_BENCH_OUTPUT", 256);
     let cd = Arc::new(Containerd::start_with("bench", "info", true).await);
+    let output_phase =
+        format!("output: {o} MiB to stdout through CRI's log, {OUTPUT_ROUNDS} rounds per handler");
+    if std::env::var("COVE_BENCH_ONLY").is_ok_and(|v| v == "output") {
+        phase(&output_phase);
+        let out = output(&cd, o).await;
+        drop(cd);
+        let mut r = Report { rows: Vec::new() };
+        r.output_row(o, &out);
+        let report = format!(
+            "# cove benchmark: output\n\nMeasured on {}.\n\n{}\n",
+            machine(),
+            r.markdown()
+        );
+        std::fs::write(out_dir.join("output.md"), &report).expect("write output.md");
+        println!("\n{report}");
+        return;
+    }
     phase(&format!(
         "serial: {n} pods per handler, alternating ({WARMUP} warm-up rounds not counted)"
     ));
@@ -995,6 +1098,8 @@ async fn main() {
     for h in [COVE, RUNC] {
         chu.insert(h, churn(&cd, h, c).await);
     }
+    phase(&output_phase);
+    let out = output(&cd, o).await;
     forget_runc_states(&cd);
     let netns_left: Vec<_> = netns_entries().difference(&netns_before).cloned().collect();
     assert!(
@@ -1143,6 +1248,7 @@ async fn main() {
         String::new(),
         String::new(),
     );
+    r.output_row(o, &out);
     for phase in [SHIM_START, SHIM_UP, SHIM_DOWN] {
         let v = &shim[phase];
         r.row(
