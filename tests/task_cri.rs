@@ -27,6 +27,8 @@ struct Seen {
     /// What the app's fd 1 and 2 are (`pipe`, or a path), and whether containerd's fifos
     /// were found unchanged on the host after the app ran `chmod 4777` through them.
     stdio: (String, String, bool),
+    /// What the app's fd 0 is: it has no stdin.
+    no_stdin: String,
     sigterm_exit: (i32, bool),
     sigkill_exit: i32,
     oom: (String, i32),
@@ -48,7 +50,8 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
             &pod_cfg,
             container_config(
                 "app",
-                "printf fd1=; readlink /proc/self/fd/1; printf fd2= >&2; \
+                "printf fd0=; readlink /proc/self/fd/0; \
+                 printf fd1=; readlink /proc/self/fd/1; printf fd2= >&2; \
                  readlink /proc/self/fd/2 >&2; chmod 4777 /proc/self/fd/1 /proc/self/fd/2; \
                  echo chmod=$?; echo started; echo to-stderr >&2; \
                  trap 'echo got-term; exit 42' TERM; while true; do sleep 0.1; done",
@@ -86,6 +89,7 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
         kind("fd2="),
         !fifos.is_empty() && fifos.iter().all(|m| m & 0o7077 == 0),
     );
+    let no_stdin = kind("fd0=");
     let tasks = cd.tasks();
     let (app_pid, pod_pid) = (tasks[&app], tasks[&pod]);
     let shares_pod_namespaces = ["net", "ipc", "uts", "pid"]
@@ -307,6 +311,7 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
         in_pod_cgroup,
         log_has_stdout_and_stderr,
         stdio,
+        no_stdin,
         sigterm_exit,
         sigkill_exit,
         oom,
@@ -367,6 +372,7 @@ async fn containers_in_cove_pods_behave_as_in_runc_pods() {
         ("pipe".into(), "pipe".into(), true),
         "{cove:#?}"
     );
+    assert_eq!(cove.no_stdin, "pipe", "{cove:#?}");
     assert_eq!(cove.sigterm_exit, (42, true));
     assert_eq!(cove.sigkill_exit, 137);
     assert_eq!(cove.oom, ("OOMKilled".into(), 137));
@@ -387,6 +393,13 @@ async fn containers_in_cove_pods_behave_as_in_runc_pods() {
     if runc.oom == ("Error".to_string(), 137) {
         eprintln!("the runc pod path missed the OOM kill");
         runc.oom = cove.oom.clone();
+    }
+    // containerd's runc shim gives a container without stdin the host's /dev/null as its
+    // fd 0 (a device inode it could chmod through /proc/self/fd/0); cove an empty pipe
+    // (asserted above).
+    if runc.no_stdin == "/dev/null" {
+        eprintln!("the runc shim gives the host's /dev/null as stdin");
+        runc.no_stdin = cove.no_stdin.clone();
     }
     // containerd's runc shim passes on whatever descriptors containerd inherited (seen
     // here: the test runner's); cove closes them to its children (asserted above).

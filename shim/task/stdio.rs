@@ -15,7 +15,8 @@
 //! exit waits for that, bounded (`Io::drained`): past the bound the target is closed
 //! anyway and what still arrives is drained and dropped until Delete closes the pipe.
 //! stdin goes through a pipe the shim feeds from the fifo, so that `CloseIO` can end it.
-//! `binary://` loggers read pipes too. With a terminal, the shim copies between the fifos
+//! `binary://` loggers read pipes too, and a stream with no target is a pipe as well,
+//! never the host's `/dev/null`. With a terminal, the shim copies between the fifos
 //! and the pty master in both directions. A slow or absent reader stalls only its copy,
 //! never the shim.
 
@@ -444,19 +445,39 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Descriptors for runc's stdio (`/dev/null` where there are none).
+    /// Descriptors for runc's stdio. Without a terminal, a stream with no target is still
+    /// a pipe, never the host's `/dev/null` (a device inode the container could chmod
+    /// through `/proc/self/fd`): stdin one whose writer is gone, so reads see the end; an
+    /// output one the shim drains. With a terminal the process gets the pty, and runc
+    /// alone sees these (`/dev/null`).
     pub fn stdio(&mut self) -> Result<[Stdio; 3]> {
-        let take = |fd: Option<OwnedFd>| -> Result<Stdio> {
-            match fd {
-                Some(fd) => Ok(Stdio::from(fd)),
-                None => null_file().map(Stdio::from),
+        let terminal = self.console.is_some();
+        let null = |fd: Option<OwnedFd>| -> Result<Option<OwnedFd>> {
+            match (fd, terminal) {
+                (Some(fd), _) => Ok(Some(fd)),
+                (None, true) => null_file().map(|f| Some(f.into())),
+                (None, false) => Ok(None),
             }
         };
-        Ok([
-            take(self.stdin.take())?,
-            take(self.stdout.take())?,
-            take(self.stderr.take())?,
-        ])
+        let stdin = match null(self.stdin.take())? {
+            Some(fd) => fd,
+            None => pipe()?.0,
+        };
+        let output = |fd: Option<OwnedFd>| -> Result<OwnedFd> {
+            match null(fd)? {
+                Some(fd) => Ok(fd),
+                None => {
+                    let (r, w) = pipe()?;
+                    set_nonblocking(&r).context(|| "output pipe".into())?;
+                    let r = crate::sys::async_fd(r).context(|| "register output pipe".into())?;
+                    self.io.copy_out(r, Sink::Discard, false);
+                    Ok(w)
+                }
+            }
+        };
+        let stdout = output(self.stdout.take())?;
+        let stderr = output(self.stderr.take())?;
+        Ok([stdin.into(), stdout.into(), stderr.into()])
     }
 
     /// After runc has made the process: receive the pty master and start the copies.
