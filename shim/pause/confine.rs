@@ -3,8 +3,8 @@
 //!
 //! - [`prepare_and_exec`] runs in the freshly forked pause (still root, already in the pod's
 //!   namespaces and cgroup): a new mount namespace in which nothing propagates to or from
-//!   the host, a new cgroup namespace rooted at the pod's cgroup, a small tmpfs mounted on
-//!   the sandbox directory holding one file, a read-only, nosuid bind mount of the shim
+//!   the host, a new cgroup namespace rooted at the pause's cgroup, a small tmpfs mounted
+//!   on `/tmp` of that namespace holding one file, a read-only, nosuid bind mount of the shim
 //!   binary; then the exec of that file with the argv [`PAUSE_ARGV0`] and no environment.
 //!   The exec replaces the shim's memory, argv and environment (which `/proc/1/{cmdline,
 //!   environ,mem}` would show) and makes `/proc/1/exe` a file on a read-only mount, so
@@ -87,11 +87,31 @@ impl<T> Step<T> for nix::Result<T> {
     }
 }
 
-fn prepare(root: &Path) -> Result<(std::ffi::CString, OwnedFd, OwnedFd), String> {
+/// Where the pause's root is mounted inside its own mount namespace: a directory every
+/// host has and whose name says nothing about it. The name shows in the pause's own
+/// `/proc/self/maps` while its runtime starts (glibc reads it to find the main stack), and
+/// so stays in its freed memory, which a container allowed to ptrace the pause could read;
+/// the sandbox directory would put the pod's host path there. Hosts without it use the
+/// sandbox directory.
+const NEUTRAL_MOUNT_POINT: &str = "/tmp";
+
+fn prepare(sandbox_dir: &Path) -> Result<(std::ffi::CString, OwnedFd, OwnedFd), String> {
+    let neutral = Path::new(NEUTRAL_MOUNT_POINT);
+    let root = if neutral.is_dir() {
+        neutral
+    } else {
+        sandbox_dir
+    };
     // The binary by path: a bind mount's source must be in the caller's mount namespace,
     // and this process's executable is still held through the host's.
     let host_exe =
         std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    if host_exe.to_string_lossy().ends_with(" (deleted)") {
+        return Err(format!(
+            "the running shim's binary {} was replaced or removed on disk; a new shim serves new pods",
+            host_exe.display()
+        ));
+    }
     let want = nix::sys::stat::stat("/proc/self/exe").step("stat /proc/self/exe")?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP)
         .step("unshare mount and cgroup namespaces")?;
@@ -158,8 +178,10 @@ fn prepare(root: &Path) -> Result<(std::ffi::CString, OwnedFd, OwnedFd), String>
     };
     let (empty, writer) = nix::unistd::pipe().step("pipe")?;
     drop(writer);
-    let exe = std::ffi::CString::new(exe.into_os_string().into_encoded_bytes())
-        .map_err(|_| "the sandbox directory has a NUL in its path".to_string())?;
+    // Exec'd through the root's descriptor (placed at ROOT_FD by then), so that the
+    // filename the kernel keeps on the new stack (AT_EXECFN) names no host path.
+    let exe = std::ffi::CString::new(format!("/proc/self/fd/{ROOT_FD}/{EXE_NAME}"))
+        .map_err(|_| "exec path".to_string())?;
     Ok((exe, root_dir, empty))
 }
 
@@ -228,6 +250,7 @@ fn confine() -> Result<(), String> {
     nix::sys::prctl::set_no_new_privs().step("no_new_privs")?;
     nix::sys::prctl::set_dumpable(false).step("not dumpable")?;
     nix::sys::prctl::set_name(c"cove-pause").step("set the name")?;
+    sys::reset_signal_handlers().step("reset signal handlers")?;
     Ok(())
 }
 

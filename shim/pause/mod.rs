@@ -52,8 +52,8 @@ pub struct PauseConfig {
     pub sysctls: Vec<(String, String)>,
     /// The pause process's cgroup directory in every hierarchy.
     pub cgroups: Vec<PathBuf>,
-    /// A directory the pause's empty root is mounted on inside its own mount namespace
-    /// (the sandbox's bundle): nothing is mounted there in the host's.
+    /// Where the pause's empty root is mounted inside its own mount namespace on a host
+    /// without `/tmp` (the sandbox's bundle): nothing is mounted there in the host's.
     pub root: PathBuf,
 }
 
@@ -246,6 +246,10 @@ fn create_pause(cfg: &PauseConfig) -> std::result::Result<Started, String> {
     }
 }
 
+/// How long the setup child waits for the pause to confine itself and say it is ready (an
+/// exec and a few dozen system calls; seconds under emulation).
+const PAUSE_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Runs in the setup child: enters the pod's namespaces and cgroup, forks the pause process.
 fn setup_and_fork_pause(
     cfg: &PauseConfig,
@@ -311,9 +315,33 @@ fn setup_and_fork_pause(
         }
         Forked::Parent(pid) => {
             drop(ready_wr);
-            // "1" once it is confined, or why it could not be; then EOF either way.
+            // "1" once it is confined, or why it could not be; then EOF either way. A pause
+            // that says nothing within PAUSE_READY_TIMEOUT is killed: StartSandbox (and the
+            // pod's lock it holds) must not wait on it forever.
             let mut said = Vec::new();
-            let _ = File::from(ready_rd).take(4096).read_to_end(&mut said);
+            let ready = File::from(ready_rd);
+            let mut pfd = [nix::poll::PollFd::new(
+                ready.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let timeout = nix::poll::PollTimeout::try_from(PAUSE_READY_TIMEOUT.as_millis() as i32)
+                .unwrap_or(nix::poll::PollTimeout::MAX);
+            let polled = loop {
+                match nix::poll::poll(&mut pfd, timeout) {
+                    Err(nix::Error::EINTR) => continue,
+                    other => break other,
+                }
+            };
+            if polled != Ok(0) {
+                let _ = (&ready).take(4096).read_to_end(&mut said);
+            } else {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return Err(format!(
+                    "pause process {pid} was not ready within {}s; killed",
+                    PAUSE_READY_TIMEOUT.as_secs()
+                ));
+            }
             if said == b"1" {
                 return Ok(Started {
                     pid: pid.as_raw(),

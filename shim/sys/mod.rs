@@ -499,3 +499,20 @@ pub fn drop_bounding_and_ambient_capabilities() -> nix::Result<()> {
     }
     Ok(())
 }
+
+/// Puts every catchable signal back to its default action. In a pid namespace's init, a
+/// default action is ignored for signals sent from inside the namespace, so no signal from
+/// a container reaches a handler the process inherited (or that its runtime installed,
+/// as Rust's standard library does for SIGSEGV and SIGBUS).
+pub fn reset_signal_handlers() -> nix::Result<()> {
+    use nix::sys::signal::{SigHandler, Signal};
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no code of ours as a handler, so no handler can run
+        // with any of this process's state in an unexpected condition.
+        unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) }?;
+    }
+    Ok(())
+}

@@ -872,18 +872,13 @@ pub fn pids_with(needle: &str) -> Vec<i32> {
             continue;
         };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).contains(needle) {
-            v.push(pid);
-        } else if cmd
-            == cove::pause::PAUSE_ARGV0
-                .as_bytes()
-                .iter()
-                .chain(b"\0")
-                .copied()
-                .collect::<Vec<u8>>()
-            && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .is_ok_and(|c| c.contains(needle))
-        {
+        let pause = cmd.strip_suffix(b"\0") == Some(cove::pause::PAUSE_ARGV0.as_bytes());
+        let named = if pause {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+        } else {
+            String::from_utf8_lossy(&cmd).into_owned()
+        };
+        if named.contains(needle) {
             v.push(pid);
         }
     }
