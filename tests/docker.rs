@@ -573,6 +573,14 @@ fn docker_behaves_the_same_on_cove_as_on_runc() {
     assert!(cove.left_behind.is_empty(), "{:?}", cove.left_behind);
     assert_eq!(cove.shims_left, 0);
 
+    // containerd's runc shim publishes an OOM kill from its own event loop, apart from the
+    // exit, so Docker may see `die` before `oom` (seen here once, on a host busy with a
+    // build). cove's order is asserted above; runc's pair is put in cove's order.
+    if let Some(list) = runc.events.get_mut("hog") {
+        if let Some(i) = list.windows(2).position(|w| w == ["die", "oom"]) {
+            list.swap(i, i + 1);
+        }
+    }
     // ...and the same as Docker's default runtime, observation by observation.
     assert_eq!(cove, runc);
 }

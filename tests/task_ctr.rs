@@ -226,6 +226,12 @@ async fn output_to_a_file_goes_through_pipes_as_with_runc() {
             "{tag}: the container changed the host's log file {}",
             log.display()
         );
+        // `ctr run` returns at the exit; containerd's runc shim may still be copying the
+        // streams into the file then (cove drains them before it reports the exit).
+        let complete = || std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 4);
+        if tag == "runc" {
+            eventually("the runc shim has copied all four lines", complete).await;
+        }
         let text = std::fs::read_to_string(&log).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.first(), Some(&"hi"), "{tag}: {text}");
