@@ -49,7 +49,7 @@ test-matrix: deps images
 ## prints the table and writes target/bench/report.md and target/bench/latency.svg.
 ## Sizes: COVE_BENCH_N (serial pods, 50), COVE_BENCH_BURST (20), COVE_BENCH_DENSITY (200),
 ## COVE_BENCH_CHURN (pods created and removed with every 10th shim killed, 200),
-## COVE_BENCH_OUTPUT (MiB a container writes to stdout, 256); COVE_BENCH_ONLY=output runs that row alone.
+## COVE_BENCH_OUTPUT (MiB a container writes to stdout, 256); COVE_BENCH_ONLY=output runs that row alone, COVE_BENCH_ONLY=shim the shim-alone rows.
 bench: deps images
 	$(CARGO) bench --bench pods
 

@@ -27,7 +27,8 @@
 //!
 //! Sizes come from the environment: `COVE_BENCH_N` (50), `COVE_BENCH_BURST` (20),
 //! `COVE_BENCH_DENSITY` (200), `COVE_BENCH_CHURN` (200), `COVE_BENCH_OUTPUT` (256).
-//! `COVE_BENCH_ONLY=output` runs the output row alone. A failed call names the phase,
+//! `COVE_BENCH_ONLY=output` runs the output row alone, `COVE_BENCH_ONLY=shim` the shim-alone
+//! rows (COVE_BENCH_N sandboxes). A failed call names the phase,
 //! handler and pod it belonged to. The report goes to stdout, `target/bench/report.md` and
 //! `target/bench/latency.svg`. Timings are reported, never asserted; a failed CRI call or
 //! anything left behind fails the run.
@@ -869,6 +870,20 @@ impl Report {
         );
     }
 
+    /// The shim-alone rows (no runc figure: runc has no sandbox API).
+    fn shim_rows(&mut self, shim: &BTreeMap<&'static str, Vec<Duration>>) {
+        for phase in [SHIM_START, SHIM_UP, SHIM_DOWN] {
+            let v = &shim[phase];
+            self.row(
+                &format!("Shim alone over ttrpc: {phase} p50 / p99"),
+                format!("{:.1} / {:.1} ms", ms(pct(v, 50.0)), ms(pct(v, 99.0))),
+                "—".into(),
+                String::new(),
+                String::new(),
+            );
+        }
+    }
+
     fn output_row(&mut self, mib: usize, out: &BTreeMap<Handler, Vec<f64>>) {
         let (c, u) = (median(&out[&COVE]), median(&out[&RUNC]));
         self.row(
@@ -1074,6 +1089,21 @@ async fn main() {
         println!("\n{report}");
         return;
     }
+    if std::env::var("COVE_BENCH_ONLY").is_ok_and(|v| v == "shim") {
+        drop(cd);
+        phase(&format!("shim alone over ttrpc: {n} sandboxes"));
+        let shim = shim_level(n).await;
+        let mut r = Report { rows: Vec::new() };
+        r.shim_rows(&shim);
+        let report = format!(
+            "# cove benchmark: the shim alone\n\nMeasured on {}.\n\n{}\n",
+            machine(),
+            r.markdown()
+        );
+        std::fs::write(out_dir.join("shim.md"), &report).expect("write shim.md");
+        println!("\n{report}");
+        return;
+    }
     phase(&format!(
         "serial: {n} pods per handler, alternating ({WARMUP} warm-up rounds not counted)"
     ));
@@ -1249,16 +1279,7 @@ async fn main() {
         String::new(),
     );
     r.output_row(o, &out);
-    for phase in [SHIM_START, SHIM_UP, SHIM_DOWN] {
-        let v = &shim[phase];
-        r.row(
-            &format!("Shim alone over ttrpc: {phase} p50 / p99"),
-            format!("{:.1} / {:.1} ms", ms(pct(v, 50.0)), ms(pct(v, 99.0))),
-            "—".into(),
-            String::new(),
-            String::new(),
-        );
-    }
+    r.shim_rows(&shim);
 
     // cove must leave nothing; what the runc pod path leaves is reported, not judged.
     let churn_failed = chu[&COVE].left.clone();
