@@ -40,7 +40,7 @@ test-vm: DEPS += vm
 test-vm: deps images
 	scripts/vm/run.sh $(VM_LEGS)
 
-## test-matrix: the CRI end-to-end and task suites against Debian's containerd and each of
+## test-matrix: the CRI end-to-end, task and escape suites against Debian's containerd and each of
 ## MATRIX_VERSIONS from CONTAINERD_DIR, one private containerd at a time; a pass/fail table
 test-matrix: deps images
 	scripts/matrix.sh $(CONTAINERD_DIR) $(MATRIX_VERSIONS)
