@@ -186,6 +186,15 @@ fn readable_memory(pid: u32) -> Vec<u8> {
     all
 }
 
+/// A host file that a pod must not reach; removed also when the test fails.
+struct Marker(String);
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn denied(r: &str) -> bool {
     r.starts_with("denied:")
 }
@@ -201,8 +210,12 @@ fn status_field<'a>(probes: &'a BTreeMap<String, String>, key: &str) -> &'a str 
 #[tokio::test]
 async fn a_pod_sees_no_more_of_cove_than_of_the_runc_pause() {
     let cd = Containerd::start("escape").await;
-    let marker_path = format!("/var/tmp/cove-escape-{}.marker", std::process::id());
-    std::fs::write(&marker_path, "host-secret").unwrap();
+    let marker = Marker(format!(
+        "/var/tmp/cove-escape-{}.marker",
+        std::process::id()
+    ));
+    std::fs::write(&marker.0, "host-secret").unwrap();
+    let marker_path = marker.0.clone();
     let before_tmp: Vec<_> = std::fs::read_dir("/tmp")
         .unwrap()
         .flatten()
@@ -211,7 +224,7 @@ async fn a_pod_sees_no_more_of_cove_than_of_the_runc_pause() {
 
     let (runc_pod, runc) = probe_pod(&cd, "runc", &marker_path).await;
     let (cove_pod, cove) = probe_pod(&cd, "cove", &marker_path).await;
-    let _ = std::fs::remove_file(&marker_path);
+    drop(marker);
 
     let mut leaks = Vec::new();
     for who in &WHO {
