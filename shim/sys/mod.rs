@@ -369,34 +369,49 @@ pub fn set_winsize(fd: BorrowedFd<'_>, ws: &libc::winsize) -> nix::Result<()> {
     Ok(())
 }
 
+/// The most descriptors [`place_fds`] moves at once.
+const MAX_PLACED: usize = 8;
+
+/// Moves each `(source, target)` descriptor to its target number, inheritable across an
+/// exec. Sources may repeat and may sit at target numbers: every source is first copied
+/// (close-on-exec) above every target, so that no dup2 overwrites a source a later one
+/// still needs. Allocates nothing and makes only async-signal-safe calls (fcntl, dup2), so
+/// it may run between fork and exec. EINVAL for more than [`MAX_PLACED`] pairs.
+fn place_fds(pairs: &[(RawFd, RawFd)]) -> std::io::Result<()> {
+    if pairs.len() > MAX_PLACED {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut high = [0 as RawFd; MAX_PLACED];
+    for (slot, (src, _)) in high.iter_mut().zip(pairs) {
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor the caller holds; async-signal-safe.
+        let h = unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 100) };
+        if h < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        *slot = h;
+    }
+    for (h, (_, at)) in high.iter().zip(pairs) {
+        // SAFETY: dup2 is async-signal-safe; the new descriptor has FD_CLOEXEC cleared.
+        if unsafe { libc::dup2(*h, *at) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Arranges for `cmd`'s child to find `fds` at descriptors `first`, `first + 1`, ...
 /// (inheritable across its exec), as log drivers expect their pipes at 3, 4 and 5.
 pub fn pass_fds(cmd: &mut std::process::Command, fds: Vec<RawFd>, first: RawFd) {
     use std::os::unix::process::CommandExt;
-    let hook = move || -> std::io::Result<()> {
-        // Move every source above the targets first, so no dup2 clobbers a later source.
-        let mut high = [0 as RawFd; 8];
-        let n = fds.len().min(high.len());
-        for (slot, fd) in high.iter_mut().zip(&fds[..n]) {
-            // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an fd we own; async-signal-safe.
-            let h = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100) };
-            if h < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            *slot = h;
-        }
-        for (i, h) in high[..n].iter().enumerate() {
-            // SAFETY: dup2 is async-signal-safe; the new fd has FD_CLOEXEC cleared.
-            if unsafe { libc::dup2(*h, first + i as RawFd) } < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the hook runs between fork and exec, allocates nothing and only makes
-    // async-signal-safe calls (fcntl, dup2) on descriptors captured by value.
+    let pairs: Vec<(RawFd, RawFd)> = fds
+        .into_iter()
+        .enumerate()
+        .map(|(i, fd)| (fd, first + i as RawFd))
+        .collect();
+    // SAFETY: the hook runs between fork and exec; place_fds allocates nothing and only
+    // makes async-signal-safe calls on descriptors captured by value.
     unsafe {
-        cmd.pre_exec(hook);
+        cmd.pre_exec(move || place_fds(&pairs));
     }
 }
 
@@ -439,29 +454,13 @@ pub fn exec_alone(
     argv: &[&std::ffi::CStr],
     fds: &[(BorrowedFd<'_>, RawFd)],
 ) -> ! {
-    use nix::fcntl::{fcntl, FcntlArg};
-    const MAX: usize = 8;
-    if fds.len() > MAX {
+    let pairs: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, at)| (f.as_raw_fd(), *at)).collect();
+    if place_fds(&pairs).is_err() {
         exit_now(127);
     }
-    // Every source is first copied above every target, so that no dup2 below overwrites a
-    // source that a later one still needs.
-    let mut high = [0 as RawFd; MAX];
-    for (slot, (src, _)) in high.iter_mut().zip(fds) {
-        match fcntl(src.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(64)) {
-            Ok(h) => *slot = h,
-            Err(_) => exit_now(127),
-        }
-    }
-    let mut last = 2;
-    for (h, (_, at)) in high.iter().zip(fds) {
-        if nix::unistd::dup2(*h, *at).is_err() {
-            exit_now(127);
-        }
-        last = last.max(*at);
-    }
+    let last = pairs.iter().map(|(_, at)| *at).fold(2, RawFd::max);
     // SAFETY: this function never returns: the process either becomes `path` or exits, so
-    // no owner of a descriptor closed here (the callers' and the copies above) runs again.
+    // no owner of a descriptor closed here (the callers' and place_fds' copies) runs again.
     if unsafe { close_fds_from(last + 1) }.is_err() {
         exit_now(127);
     }
