@@ -706,6 +706,19 @@ const SHIM_START: &str = "shim `start` (spawn the server)";
 const SHIM_UP: &str = "CreateSandbox+StartSandbox";
 const SHIM_DOWN: &str = "StopSandbox+ShutdownSandbox";
 
+/// Writes the report of a partial run (`COVE_BENCH_ONLY`) to `target/bench/<file>.md` and
+/// stdout.
+fn publish_part(out_dir: &Path, file: &str, title: &str, r: &Report) {
+    let report = format!(
+        "# cove benchmark: {title}\n\nMeasured on {}.\n\n{}\n",
+        machine(),
+        r.markdown()
+    );
+    std::fs::write(out_dir.join(format!("{file}.md")), &report)
+        .unwrap_or_else(|e| panic!("write {file}.md: {e}"));
+    println!("\n{report}");
+}
+
 /// The shim alone, over ttrpc, as containerd's shim sandbox controller calls it.
 async fn shim_level(n: usize) -> BTreeMap<&'static str, Vec<Duration>> {
     let mut out = BTreeMap::<&str, Vec<Duration>>::new();
@@ -1071,37 +1084,25 @@ async fn main() {
     name_failures();
     let c = env_size("COVE_BENCH_CHURN", 200);
     let o = env_size("COVE_BENCH_OUTPUT", 256);
+    let only = std::env::var("COVE_BENCH_ONLY").unwrap_or_default();
+    if only == "shim" {
+        phase(&format!("shim alone over ttrpc: {n} sandboxes"));
+        let shim = shim_level(n).await;
+        let mut r = Report { rows: Vec::new() };
+        r.shim_rows(&shim);
+        publish_part(&out_dir, "shim", "the shim alone", &r);
+        return;
+    }
     let cd = Arc::new(Containerd::start_with("bench", "info", true).await);
     let output_phase =
         format!("output: {o} MiB to stdout through CRI's log, {OUTPUT_ROUNDS} rounds per handler");
-    if std::env::var("COVE_BENCH_ONLY").is_ok_and(|v| v == "output") {
+    if only == "output" {
         phase(&output_phase);
         let out = output(&cd, o).await;
         drop(cd);
         let mut r = Report { rows: Vec::new() };
         r.output_row(o, &out);
-        let report = format!(
-            "# cove benchmark: output\n\nMeasured on {}.\n\n{}\n",
-            machine(),
-            r.markdown()
-        );
-        std::fs::write(out_dir.join("output.md"), &report).expect("write output.md");
-        println!("\n{report}");
-        return;
-    }
-    if std::env::var("COVE_BENCH_ONLY").is_ok_and(|v| v == "shim") {
-        drop(cd);
-        phase(&format!("shim alone over ttrpc: {n} sandboxes"));
-        let shim = shim_level(n).await;
-        let mut r = Report { rows: Vec::new() };
-        r.shim_rows(&shim);
-        let report = format!(
-            "# cove benchmark: the shim alone\n\nMeasured on {}.\n\n{}\n",
-            machine(),
-            r.markdown()
-        );
-        std::fs::write(out_dir.join("shim.md"), &report).expect("write shim.md");
-        println!("\n{report}");
+        publish_part(&out_dir, "output", "output", &r);
         return;
     }
     phase(&format!(

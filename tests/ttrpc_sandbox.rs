@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::shim::{create_req, ctx, pod_options, run_start, Shim};
+use common::shim::{create_req, ctx, pod_config_any, pod_options, run_start, Shim};
 use common::{
     alive, cg_dir, cgroup_exists, cgroup_of, cgroup_v2, decode_metrics, eventually, layout, ns_of,
     unit_loaded,
@@ -485,12 +485,7 @@ async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
         .sysctls
         .insert("net.ipv4.ip_forward".into(), "1".into());
     let mut r = create_req(&shim.id, &shim.bundle);
-    r.options = Some(Any {
-        type_url: "runtime.v1.PodSandboxConfig".into(),
-        value: cfg.write_to_bytes().unwrap(),
-        ..Default::default()
-    })
-    .into();
+    r.options = Some(pod_config_any(&cfg)).into();
     match sb.create_sandbox(ctx(), &r).await {
         Err(ttrpc::Error::RpcStatus(s)) => {
             assert_eq!(s.code(), Code::INVALID_ARGUMENT);
@@ -532,12 +527,7 @@ async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
             .mut_or_insert_default()
             .namespace_options = Some(ns).into();
         let mut r = create_req(&shim.id, &shim.bundle);
-        r.options = Some(Any {
-            type_url: "runtime.v1.PodSandboxConfig".into(),
-            value: cfg.write_to_bytes().unwrap(),
-            ..Default::default()
-        })
-        .into();
+        r.options = Some(pod_config_any(&cfg)).into();
         r
     };
     for (uids, want) in [

@@ -672,6 +672,14 @@ mod tests {
         d
     }
 
+    fn owner(reaper: &Reaper) -> Owner<'_> {
+        Owner {
+            id: "t",
+            namespace: "ns",
+            reaper,
+        }
+    }
+
     fn paths(stdout: &Path, stderr: &Path) -> Paths {
         Paths {
             stdin: String::new(),
@@ -704,16 +712,7 @@ mod tests {
             nix::unistd::mkfifo(f, nix::sys::stat::Mode::S_IRWXU).unwrap();
         }
         let reaper = Reaper::default();
-        let mut p = prepare(
-            &paths(&out, &err),
-            Owner {
-                id: "t",
-                namespace: "ns",
-                reaper: &reaper,
-            },
-        )
-        .await
-        .unwrap();
+        let mut p = prepare(&paths(&out, &err), owner(&reaper)).await.unwrap();
         let (w_out, w_err) = (p.stdout.take().unwrap(), p.stderr.take().unwrap());
         for w in [&w_out, &w_err] {
             let st = nix::sys::stat::fstat(w.as_raw_fd()).unwrap();
@@ -758,11 +757,7 @@ mod tests {
                     stderr: uri,
                     terminal: false,
                 },
-                Owner {
-                    id: "t",
-                    namespace: "ns",
-                    reaper: &reaper,
-                },
+                owner(&reaper),
             )
             .await
             .unwrap();
@@ -796,16 +791,9 @@ mod tests {
         let out = d.join("out");
         nix::unistd::mkfifo(&out, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let reaper = Reaper::default();
-        let mut p = prepare(
-            &paths(&out, Path::new("")),
-            Owner {
-                id: "t",
-                namespace: "ns",
-                reaper: &reaper,
-            },
-        )
-        .await
-        .unwrap();
+        let mut p = prepare(&paths(&out, Path::new("")), owner(&reaper))
+            .await
+            .unwrap();
         assert!(p.stderr.is_none());
         let w = p.stdout.take().unwrap();
         let io = p.finish().await.unwrap();

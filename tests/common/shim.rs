@@ -79,17 +79,7 @@ impl Shim {
         let mut child = Command::new("/bin/sh")
             .args(["-c", "umask 000; exec \"$0\" \"$@\""])
             .arg(super::cove_bin())
-            .args([
-                "-namespace",
-                "cove-test",
-                "-address",
-                "/run/cove-test/containerd.sock",
-                "-publish-binary",
-                "/bin/true",
-                "-id",
-                &id,
-                "start",
-            ])
+            .args(start_args(&id))
             .current_dir(&bundle)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -203,23 +193,28 @@ impl Drop for Shim {
     }
 }
 
+/// containerd's command line for `start` of shim `id` in the test namespace.
+fn start_args(id: &str) -> [&str; 9] {
+    [
+        "-namespace",
+        "cove-test",
+        "-address",
+        "/run/cove-test/containerd.sock",
+        "-publish-binary",
+        "/bin/true",
+        "-id",
+        id,
+        "start",
+    ]
+}
+
 pub fn run_start(bundle: &Path, id: &str) -> String {
     run_start_with(bundle, id, &[])
 }
 
 pub fn run_start_with(bundle: &Path, id: &str, env: &[(&str, &str)]) -> String {
     let out = Command::new(super::cove_bin())
-        .args([
-            "-namespace",
-            "cove-test",
-            "-address",
-            "/run/cove-test/containerd.sock",
-            "-publish-binary",
-            "/bin/true",
-            "-id",
-            id,
-            "start",
-        ])
+        .args(start_args(id))
         .current_dir(bundle)
         .env("TTRPC_ADDRESS", "/run/cove-test/containerd.sock.ttrpc")
         .envs(env.iter().copied())
@@ -266,6 +261,11 @@ pub fn pod_options(hostname: &str, cgroup_parent: &str) -> Any {
     cfg.hostname = hostname.into();
     cfg.dns_config = Some(dns).into();
     cfg.linux = Some(linux).into();
+    pod_config_any(&cfg)
+}
+
+/// CreateSandbox's `options`: a PodSandboxConfig as containerd's CRI packs it.
+pub fn pod_config_any(cfg: &cove::protos::cri::PodSandboxConfig) -> Any {
     Any {
         type_url: "runtime.v1.PodSandboxConfig".into(),
         value: cfg.write_to_bytes().unwrap(),
