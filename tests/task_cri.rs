@@ -234,10 +234,20 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
         .create_container(
             &pod,
             &pod_cfg,
-            container_config("stubborn", "trap '' TERM; while true; do sleep 0.1; done"),
+            container_config(
+                "stubborn",
+                "trap '' TERM; echo trapped; while true; do sleep 0.1; done",
+            ),
         )
         .await;
     cd.start_container(&stubborn).await;
+    // The shell is not the pid namespace's init (the pod shares one): a TERM sent before
+    // it has run its trap kills it (143). Stop it once the trap is set.
+    eventually("the stubborn container has set its trap", || {
+        std::fs::read_to_string(logs.join("stubborn.log"))
+            .is_ok_and(|l| l.contains(" stdout F trapped"))
+    })
+    .await;
     cd.stop_container(&stubborn, 1).await;
     let sigkill_exit = cd.exited(&stubborn).await.exit_code;
 
