@@ -24,14 +24,19 @@ images:
 	tests/images/build.sh target/images
 
 ## test: the whole suite: unit, ttrpc round trips, root integration, end to end through CRI,
-## ctr and Docker
+## ctr and Docker, with the runc the containerd on PATH pins, from RUNC_DIR
+## (../shared/runc) when it is there (scripts/runc.sh); it says which runc it used
 ## (tests named *_since_X_Y_Z need that containerd: older ones leave them out, as skipped;
-## unit tests that need root are #[ignore]d for `cargo test` as a user, and run here)
+## the user-namespace tests need a runc with idmapped mounts, 1.2+, and are skipped, said so,
+## with an older one; unit tests that need root are #[ignore]d for `cargo test` as a user,
+## and run here)
 test: deps images
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	@runc_dir=$$(scripts/runc.sh); PATH="$${runc_dir:+$$runc_dir:}$$PATH"; export PATH; \
+	echo "make test: containerd $$(containerd --version | awk '{print $$3}'), $$(runc --version | head -1) ($$(command -v runc))"; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast --run-ignored all -E "$$(scripts/test-filter.sh)"; \
 	else \
-		$(CARGO) test --no-fail-fast -- --skip _since_ --include-ignored; \
+		$(CARGO) test --no-fail-fast -- --skip _since_ --skip userns --include-ignored; \
 	fi
 
 ## test-vm: the suite again in a guest kernel with pure cgroup v2, under QEMU: once with
@@ -40,8 +45,9 @@ test-vm: DEPS += vm
 test-vm: deps images
 	scripts/vm/run.sh $(VM_LEGS)
 
-## test-matrix: the CRI end-to-end, task and escape suites against Debian's containerd and each of
-## MATRIX_VERSIONS from CONTAINERD_DIR, one private containerd at a time; a pass/fail table
+## test-matrix: the CRI end-to-end, task, escape and user-namespace suites against Debian's
+## containerd and each of MATRIX_VERSIONS from CONTAINERD_DIR, one private containerd at a
+## time, each with the runc it pins (from RUNC_DIR); a pass/fail table
 test-matrix: deps images
 	scripts/matrix.sh $(CONTAINERD_DIR) $(MATRIX_VERSIONS)
 

@@ -1,6 +1,7 @@
 #!/bin/sh
-# `make test-matrix`: the CRI end-to-end, task and escape suites against each containerd version,
-# one private containerd at a time, with that version's runc pod path as the oracle:
+# `make test-matrix`: the CRI end-to-end, task, escape and user-namespace suites against each
+# containerd version, one private containerd at a time, each with the runc it pins
+# (scripts/runc.sh, from RUNC_DIR), and that version's runc pod path as the oracle:
 # Debian's containerd (2.1.x) and every version given, unpacked from CONTAINERD_DIR
 # (archives containerd-<version>-linux-amd64.tar.xz with containerd, ctr and
 # containerd-shim-runc-v2, and an install.sh; see ../shared/containerd/README.md).
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 dir=${1:?usage: matrix.sh CONTAINERD_DIR [VERSION...]}
 shift
 versions=${*:-2.2.7 2.3.4 2.4.0-beta.0}
-filter='binary(cri_e2e) | binary(task_cri) | binary(task_ctr) | binary(cri_compat) | binary(cri_restart) | binary(escape)'
+filter='binary(cri_e2e) | binary(task_cri) | binary(task_ctr) | binary(cri_compat) | binary(cri_restart) | binary(escape) | binary(userns)'
 
 [ -d "$dir" ] || { echo "test-matrix: no directory $dir (set CONTAINERD_DIR)" >&2; exit 1; }
 [ -x "$dir/install.sh" ] || { echo "test-matrix: $dir has no install.sh" >&2; exit 1; }
@@ -30,11 +31,14 @@ run() { # LABEL BINDIR
         [ -x "$bindir/$b" ] || { echo "test-matrix: $label: $bindir/$b is missing" >&2; exit 1; }
     done
     got=$("$bindir/containerd" --version | awk '{print $3}')
-    echo "test-matrix: containerd $got ($bindir)"
+    runc_dir=$(scripts/runc.sh "$got")
+    path="${runc_dir:+$runc_dir:}$bindir:$PATH"
+    runc=$(PATH="$path" runc --version | head -1 | awk '{print $3}')
+    echo "test-matrix: containerd $got ($bindir), runc $runc ($(PATH="$path" command -v runc))"
     log=$unpack/$label.log
     start=$(date +%s)
-    gates=$(PATH="$bindir:$PATH" scripts/test-filter.sh)
-    if PATH="$bindir:$PATH" cargo nextest run --no-fail-fast -E "($filter) & ($gates)" > "$log" 2>&1; then
+    gates=$(PATH="$path" scripts/test-filter.sh)
+    if PATH="$path" cargo nextest run --no-fail-fast -E "($filter) & ($gates)" > "$log" 2>&1; then
         verdict=pass
     else
         verdict=FAIL
@@ -43,7 +47,7 @@ run() { # LABEL BINDIR
     summary=$(grep -a 'Summary \[' "$log" | tail -1 | sed 's/.*Summary \[ *\([0-9.]*s\)\] /\1, /')
     echo "test-matrix: containerd $got: $verdict ($summary)"
     [ "$verdict" = pass ] || grep -a -E '^ +FAIL \[' "$log" | sort -u >&2 || true
-    results="$results$(printf '| %s | %s | %s | %ss |' "$got" "$verdict" "$summary" "$(( $(date +%s) - start ))")
+    results="$results$(printf '| %s | %s | %s | %s | %ss |' "$got" "$runc" "$verdict" "$summary" "$(( $(date +%s) - start ))")
 "
 }
 
@@ -54,7 +58,7 @@ for v in $versions; do
 done
 
 echo
-echo "| containerd | result | tests | wall |"
-echo "|---|---|---|---|"
+echo "| containerd | runc | result | tests | wall |"
+echo "|---|---|---|---|---|"
 printf '%s' "$results"
 [ "$failed" = 0 ] || { echo "test-matrix: FAILED (logs in $unpack)" >&2; exit 1; }

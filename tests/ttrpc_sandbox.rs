@@ -498,8 +498,8 @@ async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
         other => panic!("a net sysctl without a netns: {other:?}"),
     }
 
-    // A user-namespaced pod: malformed mappings are INVALID_ARGUMENT; a valid request is
-    // UNIMPLEMENTED, never a pod quietly left in the host's user namespace.
+    // A user-namespaced pod: malformed mappings, and mappings that leave out the ids the
+    // pause runs as, are INVALID_ARGUMENT before anything is created.
     let userns = |uids: Vec<(u32, u32, u32)>| {
         use cove::protos::cri::*;
         let maps = |v: &[(u32, u32, u32)]| -> Vec<IDMapping> {
@@ -531,7 +531,7 @@ async fn bad_input_gets_clear_codes_and_the_shim_keeps_serving() {
         r
     };
     for (uids, want) in [
-        (vec![(0, 200_000, 65536)], Code::UNIMPLEMENTED),
+        (vec![(0, 200_000, 1000)], Code::INVALID_ARGUMENT),
         (vec![(0, 200_000, 0)], Code::INVALID_ARGUMENT),
         (
             vec![(0, 200_000, 100), (50, 300_000, 100)],

@@ -71,7 +71,7 @@ pub(super) fn prepare_and_exec(ready: OwnedFd, root: &Path) -> ! {
 }
 
 /// Tells the setup child why the pause could not be made, and exits.
-fn fail(ready: OwnedFd, why: &str) -> ! {
+pub(super) fn fail(ready: OwnedFd, why: &str) -> ! {
     let _ = File::from(ready).write_all(why.as_bytes());
     sys::exit_now(1)
 }

@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -52,6 +52,9 @@ pub struct PauseConfig {
     pub sysctls: Vec<(String, String)>,
     /// The pause process's cgroup directory in every hierarchy.
     pub cgroups: Vec<PathBuf>,
+    /// The pod's user namespace (`hostUsers: false`): the pause is created in a new one
+    /// with these mappings; `None` keeps the host's.
+    pub userns: Option<crate::idmap::Mappings>,
     /// Where the pause's empty root is mounted inside its own mount namespace on a host
     /// without `/tmp` (the sandbox's bundle): nothing is mounted there in the host's.
     pub root: PathBuf,
@@ -66,6 +69,10 @@ pub struct Started {
     /// nearest the kernel allowed.
     pub oom_score_adj: i32,
 }
+
+/// Marks, in the text of a pause that could not be made, a request the kernel refused as
+/// such (a sysctl a user-namespaced pod may not set): INVALID_ARGUMENT, not INTERNAL.
+const REFUSED_INPUT: &str = "[refused] ";
 
 /// The helper's answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +154,9 @@ impl PauseSpawner {
                 "pause helper returned pid {}",
                 p.pid
             ))),
+            Ok(Reply::Error(msg)) if msg.contains(REFUSED_INPUT) => Err(Error::InvalidArgument(
+                format!("create pause process: {}", msg.replace(REFUSED_INPUT, "")),
+            )),
             Ok(Reply::Error(msg)) => Err(Error::Internal(format!("create pause process: {msg}"))),
             Err(e) => Err(Error::Internal(format!(
                 "pause helper answered {line:?}: {e}"
@@ -276,45 +286,94 @@ fn setup_and_fork_pause(
         }
     }
     if let Some(ns) = netns {
+        // Joined while still the host's root: a network namespace CRI made inside a user
+        // namespace of its own is not one the pod's user namespace may enter.
         nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("join network namespace: {e}"))?;
     }
+    let join_procs = |dir: &PathBuf| {
+        std::fs::write(dir.join("cgroup.procs"), "0")
+            .map_err(|e| format!("join cgroup {}: {e}", dir.display()))
+    };
     let mut flags = CloneFlags::empty();
     flags.set(CloneFlags::CLONE_NEWUTS, cfg.new_uts);
     flags.set(CloneFlags::CLONE_NEWIPC, cfg.new_ipc);
     flags.set(CloneFlags::CLONE_NEWPID, cfg.new_pid);
-    if !flags.is_empty() {
-        nix::sched::unshare(flags).map_err(|e| format!("unshare {flags:?}: {e}"))?;
-    }
-    if let Some(h) = &cfg.hostname {
-        nix::unistd::sethostname(h).map_err(|e| format!("set hostname {h:?}: {e}"))?;
-    }
-    for (key, value) in &cfg.sysctls {
-        let path = sysctl_path(key);
-        std::fs::write(&path, value).map_err(|e| format!("set sysctl {key}={value}: {e}"))?;
-    }
-    // Inherited by the pause across its fork and exec.
+    // The pod's user namespace is made in the same clone, so that it owns the UTS, IPC
+    // and PID namespaces (and the mount and cgroup ones the pause makes next).
+    flags.set(CloneFlags::CLONE_NEWUSER, cfg.userns.is_some());
+    // Inherited by the pause across its clone and exec.
     let oom_score_adj = crate::oom_score::lower_own_towards(crate::oom_score::PAUSE_SCORE)
         .map_err(|e| format!("set oom_score_adj: {e}"))?;
+    // CRI creates a user-namespaced pod's network namespace inside a user namespace with
+    // the pod's mappings: that one is the pod's (as the runc pod path's pause container
+    // joins it), so that the pod's root owns its network namespace (sysfs, net sysctls).
+    // Joined last: this process is no longer the host's root afterwards.
+    if let (Some(maps), Some(ns)) = (&cfg.userns, netns) {
+        let owner = sys::owning_user_namespace(ns.as_fd())
+            .map_err(|e| format!("the network namespace's user namespace: {e}"))?;
+        let host = nix::sys::stat::stat("/proc/self/ns/user")
+            .map_err(|e| format!("stat /proc/self/ns/user: {e}"))?;
+        let theirs = nix::sys::stat::fstat(owner.as_raw_fd())
+            .map_err(|e| format!("stat the network namespace's user namespace: {e}"))?;
+        if (theirs.st_dev, theirs.st_ino) != (host.st_dev, host.st_ino) {
+            if let Some((dir, _)) = v2_dir.take() {
+                join_procs(dir)?;
+            }
+            nix::sched::setns(owner.as_fd(), CloneFlags::CLONE_NEWUSER)
+                .map_err(|e| format!("join the network namespace's user namespace: {e}"))?;
+            maps.check_own().map_err(|e| {
+                format!("the pod's network namespace belongs to another user namespace: {e}")
+            })?;
+            flags.remove(CloneFlags::CLONE_NEWUSER);
+        }
+    }
     let (ready_rd, ready_wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    // The pause waits on this until its user namespace is mapped (EOF: go on).
+    let (mapped_rd, mapped_wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     let forked = match &v2_dir {
-        Some((dir, fd)) => match sys::fork_in_cgroup(fd.as_fd()) {
-            Err(nix::Error::ENOSYS | nix::Error::EINVAL | nix::Error::E2BIG) => {
-                std::fs::write(dir.join("cgroup.procs"), "0")
-                    .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
-                sys::fork()
+        Some((dir, fd)) => match sys::fork_with(flags, Some(fd.as_fd())) {
+            Err(nix::Error::EINVAL | nix::Error::E2BIG) => {
+                join_procs(dir)?;
+                sys::fork_with(flags, None)
             }
             r => r,
         },
-        None => sys::fork(),
+        None => sys::fork_with(flags, None),
+    };
+    // No clone3 (Linux before 5.3): unshare, then fork. A user namespace needs clone3.
+    let forked = match forked {
+        Err(nix::Error::ENOSYS) if cfg.userns.is_none() => {
+            if let Some((dir, _)) = &v2_dir {
+                join_procs(dir)?;
+            }
+            if !flags.is_empty() {
+                nix::sched::unshare(flags).map_err(|e| format!("unshare {flags:?}: {e}"))?;
+            }
+            sys::fork()
+        }
+        r => r,
     };
     match forked.map_err(|e| format!("fork pause: {e}"))? {
         Forked::Child => {
             drop(ready_rd);
-            confine::prepare_and_exec(ready_wr, &cfg.root)
+            drop(mapped_wr);
+            match enter_pod(cfg, mapped_rd) {
+                Ok(()) => confine::prepare_and_exec(ready_wr, &cfg.root),
+                Err(e) => confine::fail(ready_wr, &e),
+            }
         }
         Forked::Parent(pid) => {
             drop(ready_wr);
+            drop(mapped_rd);
+            if let (Some(maps), true) = (&cfg.userns, flags.contains(CloneFlags::CLONE_NEWUSER)) {
+                if let Err(e) = maps.write_for(pid.as_raw()) {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    return Err(format!("map the pod's user namespace: {e}"));
+                }
+            }
+            drop(mapped_wr);
             // "1" once it is confined, or why it could not be; then EOF either way. A pause
             // that says nothing within PAUSE_READY_TIMEOUT is killed: StartSandbox (and the
             // pod's lock it holds) must not wait on it forever.
@@ -360,6 +419,51 @@ fn setup_and_fork_pause(
     }
 }
 
+/// Runs in the new pause, before it confines itself: once its user namespace (if any) is
+/// mapped, it becomes root there, then sets the pod's hostname and sysctls, with the
+/// kernel's checks for that namespace (a sysctl that needs the host's is refused, as on
+/// the runc pod path, where the pause container's init writes them).
+fn enter_pod(cfg: &PauseConfig, mapped: OwnedFd) -> std::result::Result<(), String> {
+    if cfg.userns.is_some() {
+        let mut b = [0u8; 1];
+        // EOF once the setup process wrote the maps (it kills this process if it could not).
+        loop {
+            match nix::unistd::read(mapped.as_raw_fd(), &mut b) {
+                Err(nix::Error::EINTR) => continue,
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) => return Err(format!("wait for the user namespace's maps: {e}")),
+            }
+        }
+        let (uid, gid) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+        nix::unistd::setresgid(gid, gid, gid)
+            .map_err(|e| format!("become root in the pod's user namespace (gid): {e}"))?;
+        nix::unistd::setresuid(uid, uid, uid)
+            .map_err(|e| format!("become root in the pod's user namespace (uid): {e}"))?;
+        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    }
+    drop(mapped);
+    if let Some(h) = &cfg.hostname {
+        nix::unistd::sethostname(h).map_err(|e| format!("set hostname {h:?}: {e}"))?;
+    }
+    for (key, value) in &cfg.sysctls {
+        let path = sysctl_path(key);
+        if let Err(e) = std::fs::write(&path, value) {
+            use std::io::ErrorKind::{NotFound, PermissionDenied};
+            // The kernel hides some network sysctls (net.core.somaxconn, for one) from a
+            // network namespace a user namespace owns, and refuses others to it.
+            return Err(match e.kind() {
+                PermissionDenied | NotFound if cfg.userns.is_some() => format!(
+                    "{REFUSED_INPUT}set sysctl {key}={value}: {e}: a user-namespaced pod may \
+                     not set it (it needs the host's user namespace)"
+                ),
+                _ => format!("set sysctl {key}={value}: {e}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `/proc/sys` path of a sysctl written with dots (`net.ipv4.ip_forward`) or slashes.
 pub fn sysctl_path(key: &str) -> PathBuf {
     let rel = if key.contains('/') {
@@ -384,6 +488,14 @@ mod tests {
             hostname: Some("web-0".into()),
             sysctls: vec![("net.ipv4.ip_forward".into(), "1".into())],
             cgroups: vec!["/sys/fs/cgroup/memory/p".into()],
+            userns: Some(crate::idmap::Mappings {
+                uids: vec![crate::idmap::Extent {
+                    inside: 0,
+                    host: 65536,
+                    length: 65536,
+                }],
+                gids: vec![],
+            }),
             root: "/run/containerd/b".into(),
         };
         let line = serde_json::to_string(&cfg).unwrap();

@@ -59,6 +59,8 @@ pub struct PodSpec {
     pub host_network: bool,
     pub host_pid: bool,
     pub host_ipc: bool,
+    /// The pod's own user namespace (`hostUsers: false`); `None`: the host's.
+    pub userns: Option<crate::idmap::Mappings>,
     /// Pod annotations CRI carries inside the config (2.1.x sends none in the request).
     pub annotations: std::collections::BTreeMap<String, String>,
     /// The pod config as JSON in the form of CRI's Go types (what `crictl inspectp` shows
@@ -96,7 +98,7 @@ impl PodSpec {
             m.map(|m| m == protobuf::EnumOrUnknown::new(NamespaceMode::NODE))
                 .unwrap_or(false)
         };
-        super::userns::check(
+        let userns = super::userns::check(
             &cfg.metadata.name,
             ns.and_then(|n| n.userns_options.as_ref()),
         )?;
@@ -126,6 +128,7 @@ impl PodSpec {
             host_network: node(ns.map(|n| n.network)),
             host_pid: node(ns.map(|n| n.pid)),
             host_ipc: node(ns.map(|n| n.ipc)),
+            userns,
             annotations: cfg
                 .annotations
                 .iter()

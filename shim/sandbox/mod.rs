@@ -342,6 +342,7 @@ impl Manager {
             hostname: (spec.own_uts() && !spec.hostname.is_empty()).then(|| spec.hostname.clone()),
             sysctls: spec.sysctls.clone(),
             cgroups: pause_dirs,
+            userns: spec.userns.clone(),
             root: sb.bundle.clone(),
         };
         crate::failpoint::hit(crate::failpoint::START_SANDBOX_BEFORE_PAUSE).await;

@@ -1,44 +1,60 @@
 //! A pod's user namespace request (`hostUsers: false` reaches the shim as CRI's
 //! `namespace_options.userns_options`, mode POD with uid and gid mappings).
 //!
-//! cove does not create user-namespaced pods yet: their containers need runc's idmapped
-//! mounts (runc 1.2 and later), and cove reports user namespaces unsupported exactly when
-//! its runc lacks them (`-info`, runc's own features), so kubelet sends no such pod. A
-//! client that sends one anyway gets UNIMPLEMENTED, never a pod silently left in the
-//! host's user namespace; malformed mappings get INVALID_ARGUMENT first.
+//! The pause is created in a new user namespace with exactly these mappings (see
+//! `pause`); containers join it by path, and runc gives them idmapped mounts (runc 1.2
+//! and later, which is when `-info` reports user namespaces: CRI sends no such pod to a
+//! handler whose runc lacks them). Malformed mappings get INVALID_ARGUMENT, before
+//! anything is created.
 
 use crate::error::{Error, Result};
+use crate::idmap::{Extent, Mappings};
+use crate::pause::{PAUSE_GID, PAUSE_UID};
 use crate::protos::cri::{IDMapping, NamespaceMode, UserNamespace};
 
 /// The most extents a `uid_map` or `gid_map` takes (Linux 4.15 and later:
 /// user_namespaces(7)).
 pub const MAX_EXTENTS: usize = 340;
 
-/// Checks a pod's user namespace request; `Ok` means the host's user namespace.
-pub fn check(pod: &str, userns: Option<&UserNamespace>) -> Result<()> {
+/// Checks a pod's user namespace request: the mappings of its own user namespace, or
+/// `None` for the host's.
+pub fn check(pod: &str, userns: Option<&UserNamespace>) -> Result<Option<Mappings>> {
     let Some(u) = userns else {
-        return Ok(());
+        return Ok(None);
     };
-    let bad = |why: String| {
-        Err(Error::InvalidArgument(format!(
-            "pod {pod}: user namespace: {why}"
-        )))
-    };
+    let invalid = |why: String| Error::InvalidArgument(format!("pod {pod}: user namespace: {why}"));
+    let bad = |why: String| Err(invalid(why));
     match u.mode.enum_value() {
         Ok(NamespaceMode::NODE) => {
             if !u.uids.is_empty() || !u.gids.is_empty() {
                 return bad("mode NODE (the host's user namespace) takes no mappings".into());
             }
-            Ok(())
+            Ok(None)
         }
         Ok(NamespaceMode::POD) => {
-            check_mappings("uid", &u.uids).or_else(&bad)?;
-            check_mappings("gid", &u.gids).or_else(&bad)?;
-            Err(Error::Unimplemented(format!(
-                "pod {pod}: user-namespaced pods (hostUsers: false) are not supported by \
-                 cove yet: their containers need runc's idmapped mounts (runc 1.2+), and cove \
-                 reports the feature only where its runc has them"
-            )))
+            check_mappings("uid", &u.uids).map_err(invalid)?;
+            check_mappings("gid", &u.gids).map_err(invalid)?;
+            let extents = |maps: &[IDMapping]| -> Vec<Extent> {
+                maps.iter()
+                    .map(|m| Extent {
+                        inside: m.container_id,
+                        host: m.host_id,
+                        length: m.length,
+                    })
+                    .collect()
+            };
+            let maps = Mappings {
+                uids: extents(&u.uids),
+                gids: extents(&u.gids),
+            };
+            // The pause runs as the pause image's user; kubelet maps 65536 ids, which
+            // holds it.
+            if maps.host_uid(PAUSE_UID).is_none() || maps.host_gid(PAUSE_GID).is_none() {
+                return bad(format!(
+                    "the mappings must map uid and gid {PAUSE_UID}, which the pause runs as"
+                ));
+            }
+            Ok(Some(maps))
         }
         other => bad(format!(
             "mode {} is not one a pod can have (POD or NODE)",
@@ -114,29 +130,35 @@ mod tests {
         }
     }
 
-    fn code(r: Result<()>) -> &'static str {
+    fn code(r: Result<Option<Mappings>>) -> &'static str {
         match r {
-            Ok(()) => "ok",
+            Ok(None) => "host",
+            Ok(Some(_)) => "own",
             Err(Error::InvalidArgument(_)) => "invalid",
-            Err(Error::Unimplemented(_)) => "unimplemented",
             Err(e) => panic!("{e:?}"),
         }
     }
 
     #[test]
     fn no_request_and_node_mode_are_the_hosts() {
-        assert_eq!(code(check("p", None)), "ok");
+        assert_eq!(code(check("p", None)), "host");
         let node = userns(NamespaceMode::NODE, vec![], vec![]);
-        assert_eq!(code(check("p", Some(&node))), "ok");
+        assert_eq!(code(check("p", Some(&node))), "host");
     }
 
     #[test]
-    fn a_valid_pod_request_is_refused_plainly_not_ignored() {
+    fn a_pod_request_gives_the_pods_mappings() {
         // What kubelet sends: 65536 ids from a per-pod offset.
         let kubelet = map(0, 65536 * 3, 65536);
         let u = userns(NamespaceMode::POD, vec![kubelet.clone()], vec![kubelet]);
+        let maps = check("p", Some(&u)).unwrap().unwrap();
+        assert_eq!(maps.host_uid(0), Some(65536 * 3));
+        assert_eq!(maps.host_gid(PAUSE_GID), Some(65536 * 3 + PAUSE_GID));
+        // Mappings that leave out the pause's ids.
+        let short = map(0, 65536 * 3, 1000);
+        let u = userns(NamespaceMode::POD, vec![short.clone()], vec![short]);
         match check("p", Some(&u)) {
-            Err(Error::Unimplemented(m)) => assert!(m.contains("hostUsers: false"), "{m}"),
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("65535"), "{m}"),
             other => panic!("{other:?}"),
         }
     }
@@ -184,13 +206,14 @@ mod tests {
             assert_eq!(code(check("p", Some(u))), "invalid", "{u:?}");
         }
         // Adjacent ranges and the full limit of extents are fine.
-        let adjacent = vec![map(0, 1000, 10), map(10, 1010, 10)];
-        let most: Vec<IDMapping> = (0..MAX_EXTENTS as u32)
+        let adjacent = vec![map(0, 1000, 10), map(10, 1010, 65526)];
+        let mut most: Vec<IDMapping> = (0..MAX_EXTENTS as u32 - 1)
             .map(|i| map(i, 1000 + i, 1))
             .collect();
+        most.push(map(PAUSE_UID, 200_000, 1));
         for uids in [adjacent, most] {
             let u = userns(NamespaceMode::POD, uids, vec![ok.clone()]);
-            assert_eq!(code(check("p", Some(&u))), "unimplemented");
+            assert_eq!(code(check("p", Some(&u))), "own");
         }
     }
 }

@@ -8,6 +8,9 @@
 //! [`adopt_inherited`] that a descriptor was inherited and is unowned, and [`run_alone`]
 //! closes descriptors only on the way into a function that never returns.
 
+mod idmap;
+pub use idmap::{attach_mount, idmapped_clone, spawn_waiting_child};
+
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::unistd::Pid;
@@ -40,14 +43,18 @@ pub fn fork() -> nix::Result<Forked> {
     unsafe { fork_single_threaded() }
 }
 
-/// [`fork`], with the child born in the cgroup v2 directory open as `cgroup` (see
-/// [`fork_into_cgroup`]). Same precondition check.
-pub fn fork_in_cgroup(cgroup: BorrowedFd<'_>) -> nix::Result<Forked> {
+/// [`fork`], with the child in new namespaces (`namespaces`: `CLONE_NEW*` flags; with
+/// `CLONE_NEWUSER` the others are owned by the new user namespace) and, when `cgroup` is
+/// given, born in that cgroup v2 directory (see [`clone_into`]). Same precondition check.
+pub fn fork_with(
+    namespaces: nix::sched::CloneFlags,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> nix::Result<Forked> {
     if thread_count()? != 1 {
         return Err(nix::Error::EDEADLK);
     }
     // SAFETY: the process has one thread (checked above).
-    unsafe { fork_into_cgroup(cgroup) }
+    unsafe { clone_into(namespaces, cgroup) }
 }
 
 /// Forks the calling process.
@@ -65,16 +72,20 @@ pub unsafe fn fork_single_threaded() -> nix::Result<Forked> {
     }
 }
 
-/// Like [`fork_single_threaded`], with the child born in the cgroup v2 directory open as
-/// `cgroup` (clone3 with `CLONE_INTO_CGROUP`, Linux 5.7+). Being born there costs the
-/// kernel no migration: writing a pid into `cgroup.procs` takes a global lock whose first
-/// writer waits for an RCU grace period (~10 ms on a busy 2-core VM). Fails with ENOSYS
-/// or EINVAL where the kernel cannot do it; callers then join by writing `cgroup.procs`.
+/// Like [`fork_single_threaded`] (clone3, Linux 5.3+), with the child in new namespaces
+/// and, when `cgroup` is given, born in that cgroup v2 directory (`CLONE_INTO_CGROUP`,
+/// Linux 5.7+). Being born there costs the kernel no migration: writing a pid into
+/// `cgroup.procs` takes a global lock whose first writer waits for an RCU grace period
+/// (~10 ms on a busy 2-core VM). Fails with ENOSYS, or EINVAL/E2BIG for the cgroup, where
+/// the kernel cannot do it; callers then join by writing `cgroup.procs`.
 ///
 /// # Safety
 ///
 /// As for [`fork_single_threaded`]: the calling process must have exactly one thread.
-pub unsafe fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> nix::Result<Forked> {
+pub unsafe fn clone_into(
+    namespaces: nix::sched::CloneFlags,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> nix::Result<Forked> {
     #[repr(C)]
     struct CloneArgs {
         flags: u64,
@@ -90,8 +101,12 @@ pub unsafe fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> nix::Result<Forked> {
         cgroup: u64,
     }
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let mut flags = namespaces.bits() as u32 as u64;
+    if cgroup.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
     let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
+        flags,
         pidfd: 0,
         child_tid: 0,
         parent_tid: 0,
@@ -101,7 +116,7 @@ pub unsafe fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> nix::Result<Forked> {
         tls: 0,
         set_tid: 0,
         set_tid_size: 0,
-        cgroup: cgroup.as_raw_fd() as u64,
+        cgroup: cgroup.map_or(0, |c| c.as_raw_fd() as u64),
     };
     // SAFETY: with no stack given, clone3 duplicates the caller like fork(2) and both
     // return here. The caller's guarantee (one thread, so no lock is held by another)
@@ -309,6 +324,20 @@ pub const NSFS_MAGIC: i64 = 0x6e73_6673;
 pub fn is_namespace_file(fd: BorrowedFd<'_>) -> nix::Result<bool> {
     let st = nix::sys::statfs::fstatfs(fd)?;
     Ok(st.filesystem_type().0 as i64 == NSFS_MAGIC)
+}
+
+/// The user namespace that owns the namespace open as `ns` (`ioctl(NS_GET_USERNS)`,
+/// Linux 4.9+); the descriptor is close-on-exec.
+pub fn owning_user_namespace(ns: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor or -1.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS) };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A descriptor for the process that holds `pid` now (pidfd_open(2), Linux 5.3+; the

@@ -71,17 +71,23 @@ impl Inner {
         if rootfs_mounted {
             std::fs::create_dir_all(&rootfs).context(|| format!("create {}", rootfs.display()))?;
             for m in &r.rootfs {
-                if let Err(e) = containerd_shim::mount::mount_rootfs(
-                    Some(m.type_.as_str()),
-                    Some(m.source.as_str()),
+                if let Err(e) = crate::idmap::mount_rootfs(
+                    &m.type_,
+                    &m.source,
                     &m.options,
                     &rootfs,
+                    &bundle.join("idmapped-layers"),
                 ) {
                     let _ = container::unmount_rootfs(&rootfs);
-                    return Err(Error::Internal(format!(
-                        "task {}: mount {} ({}) on the rootfs: {e}",
+                    let why = format!(
+                        "task {}: mount {} ({}) on the rootfs",
                         r.id, m.source, m.type_
-                    )));
+                    );
+                    return Err(match e {
+                        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{why}: {m}")),
+                        Error::Unimplemented(m) => Error::Unimplemented(format!("{why}: {m}")),
+                        e => Error::Internal(format!("{why}: {e}")),
+                    });
                 }
             }
         }
