@@ -155,45 +155,89 @@ pub fn split_options(options: &[String]) -> Result<(Vec<String>, Option<Mappings
 }
 
 /// A user namespace with `maps`, held open. Safe to call from a multi-threaded process:
-/// the child it makes runs nothing but `prctl` and `pause` (async-signal-safe system
-/// calls) until it is killed.
+/// the child made for it makes raw system calls only until it is killed.
 pub fn user_namespace(maps: &Mappings) -> Result<OwnedFd> {
-    let pid = sys::spawn_waiting_child(libc::CLONE_NEWUSER as u64)
+    let child = sys::spawn_waiting_child(libc::CLONE_NEWUSER as u64)
         .map_err(|e| Error::Internal(format!("create a user namespace: {e}")))?;
+    let pid = child.pid;
     let result = maps
         .write_for(pid)
         .and_then(|()| File::open(format!("/proc/{pid}/ns/user")).map(OwnedFd::from))
         .map_err(|e| Error::Internal(format!("map the user namespace of {pid}: {e}")));
+    // Still alive now, so /proc/{pid} above was this child and no later process with its
+    // pid: its pidfd is not readable until it exits.
+    let mut pfd = [nix::poll::PollFd::new(
+        child.pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let alive = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO) == Ok(0);
     // The shim's reaper collects it (it is the shim's child).
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    let _ = sys::pidfd_send_signal(child.pidfd.as_fd(), nix::sys::signal::Signal::SIGKILL);
+    if !alive {
+        return Err(Error::Internal(format!(
+            "the process holding a new user namespace ({pid}) died before it was mapped"
+        )));
+    }
     result
 }
 
+/// The `MOUNT_ATTR_*` flags of an idmapped bind mount's options, and whether it is
+/// recursive; an option cove cannot apply that way is UNIMPLEMENTED, never dropped.
+fn bind_attrs(options: &[String]) -> Result<(u64, bool)> {
+    let (mut attrs, mut recursive) = (0, false);
+    for o in options {
+        match o.as_str() {
+            "ro" => attrs |= sys::MOUNT_ATTR_RDONLY,
+            "nosuid" => attrs |= sys::MOUNT_ATTR_NOSUID,
+            "nodev" => attrs |= sys::MOUNT_ATTR_NODEV,
+            "noexec" => attrs |= sys::MOUNT_ATTR_NOEXEC,
+            "rbind" => recursive = true,
+            // A detached clone is private; "rw" is the default.
+            "rw" | "bind" | "private" | "rprivate" => {}
+            other => {
+                return Err(Error::Unimplemented(format!(
+                    "idmapped bind mount option {other:?}"
+                )))
+            }
+        }
+    }
+    Ok((attrs, recursive))
+}
+
 /// Mounts one of containerd's rootfs mounts on `target`, with id mappings when its
-/// options carry them.
+/// options carry them. `scratch` is where idmapped overlay layers are attached while the
+/// overlay is mounted; `expected` the container's own mappings (its spec's), which those
+/// of the mount must be.
 pub fn mount_rootfs(
     type_: &str,
     source: &str,
     options: &[String],
     target: &Path,
     scratch: &Path,
+    expected: Option<&Mappings>,
 ) -> Result<()> {
     let (options, maps) = split_options(options)?;
     let Some(maps) = maps else {
         return containerd_shim::mount::mount_rootfs(Some(type_), Some(source), &options, target)
             .map_err(|e| Error::Internal(e.to_string()));
     };
+    if let Some(want) = expected.filter(|w| **w != maps) {
+        return Err(Error::InvalidArgument(format!(
+            "the rootfs is idmapped with {maps:?}, the container's user namespace maps {want:?}"
+        )));
+    }
     let userns = user_namespace(&maps)?;
     let failed = |what: String| move |e: nix::Error| Error::Internal(format!("{what}: {e}"));
     match type_ {
         "bind" | "rbind" => {
-            let recursive = type_ == "rbind" || options.iter().any(|o| o == "rbind");
-            let read_only = options.iter().any(|o| o == "ro");
-            let tree = sys::idmapped_clone(Path::new(source), userns.as_fd(), recursive, read_only)
-                .map_err(failed(format!("idmapped clone of {source}")))?;
+            let (attrs, recursive) = bind_attrs(&options)?;
+            let tree = sys::idmapped_clone(
+                Path::new(source),
+                userns.as_fd(),
+                recursive || type_ == "rbind",
+                attrs,
+            )
+            .map_err(failed(format!("idmapped clone of {source}")))?;
             sys::attach_mount(tree.as_fd(), target).map_err(failed(format!(
                 "attach the idmapped {source} on {}",
                 target.display()
@@ -204,6 +248,22 @@ pub fn mount_rootfs(
             "rootfs mount of type {other} with uidmap/gidmap: cove idmaps bind and overlay mounts"
         ))),
     }
+}
+
+/// Unmounts whatever is still attached under `scratch` (a shim that died while mounting
+/// an idmapped overlay) and removes it, never recursing into a mount.
+pub fn clear_scratch(scratch: &Path) {
+    if !scratch.exists() {
+        return;
+    }
+    let target = scratch.to_string_lossy().into_owned();
+    let _ = containerd_shim::mount::umount_recursive(Some(&target), libc::MNT_DETACH);
+    if let Ok(entries) = std::fs::read_dir(scratch) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(scratch);
 }
 
 fn mount_idmapped_overlay(
@@ -223,24 +283,26 @@ fn mount_idmapped_overlay(
         .split(':')
         .filter(|l| !l.is_empty())
         .collect();
+    clear_scratch(scratch);
     std::fs::create_dir_all(scratch)
         .map_err(|e| Error::io(format!("create {}", scratch.display()), e))?;
-    let mut attached = Vec::with_capacity(lowers.len());
+    let mut made = Vec::with_capacity(lowers.len());
     let result = (|| {
         for (i, lower) in lowers.iter().enumerate() {
             let at = scratch.join(i.to_string());
-            std::fs::create_dir_all(&at)
+            std::fs::create_dir(&at)
                 .map_err(|e| Error::io(format!("create {}", at.display()), e))?;
-            let tree = sys::idmapped_clone(Path::new(lower), userns, false, false)
+            made.push(at.clone());
+            // Read-only: the overlay never writes a lower layer, and nothing else may
+            // reach the image's shared layers through this mount.
+            let tree = sys::idmapped_clone(Path::new(lower), userns, false, sys::MOUNT_ATTR_RDONLY)
                 .map_err(failed(format!("idmapped clone of layer {lower}")))?;
             sys::attach_mount(tree.as_fd(), &at).map_err(failed(format!("attach layer {i}")))?;
-            attached.push(at);
         }
         let mut opts: Vec<String> = options.to_vec();
         opts[idx] = format!(
             "lowerdir={}",
-            attached
-                .iter()
+            made.iter()
                 .map(|p| p.to_string_lossy())
                 .collect::<Vec<_>>()
                 .join(":")
@@ -248,10 +310,14 @@ fn mount_idmapped_overlay(
         containerd_shim::mount::mount_rootfs(Some("overlay"), Some(source), &opts, target)
             .map_err(|e| Error::Internal(format!("mount the idmapped overlay: {e}")))
     })();
-    for at in &attached {
+    // The overlay holds its own references to the layers: their mounts go, and the
+    // directories are removed one by one (a mount still there makes rmdir fail, where a
+    // recursive removal would delete the image's files through it).
+    for at in &made {
         let _ = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(at);
     }
-    let _ = std::fs::remove_dir_all(scratch);
+    let _ = std::fs::remove_dir(scratch);
     result
 }
 

@@ -36,8 +36,8 @@ if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
 fi
 mkdir -p /run/netns /tmp/home
 export HOME=/tmp/home PATH=/usr/local/bin:/root/.cargo/bin:/usr/sbin:/usr/bin:/sbin:/bin
-runc_dir=$(cat "$out/runc-dir" 2>/dev/null || true)
-[ -n "$runc_dir" ] && export PATH="$runc_dir:$PATH"
+# The runc the host's containerd pins, when run.sh found one (scripts/runc.sh).
+[ -x "$out/runc/runc" ] && export PATH="$out/runc:$PATH"
 echo "guest: $(runc --version | head -1) ($(command -v runc))"
 export COVE_TEST_CGROUP_DRIVER="$driver"
 # Under emulation the restart test runs with 5 pods per handler (20 on the host): 20 take

@@ -27,9 +27,13 @@ for leg in $legs; do
     mkdir -p "$out"
     guest="$checkout/scripts/vm/guest.sh $leg $checkout $out${COVE_VM_TESTS:+ '$COVE_VM_TESTS'}"
     cp "$work/binaries.json" "$work/cargo-metadata.json" "$out/"
-    # The runc the host's containerd pins (the guest runs the host's containerd): the guest
-    # puts this directory (on the host's root) first on its PATH.
-    scripts/runc.sh > "$out/runc-dir"
+    # The runc the host's containerd pins (the guest runs the host's containerd), copied
+    # where the guest sees it (virtme-ng hides the host's /var/tmp): the guest puts that
+    # directory first on its PATH.
+    runc_dir=$(scripts/runc.sh)
+    if [ -n "$runc_dir" ]; then
+        mkdir -p "$out/runc" && cp "$runc_dir/runc" "$out/runc/runc"
+    fi
     set -- --run "$kernel" --disable-kvm --cpus 2 --memory 6G --user root --rwdir="$out" \
         --append cgroup_no_v1=all --append systemd.unified_cgroup_hierarchy=1
     case $leg in

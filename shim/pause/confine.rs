@@ -147,7 +147,16 @@ fn prepare(sandbox_dir: &Path) -> Result<(std::ffi::CString, OwnedFd, OwnedFd), 
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .step("bind the shim binary")?;
+    .map_err(|e| match e {
+        // In a user-namespaced pod this process is the pod's root: an unprivileged id on
+        // the host, which must be able to reach the binary.
+        nix::Error::EACCES => format!(
+            "bind the shim binary: {e}: every directory on the path of {} must be \
+             searchable (x) by others for user-namespaced pods",
+            host_exe.display()
+        ),
+        e => format!("bind the shim binary: {e}"),
+    })?;
     mount(
         None::<&str>,
         &exe,

@@ -314,12 +314,30 @@ fn setup_and_fork_pause(
             .map_err(|e| format!("the network namespace's user namespace: {e}"))?;
         let host = nix::sys::stat::stat("/proc/self/ns/user")
             .map_err(|e| format!("stat /proc/self/ns/user: {e}"))?;
-        let theirs = nix::sys::stat::fstat(owner.as_raw_fd())
-            .map_err(|e| format!("stat the network namespace's user namespace: {e}"))?;
-        if (theirs.st_dev, theirs.st_ino) != (host.st_dev, host.st_ino) {
+        let same = |fd: &OwnedFd| {
+            nix::sys::stat::fstat(fd.as_raw_fd())
+                .map(|st| (st.st_dev, st.st_ino) == (host.st_dev, host.st_ino))
+                .map_err(|e| format!("stat a user namespace: {e}"))
+        };
+        if !same(&owner)? {
+            // What CRI makes: a child of the host's user namespace, created by root. Its
+            // maps are read from inside it below, relative to that parent.
+            let parent = sys::parent_user_namespace(owner.as_fd())
+                .map_err(|e| format!("the parent of the netns's user namespace: {e}"))?;
+            let creator = sys::user_namespace_creator(owner.as_fd())
+                .map_err(|e| format!("the creator of the netns's user namespace: {e}"))?;
+            if !same(&parent)? || creator != 0 {
+                return Err(format!(
+                    "the pod's network namespace belongs to a user namespace that is not a \
+                     child of the host's made by root (creator uid {creator})"
+                ));
+            }
             if let Some((dir, _)) = v2_dir.take() {
                 join_procs(dir)?;
             }
+            // Nothing of this process is readable through /proc by the pod once it is in
+            // the pod's user namespace.
+            nix::sys::prctl::set_dumpable(false).map_err(|e| format!("not dumpable: {e}"))?;
             nix::sched::setns(owner.as_fd(), CloneFlags::CLONE_NEWUSER)
                 .map_err(|e| format!("join the network namespace's user namespace: {e}"))?;
             maps.check_own().map_err(|e| {
@@ -436,11 +454,11 @@ fn enter_pod(cfg: &PauseConfig, mapped: OwnedFd) -> std::result::Result<(), Stri
             }
         }
         let (uid, gid) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
         nix::unistd::setresgid(gid, gid, gid)
             .map_err(|e| format!("become root in the pod's user namespace (gid): {e}"))?;
         nix::unistd::setresuid(uid, uid, uid)
             .map_err(|e| format!("become root in the pod's user namespace (uid): {e}"))?;
-        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
     }
     drop(mapped);
     if let Some(h) = &cfg.hostname {

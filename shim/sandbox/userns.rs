@@ -47,12 +47,19 @@ pub fn check(pod: &str, userns: Option<&UserNamespace>) -> Result<Option<Mapping
                 uids: extents(&u.uids),
                 gids: extents(&u.gids),
             };
-            // The pause runs as the pause image's user; kubelet maps 65536 ids, which
-            // holds it.
-            if maps.host_uid(PAUSE_UID).is_none() || maps.host_gid(PAUSE_GID).is_none() {
-                return bad(format!(
-                    "the mappings must map uid and gid {PAUSE_UID}, which the pause runs as"
-                ));
+            // The pause becomes root there, then runs as the pause image's user; kubelet
+            // maps 65536 ids, which hold both.
+            for (uid, gid) in [(0, 0), (PAUSE_UID, PAUSE_GID)] {
+                if maps.host_uid(uid).is_none() || maps.host_gid(gid).is_none() {
+                    return bad(format!(
+                        "the mappings must map uid {uid} and gid {gid} (the pause runs as \
+                         root, then as {PAUSE_UID}:{PAUSE_GID})"
+                    ));
+                }
+            }
+            // Host root inside the pod would undo what the user namespace is for.
+            if maps.uids.iter().chain(&maps.gids).any(|e| e.host == 0) {
+                return bad("the mappings must not map the host's root (id 0)".into());
             }
             Ok(Some(maps))
         }
@@ -154,12 +161,17 @@ mod tests {
         let maps = check("p", Some(&u)).unwrap().unwrap();
         assert_eq!(maps.host_uid(0), Some(65536 * 3));
         assert_eq!(maps.host_gid(PAUSE_GID), Some(65536 * 3 + PAUSE_GID));
-        // Mappings that leave out the pause's ids.
-        let short = map(0, 65536 * 3, 1000);
-        let u = userns(NamespaceMode::POD, vec![short.clone()], vec![short]);
-        match check("p", Some(&u)) {
-            Err(Error::InvalidArgument(m)) => assert!(m.contains("65535"), "{m}"),
-            other => panic!("{other:?}"),
+        // Mappings that leave out the pause's ids (65535, then root), or map host root.
+        for (m, says) in [
+            (map(0, 65536 * 3, 1000), "65535"),
+            (map(1, 65536 * 3, 65535), "uid 0 and gid 0"),
+            (map(0, 0, 65536), "host's root"),
+        ] {
+            let u = userns(NamespaceMode::POD, vec![m.clone()], vec![m]);
+            match check("p", Some(&u)) {
+                Err(Error::InvalidArgument(msg)) => assert!(msg.contains(says), "{msg}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 

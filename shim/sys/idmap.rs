@@ -6,9 +6,17 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// Clones the caller with `flags` (namespaces only); the child waits for a signal (and
-/// dies with its parent). Returns the child's pid.
-pub fn spawn_waiting_child(flags: u64) -> nix::Result<i32> {
+/// A child cloned into new namespaces that only waits: its pid, and a pidfd that names it
+/// and no later process with the same pid.
+pub struct WaitingChild {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+}
+
+/// Clones the caller with `namespaces` (`CLONE_NEW*` flags); the child closes every
+/// descriptor it inherited, has default signal handlers (`CLONE_CLEAR_SIGHAND`, Linux
+/// 5.5+), dies with its parent and otherwise waits to be killed.
+pub fn spawn_waiting_child(namespaces: u64) -> nix::Result<WaitingChild> {
     #[repr(C)]
     struct CloneArgs {
         flags: u64,
@@ -20,9 +28,13 @@ pub fn spawn_waiting_child(flags: u64) -> nix::Result<i32> {
         stack_size: u64,
         tls: u64,
     }
+    const CLONE_PIDFD: u64 = 0x1000;
+    const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+    let mut pidfd: libc::c_int = -1;
+    let parent = nix::unistd::getpid().as_raw();
     let args = CloneArgs {
-        flags,
-        pidfd: 0,
+        flags: namespaces | CLONE_PIDFD | CLONE_CLEAR_SIGHAND,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
         child_tid: 0,
         parent_tid: 0,
         exit_signal: libc::SIGCHLD as u64,
@@ -30,9 +42,10 @@ pub fn spawn_waiting_child(flags: u64) -> nix::Result<i32> {
         stack_size: 0,
         tls: 0,
     };
-    // SAFETY: with no stack given, clone3 duplicates the caller like fork(2). The child
-    // (a copy of one thread of a possibly multi-threaded process) calls only prctl, pause
-    // and _exit, which take no lock and touch no shared state.
+    // SAFETY: with no stack given, clone3 duplicates the caller like fork(2); the kernel
+    // writes the pidfd into `pidfd`, which outlives the call. The child (a copy of one
+    // thread of a possibly multi-threaded process) makes raw system calls only, which take
+    // no lock and touch no shared state, and never returns from this block.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -45,18 +58,30 @@ pub fn spawn_waiting_child(flags: u64) -> nix::Result<i32> {
         0 => {
             // SAFETY: raw system calls only (see above).
             unsafe {
+                libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // The parent died before the death signal was armed.
+                if libc::getppid() != parent {
+                    libc::_exit(0);
+                }
                 loop {
                     libc::pause();
                 }
             }
         }
-        pid => Ok(pid as i32),
+        pid => Ok(WaitingChild {
+            pid: pid as i32,
+            // SAFETY: the kernel gave the caller this new descriptor (CLONE_PIDFD).
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        }),
     }
 }
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
@@ -73,12 +98,12 @@ fn cpath(p: &Path) -> nix::Result<CString> {
 }
 
 /// A detached copy of the mount tree at `source` (recursive when `recursive`), with the
-/// id mapping of `userns` (and read-only when `read_only`).
+/// id mapping of `userns` and the `MOUNT_ATTR_*` flags in `attrs` (read-only, nosuid, ...).
 pub fn idmapped_clone(
     source: &Path,
     userns: BorrowedFd<'_>,
     recursive: bool,
-    read_only: bool,
+    attrs: u64,
 ) -> nix::Result<OwnedFd> {
     let src = cpath(source)?;
     let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
@@ -94,7 +119,7 @@ pub fn idmapped_clone(
     // SAFETY: a fresh descriptor that nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_set: MOUNT_ATTR_IDMAP | attrs,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,

@@ -9,7 +9,10 @@
 //! closes descriptors only on the way into a function that never returns.
 
 mod idmap;
-pub use idmap::{attach_mount, idmapped_clone, spawn_waiting_child};
+pub use idmap::{
+    attach_mount, idmapped_clone, spawn_waiting_child, WaitingChild, MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+};
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
@@ -329,15 +332,40 @@ pub fn is_namespace_file(fd: BorrowedFd<'_>) -> nix::Result<bool> {
 /// The user namespace that owns the namespace open as `ns` (`ioctl(NS_GET_USERNS)`,
 /// Linux 4.9+); the descriptor is close-on-exec.
 pub fn owning_user_namespace(ns: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
     const NS_GET_USERNS: libc::c_ulong = 0xb701;
-    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor or -1.
-    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS) };
+    ns_ioctl_fd(ns, NS_GET_USERNS)
+}
+
+/// The parent of the user namespace open as `userns` (`ioctl(NS_GET_PARENT)`).
+pub fn parent_user_namespace(userns: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    const NS_GET_PARENT: libc::c_ulong = 0xb702;
+    ns_ioctl_fd(userns, NS_GET_PARENT)
+}
+
+fn ns_ioctl_fd(ns: BorrowedFd<'_>, request: libc::c_ulong) -> nix::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: NS_GET_USERNS and NS_GET_PARENT take no argument and return a new
+    // descriptor or -1.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), request) };
     if fd < 0 {
         return Err(nix::Error::last());
     }
     // SAFETY: a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The uid (in the caller's user namespace) that created the user namespace open as
+/// `userns` (`ioctl(NS_GET_OWNER_UID)`).
+pub fn user_namespace_creator(userns: BorrowedFd<'_>) -> nix::Result<u32> {
+    const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+    let mut uid: libc::uid_t = 0;
+    // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which outlives the
+    // call.
+    let r = unsafe { libc::ioctl(userns.as_raw_fd(), NS_GET_OWNER_UID, &mut uid) };
+    if r < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(uid)
 }
 
 /// A descriptor for the process that holds `pid` now (pidfd_open(2), Linux 5.3+; the

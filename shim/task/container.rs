@@ -182,6 +182,10 @@ fn parse_record(text: &str, path: &Path, id: &str, namespace: &str) -> TaskRecor
 /// How many times `delete` asks runc to delete a container it left behind.
 const DELETE_TRIES: u32 = 10;
 
+/// Where, in a container's bundle, the layers of an idmapped overlay rootfs are attached
+/// while it is mounted.
+pub const IDMAP_SCRATCH: &str = "idmapped-layers";
+
 /// Unmounts everything under a container's rootfs.
 pub fn unmount_rootfs(rootfs: &Path) -> Result<()> {
     let target = rootfs.to_string_lossy().into_owned();
@@ -243,6 +247,9 @@ fn cleanup_record(r: &TaskRecord, bundle: &Path) -> Result<()> {
     }
     if r.rootfs_mounted && !bundle.as_os_str().is_empty() && bundle.join("rootfs").exists() {
         unmount_rootfs(&bundle.join("rootfs"))?;
+    }
+    if !bundle.as_os_str().is_empty() {
+        crate::idmap::clear_scratch(&bundle.join(IDMAP_SCRATCH));
     }
     Ok(())
 }

@@ -68,6 +68,7 @@ impl Inner {
 
         let rootfs = bundle.join("rootfs");
         let rootfs_mounted = !r.rootfs.is_empty();
+        let spec_maps = super::spec::id_mappings(&spec);
         if rootfs_mounted {
             std::fs::create_dir_all(&rootfs).context(|| format!("create {}", rootfs.display()))?;
             for m in &r.rootfs {
@@ -76,7 +77,8 @@ impl Inner {
                     &m.source,
                     &m.options,
                     &rootfs,
-                    &bundle.join("idmapped-layers"),
+                    &bundle.join(container::IDMAP_SCRATCH),
+                    spec_maps.as_ref(),
                 ) {
                     let _ = container::unmount_rootfs(&rootfs);
                     let why = format!(

@@ -35,6 +35,27 @@ pub fn has_poststop_or_rdt(spec: &Spec) -> bool {
     poststop || rdt
 }
 
+/// The container's own user namespace mappings (`linux.uidMappings`/`gidMappings`), if
+/// it has any.
+pub fn id_mappings(spec: &Spec) -> Option<crate::idmap::Mappings> {
+    let linux = spec.linux().as_ref()?;
+    let conv = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<crate::idmap::Extent> {
+        m.iter()
+            .flatten()
+            .map(|e| crate::idmap::Extent {
+                inside: e.container_id(),
+                host: e.host_id(),
+                length: e.size(),
+            })
+            .collect()
+    };
+    let maps = crate::idmap::Mappings {
+        uids: conv(linux.uid_mappings()),
+        gids: conv(linux.gid_mappings()),
+    };
+    (!maps.uids.is_empty() || !maps.gids.is_empty()).then_some(maps)
+}
+
 /// Whether the container's pid namespace is shared (joined by path, or the host's).
 pub fn shares_pid_namespace(spec: &Spec) -> bool {
     let Some(ns) = spec.linux().as_ref().and_then(|l| l.namespaces().clone()) else {
