@@ -20,8 +20,7 @@ const LEN: u32 = 65536;
 struct Seen {
     /// `/proc/<pid>/uid_map` and `gid_map` of the sandbox.
     sandbox_maps: (String, String),
-    /// What the pod's two containers show, or why CRI could not run them (the same
-    /// error for both handlers where the kernel cannot idmap the filesystems involved).
+    /// What the pod's two containers show, or why CRI could not run them.
     containers: Result<Containers, String>,
     /// Whether RunPodSandbox takes a pod with each of a few sysctls: namespaced ones the
     /// pod's user namespace may set, and one that exists only for the host's
@@ -115,6 +114,7 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
         "podsandbox"
     };
     let sandbox_pid = cd.sandbox_pid(&pod, sandboxer).await;
+    let sandbox_maps = maps(sandbox_pid);
 
     let volume = cd.dir.join("volumes").join(&name);
     std::fs::create_dir_all(&volume).unwrap();
@@ -207,7 +207,7 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
         }
     }
     Seen {
-        sandbox_maps: maps(sandbox_pid),
+        sandbox_maps,
         containers,
         sysctls,
         left_behind,
@@ -405,16 +405,19 @@ fn runc_has_idmapped_mounts() -> bool {
         .unwrap_or(false)
 }
 
-/// Whether this kernel idmaps tmpfs (6.3 and later), where CRI keeps the pod files and the
-/// test's containerd keeps its snapshots in the test guests.
-fn kernel_idmaps_tmpfs() -> bool {
+/// Whether this kernel can idmap the filesystem under `/tmp`, where the test's containerd
+/// keeps its snapshots and CRI's pod files: tmpfs only from Linux 6.3.
+fn tmp_can_be_idmapped() -> bool {
+    let tmpfs = nix::sys::statfs::statfs("/tmp")
+        .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or(false);
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut v = release
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse::<u32>().ok());
-    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 3)
+    !tmpfs || (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 3)
 }
 
 #[tokio::test]
@@ -424,25 +427,22 @@ async fn a_user_namespaced_pod_on_cove_is_as_on_the_runc_pod_path() {
          ../shared/runc; the test filter leaves this test out with an older runc",
         runc_has_idmapped_mounts(),
     );
+    require(
+        "a /tmp this kernel can idmap (tmpfs needs Linux 6.3; the test guests put an ext4 \
+         filesystem there)",
+        tmp_can_be_idmapped(),
+    );
     let cd = Containerd::start("userns").await;
     let runc = exercise(&cd, "runc").await;
     eprintln!("runc: {runc:#?}");
     let cove = exercise(&cd, "cove").await;
     eprintln!("cove: {cove:#?}");
     assert_eq!(cove, runc);
-    if kernel_idmaps_tmpfs() {
-        let c = cove.containers.as_ref().expect("the pod's containers run");
-        assert_eq!(c.root_on_host, (HOST_ID.to_string(), HOST_ID.to_string()));
-        assert_eq!(
-            c.maps[0],
-            (format!("0 {HOST_ID} {LEN}"), format!("0 {HOST_ID} {LEN}"))
-        );
-        assert!(c.one_pod_userns && c.ns_owned_by_pod_userns, "{c:#?}");
-    } else {
-        eprintln!(
-            "this kernel cannot idmap tmpfs: both handlers fail the containers alike: {:?}",
-            cove.containers
-        );
-    }
+    let c = cove.containers.as_ref().expect("the pod's containers run");
+    assert_eq!(c.root_on_host, (HOST_ID.to_string(), HOST_ID.to_string()));
+    let want = (format!("0 {HOST_ID} {LEN}"), format!("0 {HOST_ID} {LEN}"));
+    assert_eq!(cove.sandbox_maps, want);
+    assert!(c.maps.iter().all(|m| *m == want), "{c:#?}");
+    assert!(c.one_pod_userns && c.ns_owned_by_pod_userns, "{c:#?}");
     assert!(cove.left_behind.is_empty(), "{:?}", cove.left_behind);
 }

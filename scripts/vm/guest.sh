@@ -9,9 +9,15 @@ set -u
 driver=$1 checkout=$2 out=$3 only=${4:-all()}
 
 # The guest's root is the host's, read-only. The tests write to /tmp (containerd's root
-# and state: overlayfs needs a real upper filesystem, not an overlay of 9p): a plain
-# tmpfs, gone with the guest.
-mount -t tmpfs -o mode=1777 tmpfs /tmp || exit 1
+# and state: overlayfs needs a real upper filesystem, not an overlay of 9p): an ext4
+# filesystem in a sparse file on a tmpfs, gone with the guest (discard gives freed blocks
+# back). Not tmpfs itself: the guest's Linux 6.1 cannot idmap tmpfs (6.3 can), which a
+# user-namespaced pod's layers and pod files need.
+mount -t tmpfs -o mode=0700 tmpfs /mnt || exit 1
+truncate -s 5G /mnt/tmp.ext4 && mkfs.ext4 -q -F /mnt/tmp.ext4 || exit 1
+modprobe loop && dev=$(losetup -f --show /mnt/tmp.ext4) || exit 1
+mount -t ext4 -o discard "$dev" /tmp || exit 1
+chmod 1777 /tmp
 if [ "$driver" = systemd ]; then
     # virtme-ng's init overlays /var and mounts the shared directory in the other leg;
     # under systemd we do (the CNI plugins cache results in /var/lib/cni).
