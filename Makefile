@@ -45,8 +45,8 @@ test-vm: DEPS += vm
 test-vm: deps images
 	scripts/vm/run.sh $(VM_LEGS)
 
-## test-matrix: the CRI end-to-end, task, escape and user-namespace suites against Debian's
-## containerd and each of MATRIX_VERSIONS from CONTAINERD_DIR, one private containerd at a
+## test-matrix: the CRI end-to-end, task, escape, user-namespace and exec-drain suites
+## against Debian's containerd and each of MATRIX_VERSIONS from CONTAINERD_DIR, one private containerd at a
 ## time, each with the runc it pins (from RUNC_DIR); a pass/fail table
 test-matrix: deps images
 	scripts/matrix.sh $(CONTAINERD_DIR) $(MATRIX_VERSIONS)

@@ -1,7 +1,7 @@
 #!/bin/sh
-# `make test-matrix`: the CRI end-to-end, task, escape and user-namespace suites against each
-# containerd version, one private containerd at a time, each with the runc it pins
-# (scripts/runc.sh, from RUNC_DIR), and that version's runc pod path as the oracle:
+# `make test-matrix`: the CRI end-to-end, task, escape, user-namespace and exec-drain suites
+# against each containerd version, one private containerd at a time, each with the runc it
+# pins (scripts/runc.sh, from RUNC_DIR), and that version's runc pod path as the oracle:
 # Debian's containerd (2.1.x) and every version given, unpacked from CONTAINERD_DIR
 # (archives containerd-<version>-linux-amd64.tar.xz with containerd, ctr and
 # containerd-shim-runc-v2, and an install.sh; see ../shared/containerd/README.md).
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 dir=${1:?usage: matrix.sh CONTAINERD_DIR [VERSION...]}
 shift
 versions=${*:-2.2.7 2.3.4 2.4.0-beta.0}
-filter='binary(cri_e2e) | binary(task_cri) | binary(task_ctr) | binary(cri_compat) | binary(cri_restart) | binary(escape) | binary(userns)'
+filter='binary(cri_e2e) | binary(task_cri) | binary(task_ctr) | binary(cri_compat) | binary(cri_restart) | binary(escape) | binary(userns) | binary(exec_drain)'
 
 [ -d "$dir" ] || { echo "test-matrix: no directory $dir (set CONTAINERD_DIR)" >&2; exit 1; }
 [ -x "$dir/install.sh" ] || { echo "test-matrix: $dir has no install.sh" >&2; exit 1; }

@@ -68,6 +68,13 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     assert_eq!(run_start(&shim.bundle, &shim.id), shim.address);
     let (sb, task, raw) = shim.clients().await;
     let parent = format!("/cove-test/{}", shim.id);
+    // Task.Connect with an empty id asks who the shim is (containerd's tooling and tests
+    // learn the shim's pid so, and the runc shim answers any id): its pid, and no task yet.
+    let who = task.connect(ctx(), &ConnectRequest::new()).await.unwrap();
+    assert_eq!(
+        (who.shim_pid, who.task_pid, who.version.as_str()),
+        (shim.server_pid() as u32, 0, "3")
+    );
 
     let mut req = create_req(&shim.id, &shim.bundle);
     req.options = Some(pod_options("web-0", &parent)).into();
@@ -189,6 +196,12 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
     c.id = shim.id.clone();
     let conn = task.connect(ctx(), &c).await.unwrap();
     assert_eq!((conn.task_pid, conn.version.as_str()), (pid, "3"));
+    // And once the sandbox runs, its pause is the task an empty id names.
+    let who = task.connect(ctx(), &ConnectRequest::new()).await.unwrap();
+    assert_eq!(
+        (who.shim_pid, who.task_pid),
+        (shim.server_pid() as u32, pid)
+    );
     let mut tstate = StateRequest::new();
     tstate.id = shim.id.clone();
     assert_eq!(task.state(ctx(), &tstate).await.unwrap().pid, pid);

@@ -154,6 +154,15 @@ impl Manager {
             .ok_or_else(|| Error::NotFound(format!("sandbox {id} not found")))
     }
 
+    /// The shim's sandbox, when it serves exactly one.
+    pub fn only(&self) -> Option<Arc<Sandbox>> {
+        let all = lock(&self.sandboxes);
+        match all.len() {
+            1 => all.values().next().cloned(),
+            _ => None,
+        }
+    }
+
     /// The bundle of the sandbox a container task belongs to: the one CRI names in the
     /// task's annotations, else the shim's only sandbox.
     pub fn bundle_for_task(&self, sandbox_id: Option<&str>) -> Option<PathBuf> {

@@ -231,10 +231,29 @@ impl Inner {
 
     /// Task.Connect: for a container, or for the sandbox id (containerd reconnects every
     /// bundle, the sandbox's included, with it on restart).
+    /// Task.Connect. An empty id asks only who the shim is (containerd's tooling and tests
+    /// learn the shim's pid that way; the runc shim answers any id): the shim's pid, and as
+    /// the task pid the pause's while the shim's sandbox runs, or the init's of a shim
+    /// serving one plain task, else 0. An unknown id is NOT_FOUND: containerd's restart
+    /// cleans up a bundle whose Connect fails.
     pub(super) fn connect(&self, id: &str) -> Result<ConnectResponse> {
         let mut resp = ConnectResponse::new();
         resp.shim_pid = std::process::id();
         resp.version = TASK_API_VERSION.into();
+        if id.is_empty() {
+            resp.task_pid = match self.manager.only().map(|sb| sb.phase()) {
+                Some(Phase::Running { pid, .. }) => pid,
+                Some(_) => 0,
+                None => {
+                    let all = lock(&self.containers);
+                    match all.len() {
+                        1 => all.values().next().map_or(0, |c| c.init.pid()),
+                        _ => 0,
+                    }
+                }
+            };
+            return Ok(resp);
+        }
         if let Ok(c) = self.container(id) {
             resp.task_pid = c.init.pid();
             return Ok(resp);

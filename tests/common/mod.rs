@@ -246,6 +246,17 @@ impl Containerd {
     /// logging costs containerd and the shims time on every call), optionally serving its
     /// Prometheus metrics on a free loopback port.
     pub async fn start_with(tag: &str, log_level: &str, metrics: bool) -> Containerd {
+        Containerd::launch(tag, log_level, metrics, "").await
+    }
+
+    /// Starts a private containerd (logging at debug) with `runtime_toml` added to CRI's
+    /// runtime section (`[plugins.'io.containerd.cri.v1.runtime']`), e.g.
+    /// `drain_exec_sync_io_timeout = '10s'`.
+    pub async fn start_with_runtime(tag: &str, runtime_toml: &str) -> Containerd {
+        Containerd::launch(tag, "debug", false, runtime_toml).await
+    }
+
+    async fn launch(tag: &str, log_level: &str, metrics: bool, runtime_toml: &str) -> Containerd {
         require("root", nix::unistd::geteuid().is_root());
         for bin in ["containerd", "ctr", "runc", "nsenter", "ip"] {
             require(&format!("{bin} on PATH"), have(bin));
@@ -305,6 +316,7 @@ state = "{d}/state"
       sandbox = '{pause}'
   [plugins.'io.containerd.cri.v1.runtime']
     restrict_oom_score_adj = true
+    {runtime_toml}
     [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = 'runc'
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -334,6 +346,7 @@ state = "{d}/state"
             pause = PAUSE,
             cove = cove_bin(),
             systemd = systemd_driver(),
+            runtime_toml = runtime_toml,
         ) + &metrics_cfg;
         std::fs::write(dir.join("config.toml"), cfg).unwrap();
         // `--runtime io.containerd.cove.v1` resolves to containerd-shim-cove-v1 on PATH.
