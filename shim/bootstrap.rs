@@ -183,8 +183,7 @@ fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Re
     drop(ready_wr);
     drop(listener);
     let mut ready = std::fs::File::from(ready_rd);
-    let mut buf = Vec::new();
-    let _ = ready.read_to_end(&mut buf);
+    let buf = read_until_eof_within(&mut ready, SERVER_READY_TIMEOUT);
     if buf.as_slice() == b"ok" {
         return Ok(());
     }
@@ -196,6 +195,46 @@ fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Re
         flags.id,
         String::from_utf8_lossy(&buf)
     )))
+}
+
+/// How long `start` waits for the server it spawned to say it is serving (it binds
+/// nothing and starts no process before that: milliseconds, seconds under emulation). A
+/// server that says nothing by then is killed and `start` fails, rather than leaving
+/// containerd's `start` (and a server nobody will ever ask to exit) hanging.
+const SERVER_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// What `r` gives until its writers close it, or until `limit` has passed.
+fn read_until_eof_within(r: &mut std::fs::File, limit: std::time::Duration) -> Vec<u8> {
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + limit;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return buf;
+        }
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        let mut pfd = [nix::poll::PollFd::new(
+            r.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(
+            &mut pfd,
+            nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
+        ) {
+            Err(nix::Error::EINTR) | Ok(0) => continue,
+            Err(_) => return buf,
+            Ok(_) => {}
+        }
+        match r.read(&mut chunk) {
+            Ok(0) => return buf,
+            Ok(n) if buf.len() < 4096 => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return buf,
+        }
+    }
 }
 
 /// The mode of the shim socket, and of a directory cove creates for it: the shim's user
@@ -370,13 +409,13 @@ fn read_info_options() -> Option<protobuf::well_known_types::any::Any> {
 }
 
 /// `<binary> features`: the OCI runtime features JSON, checked to be JSON.
+/// How long `-info` waits for `runc features` (milliseconds normally).
+const FEATURES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn runtime_features(binary: &str) -> Option<Vec<u8>> {
-    let out = Command::new(binary)
-        .arg("features")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("features");
+    let out = crate::task::container::output_within(cmd, FEATURES_TIMEOUT).ok()?;
     if !out.status.success() {
         return None;
     }

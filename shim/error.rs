@@ -38,6 +38,9 @@ pub enum Error {
     /// The OCI runtime failed; containerd reports these as UNKNOWN.
     #[error("{0}")]
     Unknown(String),
+    /// Something cove waited for (runc, the pause) did not finish within its bound.
+    #[error("{0}")]
+    DeadlineExceeded(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -70,6 +73,7 @@ impl Error {
             Error::Io { .. } | Error::Sys { .. } | Error::Internal(_) => Code::INTERNAL,
             Error::Corrupt(_) => Code::DATA_LOSS,
             Error::Unknown(_) => Code::UNKNOWN,
+            Error::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
         }
     }
 }
@@ -130,6 +134,10 @@ mod tests {
             ),
             (Error::Unimplemented("exec".into()), Code::UNIMPLEMENTED),
             (Error::Internal("boom".into()), Code::INTERNAL),
+            (
+                Error::DeadlineExceeded("runc start c did not finish within 120s".into()),
+                Code::DEADLINE_EXCEEDED,
+            ),
         ];
         for (err, code) in cases {
             let msg = err.to_string();

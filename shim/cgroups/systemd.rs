@@ -24,7 +24,8 @@ use crate::error::{Error, Result};
 /// cgroups under the systemd driver (`<slice>:cri-containerd:<id>`).
 pub const SCOPE_PREFIX: &str = "cri-containerd";
 
-/// How long a systemd job (starting or stopping a unit) may take before cove gives up.
+/// How long a systemd job (starting or stopping a unit) may take before cove gives up, and
+/// how long any D-Bus call to systemd may (runc's systemd driver waits as long for a job).
 const JOB_TIMEOUT: Duration = Duration::from_secs(30);
 
 const DEST: &str = "org.freedesktop.systemd1";
@@ -141,12 +142,26 @@ fn is_no_such_unit(e: &zbus::Error) -> bool {
 impl Systemd {
     /// Connects to the system bus and subscribes to job events.
     pub async fn connect() -> Result<Systemd> {
-        let conn = zbus::Connection::system().await.map_err(|e| {
+        // Every call on this connection (and the connection itself) is bounded by
+        // JOB_TIMEOUT, as the wait for a job is: a stalled systemd fails the request.
+        let unreachable = |e: zbus::Error| {
             Error::FailedPrecondition(format!(
                 "the systemd cgroup driver needs systemd's D-Bus API, and the system bus \
                  cannot be reached: {e}"
             ))
-        })?;
+        };
+        let build = zbus::connection::Builder::system()
+            .method_timeout(JOB_TIMEOUT)
+            .build();
+        let conn = tokio::time::timeout(JOB_TIMEOUT, build)
+            .await
+            .map_err(|_| {
+                Error::DeadlineExceeded(format!(
+                    "the system bus did not answer within {}s",
+                    JOB_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(unreachable)?;
         let manager = zbus::Proxy::new_owned(conn.clone(), DEST, PATH, MANAGER)
             .await
             .map_err(dbus_err("manager proxy"))?;

@@ -141,9 +141,30 @@ impl PauseSpawner {
         req.push('\n');
         let helper = conn.pid;
         let lost = |e: std::io::Error| Error::io(format!("pause helper (pid {helper})"), e);
-        conn.writer.write_all(req.as_bytes()).await.map_err(lost)?;
         let mut line = String::new();
-        if conn.reader.read_line(&mut line).await.map_err(lost)? == 0 {
+        let asked = tokio::time::timeout(HELPER_TIMEOUT, async {
+            conn.writer.write_all(req.as_bytes()).await.map_err(lost)?;
+            conn.reader.read_line(&mut line).await.map_err(lost)
+        })
+        .await;
+        let read = match asked {
+            Ok(r) => r?,
+            Err(_) => {
+                // Its setup child bounds its own wait for the pause; a helper that still
+                // has not answered is stuck (a netns path that never opens): it goes, and
+                // this shim makes no more pauses.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(helper),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                guard.take();
+                return Err(Error::DeadlineExceeded(format!(
+                    "pause helper (pid {helper}) did not answer within {}s; killed",
+                    HELPER_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        if read == 0 {
             return Err(Error::Internal(format!(
                 "pause helper (pid {helper}) exited without answering"
             )));
@@ -213,7 +234,7 @@ fn serve_requests(stream: OwnedFd) -> ! {
 /// Runs in the helper: forks the setup child and reports the pause process it created.
 fn create_pause(cfg: &PauseConfig) -> std::result::Result<Started, String> {
     let netns = match &cfg.netns {
-        Some(p) => Some(File::open(p).map_err(|e| format!("open netns {}: {e}", p.display()))?),
+        Some(p) => Some(open_netns(p).map_err(|e| format!("open netns {}: {e}", p.display()))?),
         None => None,
     };
     let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
@@ -255,6 +276,10 @@ fn create_pause(cfg: &PauseConfig) -> std::result::Result<Started, String> {
         }
     }
 }
+
+/// How long the shim waits for the pause helper's answer: the setup child's own bound on
+/// the pause, and as long again for everything before it.
+const HELPER_TIMEOUT: std::time::Duration = PAUSE_READY_TIMEOUT.saturating_mul(2);
 
 /// How long the setup child waits for the pause to confine itself and say it is ready (an
 /// exec and a few dozen system calls; seconds under emulation).
@@ -480,6 +505,16 @@ fn enter_pod(cfg: &PauseConfig, mapped: OwnedFd) -> std::result::Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// Opens a network namespace file without blocking (a fifo put at its path opens at once
+/// and is then refused as not a namespace file).
+pub fn open_netns(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// `/proc/sys` path of a sysctl written with dots (`net.ipv4.ip_forward`) or slashes.

@@ -36,6 +36,10 @@ use files::PodFiles;
 /// How long StopSandbox waits after SIGTERM when the caller gives no timeout (CRI gives 0).
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// How long StopSandbox and ShutdownSandbox wait for the pause after SIGKILL: runc's own
+/// limit for a container's init after SIGKILL (100 tries, 100 ms apart).
+pub const KILL_WAIT: Duration = Duration::from_secs(10);
+
 /// Labels and annotations kept for the sandbox (from Create and Update).
 #[derive(Debug, Clone, Default)]
 pub struct Meta {
@@ -413,7 +417,19 @@ impl Manager {
                 }
                 log::info!("stop sandbox {}: SIGKILL to pause process {pid}", sb.id);
                 let _ = kill(pid, Signal::SIGKILL);
-                sb.wait().await;
+                // The pause is init of the pod's pid namespace: it is gone only when every
+                // process of the pod is, and one in uninterruptible sleep (a hung network
+                // filesystem) holds it. The call (and the pod's lock) is let go after
+                // KILL_WAIT, as runc gives up on a container's init; the exit is still
+                // recorded when it comes.
+                if sb.wait_for(KILL_WAIT).await.is_none() {
+                    return Err(Error::DeadlineExceeded(format!(
+                        "sandbox {}: pause process {pid} still running {}s after SIGKILL \
+                         (a process of the pod that cannot die, in uninterruptible sleep?)",
+                        sb.id,
+                        KILL_WAIT.as_secs()
+                    )));
+                }
                 Ok(())
             }
         }
@@ -539,7 +555,8 @@ impl Manager {
 
 /// A netns path must exist and be a namespace file.
 fn check_netns(path: &Path) -> Result<()> {
-    let f = std::fs::File::open(path)
+    // Non-blocking: a fifo at that path must not stall the shim's one thread.
+    let f = crate::pause::open_netns(path)
         .map_err(|e| Error::InvalidArgument(format!("netns path {}: {e}", path.display())))?;
     match crate::sys::is_namespace_file(f.as_fd()) {
         Ok(true) => Ok(()),

@@ -179,6 +179,53 @@ fn parse_record(text: &str, path: &Path, id: &str, namespace: &str) -> TaskRecor
     }
 }
 
+/// How long one `runc delete --force` of `delete` may take (a poststop hook that hangs):
+/// containerd gives the whole `delete` command 5 s.
+const DELETE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs `cmd` with its output captured (a few pipe buffers of it at most: what runc prints
+/// for `delete` and `features`); killed, and `TimedOut`, when still running at `limit`.
+/// For the one-shot commands (`delete`, `-info`: no reaper, no async runtime), whose
+/// children are their own.
+pub(crate) fn output_within(
+    mut cmd: std::process::Command,
+    limit: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            if let Some(mut o) = child.stdout.take() {
+                let _ = o.read_to_end(&mut stdout);
+            }
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_end(&mut stderr);
+            }
+            return Ok(std::process::Output {
+                status,
+                stdout,
+                stderr,
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("did not finish within {}s; killed", limit.as_secs()),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// How many times `delete` asks runc to delete a container it left behind.
 const DELETE_TRIES: u32 = 10;
 
@@ -224,7 +271,8 @@ fn cleanup_record(r: &TaskRecord, bundle: &Path) -> Result<()> {
             if r.systemd_cgroup {
                 c.arg("--systemd-cgroup");
             }
-            match c.args(["delete", "--force", &r.id]).output() {
+            c.args(["delete", "--force", &r.id]);
+            match output_within(c, DELETE_CALL_TIMEOUT) {
                 Ok(o) if o.status.success() => break,
                 Ok(o) => said = String::from_utf8_lossy(&o.stderr).trim().to_owned(),
                 Err(e) => said = e.to_string(),

@@ -47,7 +47,7 @@ impl Runc {
         c
     }
 
-    /// Runs one runc command to completion; returns its stdout.
+    /// Runs one runc command to completion, within [`CALL_TIMEOUT`]; returns its stdout.
     async fn run(
         &self,
         cmd: Command,
@@ -55,10 +55,27 @@ impl Runc {
         stdio: Option<[Stdio; 3]>,
         what: &str,
     ) -> Result<Vec<u8>> {
+        self.run_within(cmd, log, stdio, what, CALL_TIMEOUT).await
+    }
+
+    async fn run_within(
+        &self,
+        cmd: Command,
+        log: &Path,
+        stdio: Option<[Stdio; 3]>,
+        what: &str,
+        limit: std::time::Duration,
+    ) -> Result<Vec<u8>> {
         let before = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-        let out = run_command(&self.reaper, cmd, stdio)
-            .await
-            .context(|| format!("{what}: run {}", self.binary))?;
+        let out = match run_command_within(&self.reaper, cmd, stdio, limit).await {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(Error::DeadlineExceeded(format!(
+                    "{what}: {} {e}",
+                    self.binary
+                )))
+            }
+            r => r.context(|| format!("{what}: run {}", self.binary))?,
+        };
         if out.status == 0 {
             return Ok(out.stdout);
         }
@@ -246,12 +263,18 @@ impl Runc {
     }
 
     pub async fn checkpoint(&self, id: &str, bundle: &Path, args: &[String]) -> Result<()> {
-        let mut all: Vec<&str> = vec!["checkpoint"];
-        all.extend(args.iter().map(String::as_str));
-        all.push(id);
-        self.simple(bundle, &all, format!("checkpoint {id}"))
-            .await
-            .map(drop)
+        let log = bundle.join("log.json");
+        let mut c = self.command(&log);
+        c.arg("checkpoint").args(args).arg(id);
+        self.run_within(
+            c,
+            &log,
+            None,
+            &format!("checkpoint {id}"),
+            CHECKPOINT_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -261,12 +284,33 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
-/// Runs a command to completion, its exit collected through the reaper. Without `stdio`
-/// its stdout and stderr are captured.
+/// How long one runc (or criu) call may take before it is killed and the request fails
+/// with DEADLINE_EXCEEDED: kubelet's default runtime request timeout (2 minutes), which is
+/// what bounds containerd's runc shim's runc calls (they run under the request's context).
+/// A hook that hangs, or a container that stalls `runc exec` (a FUSE mount it serves as
+/// the exec's cwd), holds its request no longer.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// A checkpoint writes the container's whole memory through CRIU: its own, longer bound.
+pub const CHECKPOINT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Runs a command to completion, its exit collected through the reaper, within
+/// [`CALL_TIMEOUT`]. Without `stdio` its stdout and stderr are captured.
 pub async fn run_command(
+    reaper: &Reaper,
+    cmd: Command,
+    stdio: Option<[Stdio; 3]>,
+) -> std::io::Result<Output> {
+    run_command_within(reaper, cmd, stdio, CALL_TIMEOUT).await
+}
+
+/// [`run_command`] with its own bound: a command still running at `limit` is killed
+/// (through a pidfd, so never a later process with its pid) and the call fails with
+/// `TimedOut`.
+pub async fn run_command_within(
     reaper: &Reaper,
     mut cmd: Command,
     stdio: Option<[Stdio; 3]>,
+    limit: std::time::Duration,
 ) -> std::io::Result<Output> {
     let captured = stdio.is_none();
     match stdio {
@@ -281,23 +325,50 @@ pub async fn run_command(
     }
     let born = std::time::Instant::now();
     let mut child = cmd.spawn()?;
-    let mut exit = reaper.watch(child.id() as i32, born);
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    if captured {
+    let pid = child.id() as i32;
+    // Before anything can reap it: the pidfd names this process only.
+    let pidfd = crate::sys::pidfd_open(pid).ok();
+    let mut exit = reaper.watch(pid, born);
+    let pipes = if captured {
+        child.stdout.take().zip(child.stderr.take())
+    } else {
+        None
+    };
+    drop(child);
+    let finished = tokio::time::timeout(limit, async {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         // Read on the shim's own event loop: no blocking-pool thread (and no malloc arena
         // of its own) per runc call.
-        if let (Some(o), Some(e)) = (child.stdout.take(), child.stderr.take()) {
+        if let Some((o, e)) = pipes {
             let (ob, eb) = tokio::join!(read_pipe(o.into()), read_pipe(e.into()));
             (stdout, stderr) = (ob?, eb?);
         }
-    }
-    drop(child);
-    let status = wait_exit(&mut exit).await.map(|e| e.status).unwrap_or(255);
-    Ok(Output {
-        status,
-        stdout,
-        stderr,
+        let status = wait_exit(&mut exit).await.map(|e| e.status).unwrap_or(255);
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
     })
+    .await;
+    match finished {
+        Ok(out) => out,
+        Err(_) => {
+            match &pidfd {
+                Some(fd) => {
+                    let _ = crate::sys::pidfd_send_signal(
+                        std::os::fd::AsFd::as_fd(fd),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                None => log::warn!("pid {pid} outlived its {limit:?} and could not be killed"),
+            }
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("did not finish within {}s; killed", limit.as_secs()),
+            ))
+        }
+    }
 }
 
 /// runc's own words for a missing container become NOT_FOUND; the rest UNKNOWN, as

@@ -89,12 +89,25 @@ fn open_file(path: &PathBuf) -> Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).context(|| format!("create {}", dir.display()))?;
     }
-    std::fs::OpenOptions::new()
+    // Non-blocking, and only a regular file: a fifo or a device at that path would make
+    // the open, or later writes, wait on the shim's one thread.
+    let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o644)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .context(|| format!("open log file {}", path.display()))
+        .context(|| format!("open log file {}", path.display()))?;
+    let meta = f
+        .metadata()
+        .context(|| format!("stat log file {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "log file {} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(f)
 }
 
 /// Where an output copy puts what it reads.
@@ -309,10 +322,18 @@ impl ConsoleSocket {
         Ok(ConsoleSocket { path, listener })
     }
 
+    /// The pty master runc sends, within [`HANDSHAKE_TIMEOUT`] for the whole exchange.
     async fn receive(&self) -> Result<OwnedFd> {
-        let (stream, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.listener.accept())
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.receive_unbounded())
             .await
             .map_err(|_| Error::Internal("runc did not send the pty master".into()))?
+    }
+
+    async fn receive_unbounded(&self) -> Result<OwnedFd> {
+        let (stream, _) = self
+            .listener
+            .accept()
+            .await
             .context(|| "accept on console socket".into())?;
         loop {
             stream
@@ -512,7 +533,9 @@ impl Prepared {
                 let src = crate::sys::async_fd(src).context(|| "register stdin fifo".into())?;
                 let (tx, rx) = oneshot::channel();
                 *lock(&self.io.stdin_close) = Some(tx);
-                tokio::spawn(copy_in(src, input, rx));
+                // Aborted on shutdown like the output copies: a child that holds the
+                // terminal without reading must not keep it past Delete.
+                lock(&self.io.copies).push(tokio::spawn(copy_in(src, input, rx)));
             }
             *lock(&self.io.master) = Some(master);
         }
@@ -590,7 +613,9 @@ pub async fn prepare(paths: &Paths, owner: Owner<'_>) -> Result<Prepared> {
         let w = crate::sys::async_fd(w).context(|| "register stdin pipe".into())?;
         let (tx, rx) = oneshot::channel();
         *lock(&p.io.stdin_close) = Some(tx);
-        tokio::spawn(copy_in(src, w, rx));
+        // Aborted on shutdown: a child that holds stdin open without reading must not keep
+        // the copy (and the client's fifo) past Delete.
+        lock(&p.io.copies).push(tokio::spawn(copy_in(src, w, rx)));
         p.stdin = Some(r);
     }
     if let Some((o, e)) = logger_pipes {
@@ -655,15 +680,24 @@ async fn spawn_logger(
     let child = cmd
         .spawn()
         .context(|| format!("start log driver {}", path.display()))?;
+    let pidfd = crate::sys::pidfd_open(child.id() as i32).ok();
     let _ = owner.reaper.watch(child.id() as i32, born);
     drop((out_r, err_r, ready_w));
     // The driver closes its end (fd 5) when it is ready; read until EOF on the event loop.
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_pipe(ready_r)).await {
         Ok(_) => Ok((out_w, err_w)),
-        Err(_) => Err(Error::Internal(format!(
-            "log driver {} did not become ready",
-            path.display()
-        ))),
+        Err(_) => {
+            // As containerd does: a driver that never became ready is killed.
+            if let Some(fd) = &pidfd {
+                let _ =
+                    crate::sys::pidfd_send_signal(fd.as_fd(), nix::sys::signal::Signal::SIGKILL);
+            }
+            Err(Error::Internal(format!(
+                "log driver {} did not become ready within {}s; killed",
+                path.display(),
+                HANDSHAKE_TIMEOUT.as_secs()
+            )))
+        }
     }
 }
 
