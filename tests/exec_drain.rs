@@ -243,10 +243,19 @@ async fn ctr_task_exec_with_fifos_ends_as_on_the_runc_shim() {
             .output()
             .expect("run ctr");
         let took = t.elapsed();
+        // ctr's own warnings (containerd 2.2+ warns about cgroup v1) carry a timestamp.
+        let stderr: String = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|l| match l.strip_prefix("time=\"") {
+                Some(rest) => rest.split_once("\" ").map_or(l, |(_, after)| after),
+                None => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
         let exec = (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
-            normalized(&String::from_utf8_lossy(&out.stderr)),
+            normalized(&stderr),
         );
         let next = cd.ctr_status(&["task", "exec", "--exec-id", "next", &id, "echo", "next"]);
         let ps = cd.ctr(&[

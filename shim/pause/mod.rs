@@ -345,16 +345,19 @@ fn setup_and_fork_pause(
                 .map_err(|e| format!("stat a user namespace: {e}"))
         };
         if !same(&owner)? {
-            // What CRI makes: a child of the host's user namespace, created by root. Its
-            // maps are read from inside it below, relative to that parent.
+            // What CRI makes: a child of the host's user namespace, created by root
+            // (containerd 2.1, 2.2) or by the pod's root id (2.3 on). Its maps are read
+            // from inside it below, relative to that parent.
             let parent = sys::parent_user_namespace(owner.as_fd())
                 .map_err(|e| format!("the parent of the netns's user namespace: {e}"))?;
             let creator = sys::user_namespace_creator(owner.as_fd())
                 .map_err(|e| format!("the creator of the netns's user namespace: {e}"))?;
-            if !same(&parent)? || creator != 0 {
+            let pod_root = maps.host_uid(0);
+            if !same(&parent)? || (creator != 0 && Some(creator) != pod_root) {
                 return Err(format!(
                     "the pod's network namespace belongs to a user namespace that is not a \
-                     child of the host's made by root (creator uid {creator})"
+                     child of the host's made by root or by the pod's root (creator uid \
+                     {creator})"
                 ));
             }
             if let Some((dir, _)) = v2_dir.take() {
