@@ -36,7 +36,7 @@ test: deps images
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast --run-ignored all -E "$$(scripts/test-filter.sh)"; \
 	else \
-		$(CARGO) test --no-fail-fast -- --skip _since_ --skip userns --include-ignored; \
+		$(CARGO) test --no-fail-fast -- --skip _since_ --skip a_user_namespaced_pod --include-ignored; \
 	fi
 
 ## test-vm: the suite again in a guest kernel with pure cgroup v2, under QEMU: once with

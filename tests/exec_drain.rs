@@ -204,7 +204,17 @@ async fn without_a_drain_timeout_such_an_exec_waits_for_its_deadline_as_on_the_r
                         r.exit_code,
                     )
                 })
-                .map_err(|e| (format!("{:?}", e.code()), normalized(e.message())))
+                .map_err(|e| {
+                    // The client ends the call itself: tonic words that differently from
+                    // run to run ("Timeout expired", an h2 error); the code is what counts.
+                    let msg = match e.code() {
+                        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                            "the client's deadline".to_string()
+                        }
+                        _ => normalized(e.message()),
+                    };
+                    (format!("{:?}", e.code()), msg)
+                })
         })
         .await;
         eprintln!("{handler}: {took:?}: {:#?}", s);
