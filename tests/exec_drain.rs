@@ -38,26 +38,6 @@ struct Seen {
     left_in_container: Vec<String>,
 }
 
-/// An error message without what differs between runs and handlers (64-hex ids).
-fn normalized(msg: &str) -> String {
-    let mut out = String::new();
-    let mut run = 0;
-    for ch in msg.chars() {
-        out.push(ch);
-        if ch.is_ascii_hexdigit() {
-            run += 1;
-            if run == 64 {
-                out.truncate(out.len() - 64);
-                out.push_str("<id>");
-                run = 0;
-            }
-        } else {
-            run = 0;
-        }
-    }
-    out
-}
-
 /// Runs a container on `handler`, makes `call` leave a child behind, and reports.
 async fn exercise<F, Fut>(cd: &Containerd, handler: &str, tag: &str, call: F) -> (Seen, Duration)
 where
@@ -97,23 +77,43 @@ where
     )
 }
 
-async fn exec_sync(cd: &Containerd, c: String) -> Result<(String, String, i32), (String, String)> {
-    cd.rt()
-        .exec_sync(ExecSyncRequest {
-            container_id: c,
-            cmd: vec!["sh".into(), "-c".into(), LEAVES_CHILD.into()],
-            timeout: EXEC_TIMEOUT,
-        })
-        .await
-        .map(|r| {
+/// ExecSync of the command that leaves a child behind, with CRI's own `timeout` and, if
+/// given, a deadline of the client's: stdout, stderr and exit code, or the error's code
+/// and message (without ids; a call the client's deadline ended says only that: tonic
+/// words it differently from run to run, "Timeout expired" or an h2 error).
+async fn exec_sync(
+    cd: &Containerd,
+    c: String,
+    timeout: i64,
+    deadline: Option<Duration>,
+) -> Result<(String, String, i32), (String, String)> {
+    let mut req = tonic::Request::new(ExecSyncRequest {
+        container_id: c,
+        cmd: vec!["sh".into(), "-c".into(), LEAVES_CHILD.into()],
+        timeout,
+    });
+    if let Some(d) = deadline {
+        req.set_timeout(d);
+    }
+    match cd.rt().exec_sync(req).await {
+        Ok(r) => {
             let r = r.into_inner();
-            (
+            Ok((
                 String::from_utf8_lossy(&r.stdout).into_owned(),
                 String::from_utf8_lossy(&r.stderr).into_owned(),
                 r.exit_code,
-            )
-        })
-        .map_err(|e| (format!("{:?}", e.code()), normalized(e.message())))
+            ))
+        }
+        Err(e) => {
+            let msg = match e.code() {
+                tonic::Code::Cancelled | tonic::Code::DeadlineExceeded if deadline.is_some() => {
+                    "the client's deadline".to_string()
+                }
+                _ => without_ids(e.message()),
+            };
+            Err((format!("{:?}", e.code()), msg))
+        }
+    }
 }
 
 /// CRI's streaming Exec (what `crictl exec` and `kubectl exec` use): the stdout, stderr
@@ -129,7 +129,7 @@ async fn streamed(cd: &Containerd, c: String) -> Result<(String, String, i32), (
             ..Default::default()
         })
         .await
-        .map_err(|e| (format!("{:?}", e.code()), normalized(e.message())))?
+        .map_err(|e| (format!("{:?}", e.code()), without_ids(e.message())))?
         .into_inner()
         .url;
     let (out, err, status) = tokio::task::spawn_blocking(move || ws::Ws::connect(&url).collect())
@@ -138,7 +138,7 @@ async fn streamed(cd: &Containerd, c: String) -> Result<(String, String, i32), (
     if status.is_empty() || status.contains("\"Success\"") {
         Ok((out, err, 0))
     } else {
-        Err(("stream status".into(), normalized(&status)))
+        Err(("stream status".into(), without_ids(&status)))
     }
 }
 
@@ -155,7 +155,7 @@ async fn an_exec_that_leaves_a_child_holding_its_output_ends_as_on_the_runc_pod_
                 if streaming {
                     streamed(&cd, c).await
                 } else {
-                    exec_sync(&cd, c).await
+                    exec_sync(&cd, c, EXEC_TIMEOUT, None).await
                 }
             })
             .await;
@@ -184,37 +184,10 @@ async fn without_a_drain_timeout_such_an_exec_waits_for_its_deadline_as_on_the_r
     let cd = Containerd::start("nodrain").await;
     let mut seen = Vec::new();
     for handler in ["runc", "cove"] {
-        let (s, took) = exercise(&cd, handler, "nodrain", |c| async {
-            // CRI's own timeout (3 s) ends the exec, then CRI waits for its output without
-            // a bound: only the client's deadline ends the call.
-            let mut req = tonic::Request::new(ExecSyncRequest {
-                container_id: c,
-                cmd: vec!["sh".into(), "-c".into(), LEAVES_CHILD.into()],
-                timeout: 3,
-            });
-            req.set_timeout(CLIENT_DEADLINE);
-            cd.rt()
-                .exec_sync(req)
-                .await
-                .map(|r| {
-                    let r = r.into_inner();
-                    (
-                        String::from_utf8_lossy(&r.stdout).into_owned(),
-                        String::from_utf8_lossy(&r.stderr).into_owned(),
-                        r.exit_code,
-                    )
-                })
-                .map_err(|e| {
-                    // The client ends the call itself: tonic words that differently from
-                    // run to run ("Timeout expired", an h2 error); the code is what counts.
-                    let msg = match e.code() {
-                        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
-                            "the client's deadline".to_string()
-                        }
-                        _ => normalized(e.message()),
-                    };
-                    (format!("{:?}", e.code()), msg)
-                })
+        // CRI's own timeout (3 s) ends the exec, then CRI waits for its output without a
+        // bound: only the client's deadline ends the call.
+        let (s, took) = exercise(&cd, handler, "nodrain", |c| {
+            exec_sync(&cd, c, 3, Some(CLIENT_DEADLINE))
         })
         .await;
         eprintln!("{handler}: {took:?}: {:#?}", s);
@@ -265,7 +238,7 @@ async fn ctr_task_exec_with_fifos_ends_as_on_the_runc_shim() {
         let exec = (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
-            normalized(&stderr),
+            without_ids(&stderr),
         );
         let next = cd.ctr_status(&["task", "exec", "--exec-id", "next", &id, "echo", "next"]);
         let ps = cd.ctr(&[

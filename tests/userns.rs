@@ -247,26 +247,7 @@ async fn create_and_start(
 
 /// An error message without what differs between runs and handlers (ids, names).
 fn normalized(e: &str, handler: &str) -> String {
-    let mut out = String::new();
-    let mut hex = 0;
-    for ch in e
-        .replace(&format!("userns-{handler}"), "userns-POD")
-        .chars()
-    {
-        if ch.is_ascii_hexdigit() {
-            hex += 1;
-            out.push(ch);
-            if hex == 64 {
-                out.truncate(out.len() - 64);
-                out.push_str("<id>");
-                hex = 0;
-            }
-        } else {
-            hex = 0;
-            out.push(ch);
-        }
-    }
-    out
+    without_ids(&e.replace(&format!("userns-{handler}"), "userns-POD"))
 }
 
 async fn observe(

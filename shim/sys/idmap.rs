@@ -17,42 +17,20 @@ pub struct WaitingChild {
 /// descriptor it inherited, has default signal handlers (`CLONE_CLEAR_SIGHAND`, Linux
 /// 5.5+), dies with its parent and otherwise waits to be killed.
 pub fn spawn_waiting_child(namespaces: u64) -> nix::Result<WaitingChild> {
-    #[repr(C)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-    }
     const CLONE_PIDFD: u64 = 0x1000;
     const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
     let mut pidfd: libc::c_int = -1;
     let parent = nix::unistd::getpid().as_raw();
-    let args = CloneArgs {
+    let args = super::CloneArgs {
         flags: namespaces | CLONE_PIDFD | CLONE_CLEAR_SIGHAND,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
+        ..super::CloneArgs::forking()
     };
     // SAFETY: with no stack given, clone3 duplicates the caller like fork(2); the kernel
     // writes the pidfd into `pidfd`, which outlives the call. The child (a copy of one
     // thread of a possibly multi-threaded process) makes raw system calls only, which take
     // no lock and touch no shared state, and never returns from this block.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    let ret = unsafe { super::clone3(&args) };
     match ret {
         -1 => Err(nix::Error::last()),
         0 => {

@@ -75,6 +75,60 @@ pub unsafe fn fork_single_threaded() -> nix::Result<Forked> {
     }
 }
 
+/// clone3(2)'s arguments (`struct clone_args`, up to `cgroup`: Linux 5.7).
+#[repr(C)]
+pub(crate) struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+impl CloneArgs {
+    /// A clone like fork(2): no flags, no stack of its own, SIGCHLD at the child's exit.
+    pub(crate) fn forking() -> CloneArgs {
+        CloneArgs {
+            flags: 0,
+            pidfd: 0,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: 0,
+            stack_size: 0,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: 0,
+        }
+    }
+}
+
+/// clone3(2) with `args`: 0 in the child, the child's pid in the parent, -1 on error.
+///
+/// # Safety
+///
+/// With no stack given (`args.stack` 0) both processes return here, as after fork(2): the
+/// caller makes sure the child does only what is safe in it (one thread, or async-signal-
+/// safe calls alone). Pointers in `args` (the pidfd's) must outlive the call.
+pub(crate) unsafe fn clone3(args: &CloneArgs) -> libc::c_long {
+    // SAFETY: the kernel reads `args` (of the size given) and writes only through the
+    // pointers it holds; the rest is the caller's (above).
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    }
+}
+
 /// Like [`fork_single_threaded`] (clone3, Linux 5.3+), with the child in new namespaces
 /// and, when `cgroup` is given, born in that cgroup v2 directory (`CLONE_INTO_CGROUP`,
 /// Linux 5.7+). Being born there costs the kernel no migration: writing a pid into
@@ -89,20 +143,6 @@ pub unsafe fn clone_into(
     namespaces: nix::sched::CloneFlags,
     cgroup: Option<BorrowedFd<'_>>,
 ) -> nix::Result<Forked> {
-    #[repr(C)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let mut flags = namespaces.bits() as u32 as u64;
     if cgroup.is_some() {
@@ -110,27 +150,13 @@ pub unsafe fn clone_into(
     }
     let args = CloneArgs {
         flags,
-        pidfd: 0,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
-        set_tid: 0,
-        set_tid_size: 0,
         cgroup: cgroup.map_or(0, |c| c.as_raw_fd() as u64),
+        ..CloneArgs::forking()
     };
     // SAFETY: with no stack given, clone3 duplicates the caller like fork(2) and both
     // return here. The caller's guarantee (one thread, so no lock is held by another)
-    // makes the child as safe as after fork(2); the args outlive the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    // makes the child as safe as after fork(2).
+    let ret = unsafe { clone3(&args) };
     match ret {
         -1 => Err(nix::Error::last()),
         0 => Ok(Forked::Child),

@@ -807,6 +807,26 @@ pub fn container_config(name: &str, script: &str) -> ContainerConfig {
     }
 }
 
+/// A message without what differs between runs (containerd's 64-hex ids, as `<id>`).
+pub fn without_ids(msg: &str) -> String {
+    let mut out = String::new();
+    let mut run = 0;
+    for ch in msg.chars() {
+        out.push(ch);
+        if ch.is_ascii_hexdigit() {
+            run += 1;
+            if run == 64 {
+                out.truncate(out.len() - 64);
+                out.push_str("<id>");
+                run = 0;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    out
+}
+
 /// Adds containerd's namespace header.
 pub fn ns_request<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
