@@ -266,7 +266,7 @@ impl Inner {
         };
         p.set_reaped();
         if let Some(io) = p.io() {
-            io.settled(IO_DRAIN).await;
+            io.drained(IO_DRAIN).await;
         }
         p.set_stopped(exit);
         self.events.exit(&c.id, &p.exec_id, p.pid(), exit);
