@@ -74,15 +74,7 @@ async fn ctr_task_exec_with_fifos_ends_as_on_the_runc_shim() {
             .filter(|l| !l.contains("ps -o"))
             .collect();
         eprintln!("{name}: ctr task exec took {took:?}: {exec:?}; left {left:?}");
-        cd.ctr(&["task", "kill", "-s", "KILL", &id]);
-        eventually("the task stops", || {
-            cd.ctr(&["task", "ls"])
-                .lines()
-                .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
-        })
-        .await;
-        cd.ctr(&["task", "delete", &id]);
-        cd.ctr(&["container", "rm", &id]);
+        cd.ctr_kill_and_remove(&id).await;
         seen.push((exec, (next.0, next.1), left));
     }
     assert_eq!(seen[1], seen[0]);

@@ -281,15 +281,7 @@ async fn output_to_a_file_goes_through_pipes_as_with_runc() {
             "sleep 1000 & echo from-exec",
         ]);
         assert_eq!((code, out.as_str()), (0, "from-exec\n"), "{tag}: {err}");
-        cd.ctr(&["task", "kill", "-s", "KILL", &svc]);
-        eventually("svc stops", || {
-            cd.ctr(&["task", "ls"])
-                .lines()
-                .any(|l| l.starts_with(&svc) && l.contains("STOPPED"))
-        })
-        .await;
-        cd.ctr(&["task", "delete", &svc]);
-        cd.ctr(&["container", "rm", &svc]);
+        cd.ctr_kill_and_remove(&svc).await;
     }
     eventually("every cove shim has exited", || cd.cove_shims().is_empty()).await;
 }

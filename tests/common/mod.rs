@@ -482,6 +482,20 @@ state = "{d}/state"
             .collect()
     }
 
+    /// Kills a `ctr run` task with SIGKILL, waits until it is stopped, and removes it and
+    /// its container.
+    pub async fn ctr_kill_and_remove(&self, id: &str) {
+        self.ctr(&["task", "kill", "-s", "KILL", id]);
+        eventually(&format!("{id} stops"), || {
+            self.ctr(&["task", "ls"])
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+        })
+        .await;
+        self.ctr(&["task", "delete", id]);
+        self.ctr(&["container", "rm", id]);
+    }
+
     /// containerd's runc shims (v2) of this containerd: their command lines name its socket.
     pub fn runc_shims(&self) -> Vec<i32> {
         let ours = pids_with(&self.sock.to_string_lossy());
