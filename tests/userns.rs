@@ -78,15 +78,24 @@ fn owner(path: &Path) -> (u32, u32) {
     (m.uid(), m.gid())
 }
 
-fn status_ids(pid: u32) -> (String, String) {
+/// The first value of each `/proc/<pid>/status` field in `keys` (`"Uid:"`, ...), and the
+/// whole file for messages.
+fn status_fields<const N: usize>(pid: u32, keys: [&str; N]) -> ([String; N], String) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |k: &str| {
         s.lines()
             .find_map(|l| l.strip_prefix(k))
-            .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
+            .and_then(|v| v.split_whitespace().next())
             .unwrap_or_default()
+            .to_string()
     };
-    (field("Uid:"), field("Gid:"))
+    let fields = keys.map(field);
+    (fields, s)
+}
+
+fn status_ids(pid: u32) -> (String, String) {
+    let ([uid, gid], _) = status_fields(pid, ["Uid:", "Gid:"]);
+    (uid, gid)
 }
 
 fn maps(pid: u32) -> (String, String) {
@@ -152,26 +161,12 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
     if handler == "cove" {
         // cove's pause is confined in the pod's user namespace as on the host: the pause
         // image's user (65535 in the pod), no_new_privs, a seccomp filter.
-        let status = std::fs::read_to_string(format!("/proc/{sandbox_pid}/status")).unwrap();
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .unwrap_or_default()
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        };
+        let (fields, status) =
+            status_fields(sandbox_pid, ["Uid:", "Gid:", "NoNewPrivs:", "Seccomp:"]);
         let pause_id = (HOST_ID + 65535).to_string();
         assert_eq!(
-            (
-                field("Uid:"),
-                field("Gid:"),
-                field("NoNewPrivs:"),
-                field("Seccomp:")
-            ),
-            (pause_id.clone(), pause_id, "1".into(), "2".into()),
+            fields,
+            [pause_id.clone(), pause_id, "1".into(), "2".into()],
             "{status}"
         );
     }
