@@ -24,8 +24,6 @@ use protobuf::Message;
 use crate::error::{Error, IoContext, Result};
 use crate::state::Leftovers;
 
-/// The runtime name cove registers as.
-pub const RUNTIME_NAME: &str = "io.containerd.cove.v1";
 /// The task API version of the bootstrap reply (containerd reuses our socket for tasks at 3).
 pub const BOOTSTRAP_VERSION: i32 = 3;
 /// Environment variables through which `start` hands descriptors to the server.
@@ -371,9 +369,9 @@ pub const FEATURES_TYPE: &str =
 pub fn info() -> Result<()> {
     use containerd_shim_protos::types::introspection::{RuntimeInfo, RuntimeVersion};
     let mut v = RuntimeVersion::new();
-    v.version = env!("CARGO_PKG_VERSION").into();
+    v.version = crate::version::VERSION.into();
     let mut info = RuntimeInfo::new();
-    info.name = RUNTIME_NAME.into();
+    info.name = crate::version::RUNTIME_NAME.into();
     info.version = Some(v).into();
     let options = read_info_options();
     let binary = options

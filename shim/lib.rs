@@ -25,6 +25,7 @@ pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod task;
+pub mod version;
 
 /// Code generated from `protos/`.
 pub mod protos {

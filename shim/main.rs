@@ -18,9 +18,7 @@ fn main() {
         }
     };
     if flags.version {
-        println!("containerd-shim-cove-v1:");
-        println!("  Version:  {}", env!("CARGO_PKG_VERSION"));
-        println!("  Runtime:  {}", bootstrap::RUNTIME_NAME);
+        print!("{}", cove::version::text("containerd-shim-cove-v1"));
         return;
     }
     let result = if flags.info {

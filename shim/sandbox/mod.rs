@@ -471,7 +471,7 @@ impl Manager {
             "pid": pid,
             "processStatus": match phase { Phase::Created => "created", Phase::Running { .. } => "running", Phase::Stopped { .. } => "stopped" },
             "netNamespaceClosed": sb.netns.as_ref().is_some_and(|p| !p.exists()),
-            "runtimeType": crate::bootstrap::RUNTIME_NAME,
+            "runtimeType": crate::version::RUNTIME_NAME,
             "config": sb.spec.config,
             "netnsPath": sb.netns.as_ref().map(|p| p.to_string_lossy().into_owned()),
             "namespaces": { "net": ns("net"), "uts": ns("uts"), "ipc": ns("ipc"), "pid": ns("pid") },
