@@ -20,7 +20,7 @@ filter='binary(cri_e2e) | binary(task_cri) | binary(task_ctr) | binary(cri_compa
 unpack=/var/tmp/cove-matrix
 mkdir -p "$unpack"
 
-echo "test-matrix: building the tests"
+echo "test-matrix: building the tests; shim: ${COVE_BIN:-built by cargo for the tests}"
 cargo nextest run --no-run
 
 results=""

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 
 use common::shim::{create_req, ctx, pod_config_any, pod_options, run_start, Shim};
 use common::{
-    alive, cg_dir, cgroup_exists, cgroup_of, cgroup_v2, decode_metrics, eventually, layout, ns_of,
-    unit_loaded,
+    alive, cg_dir, cgroup_exists, cgroup_of, cgroup_v2, cove_bin, decode_metrics, eventually,
+    layout, ns_of, unit_loaded,
 };
 use containerd_shim_protos::api::{
     ConnectRequest, CreateTaskRequest, KillRequest, ShutdownRequest, StartRequest, StateRequest,
@@ -23,8 +23,6 @@ use protobuf::Message;
 use ttrpc::context;
 use ttrpc::Code;
 
-const BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-cove-v1");
-
 fn code<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> Code {
     match r {
         Err(ttrpc::Error::RpcStatus(s)) => s.code(),
@@ -34,10 +32,10 @@ fn code<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> Code {
 
 #[tokio::test]
 async fn version_and_info_answer() {
-    let out = Command::new(BIN).arg("-v").output().unwrap();
+    let out = Command::new(cove_bin()).arg("-v").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
-    let out = Command::new(BIN)
+    let out = Command::new(cove_bin())
         .arg("-info")
         .stdin(Stdio::null())
         .output()

@@ -17,12 +17,17 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
-/// The shim under test: the binary cargo built for this test run, or `$COVE_BIN` (the demo).
+/// The shim under test: `$COVE_BIN` when set (the release binary `make release` builds,
+/// which `make test`, the matrix and the VM legs test; the demo's), else the binary cargo
+/// built for this test run.
 pub fn cove_bin() -> String {
-    match option_env!("CARGO_BIN_EXE_containerd-shim-cove-v1") {
-        Some(b) => b.to_string(),
-        None => std::env::var("COVE_BIN")
-            .expect("set COVE_BIN to the absolute path of containerd-shim-cove-v1"),
+    match (
+        std::env::var("COVE_BIN"),
+        option_env!("CARGO_BIN_EXE_containerd-shim-cove-v1"),
+    ) {
+        (Ok(b), _) if !b.is_empty() => b,
+        (_, Some(b)) => b.to_string(),
+        _ => panic!("set COVE_BIN to the absolute path of containerd-shim-cove-v1"),
     }
 }
 pub const NS: &str = "k8s.io";
