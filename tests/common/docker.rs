@@ -265,9 +265,17 @@ impl Dockerd {
         (code, body.to_string())
     }
 
-    /// `docker inspect -f FORMAT NAME`.
+    /// `docker inspect -f FORMAT NAME` of a container, read from the Engine API's
+    /// `GET /containers/NAME/json` (the same document the CLI formats): the script inspects
+    /// and polls containers a few hundred times, and every CLI call starts a Go binary,
+    /// which under emulation takes seconds. FORMAT is the subset of Go templates the tests
+    /// use: `{{.Field.Field}}` and `{{range .List}}{{.}}{{end}}`, between literal text.
     pub fn inspect(&self, name: &str, format: &str) -> String {
-        self.ok(&["inspect", "-f", format, name])
+        let (code, body) = self.api("GET", &format!("/containers/{name}/json"));
+        assert_eq!(code, 200, "inspect {name}: {body}\n{}", self.log_tail());
+        let doc: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("inspect {name}: {e}: {body}"));
+        render_template(format, &doc)
     }
 
     /// Polls `docker inspect` until `format` of `name` reads `want`; bounded, not timing.
@@ -398,4 +406,51 @@ impl Drop for Dockerd {
                 .status();
         }
     }
+}
+
+/// `format` (see [`Dockerd::inspect`]) applied to `doc` as `docker inspect -f` prints it.
+fn render_template(format: &str, doc: &serde_json::Value) -> String {
+    fn field<'a>(doc: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+        let path = path
+            .trim()
+            .strip_prefix('.')
+            .unwrap_or_else(|| panic!("field {path:?}"));
+        path.split('.')
+            .fold(doc, |v, key| v.get(key).unwrap_or(&serde_json::Value::Null))
+    }
+    fn text(v: &serde_json::Value) -> String {
+        match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "<no value>".into(),
+            other => other.to_string(),
+        }
+    }
+    let mut out = String::new();
+    let mut rest = format;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let close = rest[open..]
+            .find("}}")
+            .map(|c| open + c)
+            .unwrap_or_else(|| panic!("unclosed action in {format:?}"));
+        let action = rest[open + 2..close].trim();
+        rest = &rest[close + 2..];
+        if let Some(list) = action.strip_prefix("range ") {
+            let (body, after) = rest
+                .split_once("{{end}}")
+                .unwrap_or_else(|| panic!("range without end in {format:?}"));
+            assert_eq!(
+                body, "{{.}}",
+                "only {{{{range .X}}}}{{{{.}}}}{{{{end}}}} is supported"
+            );
+            for item in field(doc, list).as_array().into_iter().flatten() {
+                out.push_str(&text(item));
+            }
+            rest = after;
+        } else {
+            out.push_str(&text(field(doc, action)));
+        }
+    }
+    out.push_str(rest);
+    out
 }
