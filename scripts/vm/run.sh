@@ -18,6 +18,7 @@ work=/var/tmp/cove-vm.$$
 mkdir -p "$work"
 echo "test-vm: building the tests on the host"
 cargo nextest list --list-type binaries-only --message-format json > "$work/binaries.json"
+scripts/vm/tests.sh --check
 cargo metadata --format-version 1 --no-deps > "$work/cargo-metadata.json"
 
 units=${HOME:-/root}/.cache/virtme-ng
@@ -30,6 +31,9 @@ for leg in $legs; do
     # The runc the host's containerd pins (the guest runs the host's containerd), copied
     # where the guest sees it (virtme-ng hides the host's /var/tmp): the guest puts that
     # directory first on its PATH.
+    # The shim binary under test (`make test-vm` sets COVE_BIN to the static one): the
+    # checkout is visible in the guest at the same path.
+    printf '%s\n' "${COVE_BIN:-}" > "$out/cove-bin"
     runc_dir=$(scripts/runc.sh)
     if [ -n "$runc_dir" ]; then
         mkdir -p "$out/runc" && cp "$runc_dir/runc" "$out/runc/runc"
