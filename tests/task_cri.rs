@@ -146,8 +146,14 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
         .await
         .unwrap();
 
-    // Attach to a container that answers on stdin.
-    let mut echo_cfg = container_config("echo", "while read l; do echo got:$l; done");
+    // Attach to a container that answers on stdin. containerd's CRI starts copying the
+    // attach's stdin before it adds the attach's stdout to the container's output (both
+    // handlers): an answer that comes back in between reaches only the log. So the answer
+    // is repeated every second, and the first line the attach sees is taken.
+    let mut echo_cfg = container_config(
+        "echo",
+        "while read l; do while true; do echo got:$l; sleep 1; done; done",
+    );
     echo_cfg.stdin = true;
     let echo = cd.create_container(&pod, &pod_cfg, echo_cfg).await;
     cd.start_container(&echo).await;
@@ -174,7 +180,10 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
                 None => break,
             }
         }
-        out
+        out.split_inclusive('\n')
+            .next()
+            .unwrap_or_default()
+            .to_string()
     })
     .await
     .unwrap();
