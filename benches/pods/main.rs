@@ -41,6 +41,7 @@ mod churn;
 mod cri;
 mod density;
 mod doing;
+mod floor;
 mod leftovers;
 mod output;
 mod report;
@@ -84,11 +85,19 @@ async fn main() {
     let o = env_size("COVE_BENCH_OUTPUT", 256);
     let only = std::env::var("COVE_BENCH_ONLY").unwrap_or_default();
     if only == "shim" {
-        phase(&format!("shim alone over ttrpc: {n} sandboxes"));
+        phase(&format!(
+            "shim alone over ttrpc and the floors: {n} rounds each, alternating"
+        ));
         let shim = shim_level(n).await;
         let mut r = Report::default();
         r.shim_rows(&shim);
-        publish_part(&out_dir, "shim", "the shim alone", &r);
+        publish_part(
+            &out_dir,
+            "shim",
+            "the shim alone and its floors",
+            &r,
+            &format!("\n## Floors\n\n{}", report::floor_table(&shim, None)),
+        );
         return;
     }
     let cd = Arc::new(Containerd::start_with("bench", "info", true).await);
@@ -100,7 +109,7 @@ async fn main() {
         drop(cd);
         let mut r = Report::default();
         r.output_row(o, &out);
-        publish_part(&out_dir, "output", "output", &r);
+        publish_part(&out_dir, "output", "output", &r, "");
         return;
     }
     phase(&format!(
@@ -136,8 +145,15 @@ async fn main() {
         "network namespaces left: {netns_left:?}"
     );
     drop(cd);
-    phase(&format!("shim alone: {n} sandboxes over ttrpc"));
+    phase(&format!(
+        "shim alone over ttrpc and the floors: {n} rounds each, alternating"
+    ));
     let shim = shim_level(n).await;
+    let netns_left: Vec<_> = netns_entries().difference(&netns_before).cloned().collect();
+    assert!(
+        netns_left.is_empty(),
+        "network namespaces left by the floors: {netns_left:?}"
+    );
 
     let run = report::Run {
         ser,

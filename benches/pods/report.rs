@@ -11,15 +11,15 @@ use crate::cri::{Handler, COVE, RUNC};
 use crate::density::{Density, DENSITY_PARALLEL};
 use crate::output::OUTPUT_ROUNDS;
 use crate::serial::*;
-use crate::shim_alone::{SHIM_DOWN, SHIM_START, SHIM_UP};
+use crate::shim_alone::*;
 use crate::stats::{median, ms, pct, pods};
 use crate::svg::svg;
 
 /// Writes the report of a partial run (`COVE_BENCH_ONLY`) to `target/bench/<file>.md` and
-/// stdout.
-pub fn publish_part(out_dir: &Path, file: &str, title: &str, r: &Report) {
+/// stdout: the table, then `more` (markdown) if any.
+pub fn publish_part(out_dir: &Path, file: &str, title: &str, r: &Report, more: &str) {
     let report = format!(
-        "# cove benchmark: {title}\n\nMeasured on {}.\n\n{}\n",
+        "# cove benchmark: {title}\n\nMeasured on {}.\n\n{}\n{more}",
         machine(),
         r.markdown()
     );
@@ -74,8 +74,8 @@ impl Report {
     }
 
     /// The shim-alone rows (no runc figure: runc has no sandbox API).
-    pub fn shim_rows(&mut self, shim: &BTreeMap<&'static str, Vec<Duration>>) {
-        for phase in [SHIM_START, SHIM_UP, SHIM_DOWN] {
+    pub fn shim_rows(&mut self, shim: &ShimSamples) {
+        for phase in [SHIM_START, SHIM_UP, SHIM_TASK, SHIM_DOWN] {
             let v = &shim[phase];
             self.row(
                 &format!("Shim alone over ttrpc: {phase} p50 / p99"),
@@ -167,7 +167,7 @@ pub struct Run {
     pub den: BTreeMap<Handler, Density>,
     pub chu: BTreeMap<Handler, Churn>,
     pub out: BTreeMap<Handler, Vec<f64>>,
-    pub shim: BTreeMap<&'static str, Vec<Duration>>,
+    pub shim: ShimSamples,
 }
 
 /// Writes the report of a full run to `target/bench/report.md` (with its chart,
@@ -334,7 +334,20 @@ pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run) {
          containers are not counted. Churn: {c} pods per handler created and removed \
          {DENSITY_PARALLEL} at a time, every {CHURN_KILL_EVERY}th with its shim killed (SIGKILL) before \
          its removal, while a long-lived pod of the handler runs a container alongside each. runc \
-         has no sandbox API, so the shim-alone rows have no runc figure.\n\n{table}\n![latency distributions](latency.svg)\n\nTotal run time: {total:.0} s.\n",
+         has no sandbox API, so the shim-alone rows have no runc figure.\n\n{table}\n\
+         ## Floors\n\nWhat cove does against the least it takes, with no containerd and no shim, \
+         measured after the rows above in rounds that alternate with the shim-alone rounds \
+         ({n} each, {WARMUP} warm-up rounds not counted), p50. Shim spawn: fork, exec and wait of \
+         a static binary that exits at once. Sandbox: mkdir of the pod cgroup and the pause's in \
+         every hierarchy, a clone3 into new UTS, IPC and PID namespaces whose child joins a \
+         network namespace made for the bench (`ip netns add`, which cove's pause joins too) and \
+         its cgroup, sets the hostname and writes a byte to a pipe; its teardown is SIGKILL, \
+         reap, rmdir. Container: `runc create` + `runc start` (the runc on PATH) of the busybox \
+         image as an overlay mounted beforehand, in the floor sandbox's namespaces, with the same \
+         spec as cove's shim-alone container (`runc spec` with the pod's namespaces, pod files \
+         and cgroup); cove's Task.Create also mounts that overlay, sets up its output fifos and \
+         records the task.\n\n{floors}\n\
+         ![latency distributions](latency.svg)\n\nTotal run time: {total:.0} s.\n",
         date = std::process::Command::new("date")
             .arg("-u")
             .arg("+%Y-%m-%d %H:%M UTC")
@@ -343,9 +356,129 @@ pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run) {
             .unwrap_or_default(),
         machine = machine(),
         table = r.markdown(),
+        floors = floor_table(shim, Some(pct(&ser[&(START, COVE)], 50.0))),
         total = began.elapsed().as_secs_f64(),
     );
     std::fs::write(out_dir.join("report.md"), &report).expect("write report.md");
     std::fs::write(out_dir.join("latency.svg"), svg(ser, shim)).expect("write latency.svg");
     println!("\n{report}");
+}
+
+/// One floor row: cove's p50 and its floor's.
+struct FloorRow {
+    /// What the largest-gap sentence calls it.
+    name: &'static str,
+    what: String,
+    cove: Duration,
+    floor: Duration,
+    goal: String,
+}
+
+/// The floors table (cove's figure, its floor, the gap and the ratio, p50 of each) and
+/// which gap is the largest. `cri_start`: the p50 of cove's CreateContainer+StartContainer
+/// through CRI, in a full run.
+pub fn floor_table(shim: &ShimSamples, cri_start: Option<Duration>) -> String {
+    let p50 = |row: &str| pct(&shim[row], 50.0);
+    let mut rows = vec![
+        FloorRow {
+            name: "the shim spawn",
+            what: "Shim spawn: cove's shim `start` (spawns its server and waits until it \
+                   serves) / exec of a static binary that exits at once"
+                .into(),
+            cove: p50(SHIM_START),
+            floor: p50(FLOOR_SPAWN),
+            goal: String::new(),
+        },
+        FloorRow {
+            name: "the sandbox start",
+            what: "Sandbox: CreateSandbox+StartSandbox, the shim alone / a clone into new UTS, \
+                   IPC and PID namespaces that joins the network namespace and a new pod cgroup"
+                .into(),
+            cove: p50(SHIM_UP),
+            floor: p50(FLOOR_UP),
+            goal: String::new(),
+        },
+        FloorRow {
+            name: "the sandbox teardown",
+            what: "Sandbox teardown: StopSandbox+ShutdownSandbox, the shim alone / SIGKILL, reap, \
+                   rmdir"
+                .into(),
+            cove: p50(SHIM_DOWN),
+            floor: p50(FLOOR_DOWN),
+            goal: String::new(),
+        },
+        FloorRow {
+            name: "the container start",
+            what: "Container start, cove's share (CreateContainer+StartContainer minus \
+                   containerd's share): Task.Create+Task.Start, the shim alone / `runc create` + \
+                   `runc start`"
+                .into(),
+            cove: p50(SHIM_TASK),
+            floor: p50(FLOOR_TASK),
+            goal: String::new(),
+        },
+    ];
+    // Its gap is the shim's by construction: the largest gap is looked for above it.
+    let compared = rows.len();
+    let mut share_text = String::new();
+    if let Some(cri) = cri_start {
+        let share = cri.saturating_sub(p50(SHIM_TASK));
+        let floor = p50(FLOOR_TASK) + share;
+        rows.push(FloorRow {
+            name: "the container start through CRI",
+            what: format!(
+                "Container start through CRI: cove's CreateContainer+StartContainer / the floor \
+                 plus containerd's share ({:.1} ms)",
+                ms(share)
+            ),
+            cove: cri,
+            floor,
+            goal: String::new(),
+        });
+        share_text = format!(
+            "containerd's share of cove's CreateContainer+StartContainer is {:.1} ms: the p50 of \
+             the CRI calls ({:.1} ms, serial) minus the p50 of the shim's own Task.Create+Task.Start \
+             measured alone over ttrpc ({:.1} ms). ",
+            ms(share),
+            ms(cri),
+            ms(p50(SHIM_TASK)),
+        );
+    }
+    let mut s = String::from(
+        "| | cove | floor | cove − floor | cove/floor | goal |\n|---|---:|---:|---:|---:|---|\n",
+    );
+    for r in &rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} |",
+            r.what,
+            ms(r.cove),
+            ms(r.floor),
+            ms(r.cove) - ms(r.floor),
+            ratio(ms(r.cove), ms(r.floor)),
+            r.goal
+        );
+    }
+    let gap = |r: &FloorRow| ms(r.cove) - ms(r.floor);
+    let rel = |r: &FloorRow| ms(r.cove) / ms(r.floor).max(1e-3);
+    let by_gap = rows[..compared]
+        .iter()
+        .max_by(|a, b| gap(a).total_cmp(&gap(b)));
+    let by_ratio = rows[..compared]
+        .iter()
+        .max_by(|a, b| rel(a).total_cmp(&rel(b)));
+    if let (Some(g), Some(q)) = (by_gap, by_ratio) {
+        let _ = write!(
+            s,
+            "\n{share_text}Largest gap in ms: {} ({:.2} ms over its floor, {:.1}×). Largest ratio to \
+             its floor: {} ({:.1}×, {:.2} ms).\n",
+            g.name,
+            gap(g),
+            rel(g),
+            q.name,
+            rel(q),
+            gap(q),
+        );
+    }
+    s
 }

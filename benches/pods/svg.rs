@@ -1,16 +1,15 @@
 //! The latency chart: empirical distribution functions, one panel per phase.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::cri::{COVE, RUNC};
 use crate::serial::{Samples, DOWN, RUN, START};
-use crate::shim_alone::{SHIM_DOWN, SHIM_UP};
+use crate::shim_alone::{ShimSamples, FLOOR_DOWN, FLOOR_UP, SHIM_DOWN, SHIM_UP};
 use crate::stats::ms;
 
 /// Empirical distribution functions of each phase, cove and runc, one panel per phase.
-pub fn svg(serial: &Samples, shim: &BTreeMap<&'static str, Vec<Duration>>) -> String {
+pub fn svg(serial: &Samples, shim: &ShimSamples) -> String {
     const BLUE: &str = "#1f77b4";
     const ORANGE: &str = "#ff7f0e";
     let pair = |phase: &'static str| -> Vec<(&'static str, &'static str, &Vec<Duration>)> {
@@ -24,10 +23,12 @@ pub fn svg(serial: &Samples, shim: &BTreeMap<&'static str, Vec<Duration>>) -> St
         (START, pair(START)),
         (DOWN, pair(DOWN)),
         (
-            "cove shim alone over ttrpc",
+            "cove shim alone over ttrpc, and floors",
             vec![
                 (SHIM_UP, BLUE, &shim[SHIM_UP]),
                 (SHIM_DOWN, "#2ca02c", &shim[SHIM_DOWN]),
+                (FLOOR_UP, "#7f7f7f", &shim[FLOOR_UP]),
+                (FLOOR_DOWN, "#bcbd22", &shim[FLOOR_DOWN]),
             ],
         ),
     ];
