@@ -45,6 +45,7 @@ mod floor;
 mod leftovers;
 mod output;
 mod report;
+mod runs;
 mod serial;
 mod shim_alone;
 mod stats;
@@ -112,6 +113,10 @@ async fn main() {
         publish_part(&out_dir, "output", "output", &r, "");
         return;
     }
+    let log = runs::RunLog::begin(
+        &out_dir,
+        format!("N={n} BURST={m} DENSITY={d} CHURN={c} OUTPUT={o}"),
+    );
     phase(&format!(
         "serial: {n} pods per handler, alternating ({WARMUP} warm-up rounds not counted)"
     ));
@@ -163,9 +168,19 @@ async fn main() {
         out,
         shim,
     };
-    report::publish(&out_dir, began, report::Sizes { n, m, d, c, o }, &run);
     // cove must leave nothing; what the runc pod path leaves is reported, not judged.
     let churn_failed = &run.chu[&COVE].left;
+    let finished = churn_failed.is_empty();
+    report::publish(
+        &out_dir,
+        began,
+        report::Sizes { n, m, d, c, o },
+        &run,
+        log.in_a_row(finished),
+    );
+    if finished {
+        log.end();
+    }
     assert!(
         churn_failed.is_empty(),
         "the churn run left something behind: {churn_failed:?}"

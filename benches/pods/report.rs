@@ -57,6 +57,23 @@ pub fn verdict(r: f64, goal: f64) -> String {
     }
 }
 
+/// An absolute goal in ms.
+pub fn verdict_ms(v: f64, goal: f64) -> String {
+    if v <= goal {
+        format!("≤ {goal} ms ✓")
+    } else {
+        format!("≤ {goal} ms ✗")
+    }
+}
+
+/// Full runs in a row that must finish without a failure.
+const RUNS_GOAL: usize = 3;
+/// The shim-alone CreateSandbox+StartSandbox p50 at most.
+const SHIM_UP_GOAL_MS: f64 = 2.0;
+/// cove's CreateContainer+StartContainer at most this times the floor plus containerd's
+/// share.
+const START_FLOOR_GOAL: f64 = 1.1;
+
 impl Report {
     fn row(&mut self, what: &str, cove: String, runc: String, ratio: String, goal: String) {
         self.rows.push([what.into(), cove, runc, ratio, goal]);
@@ -77,12 +94,17 @@ impl Report {
     pub fn shim_rows(&mut self, shim: &ShimSamples) {
         for phase in [SHIM_START, SHIM_UP, SHIM_TASK, SHIM_DOWN] {
             let v = &shim[phase];
+            let goal = if phase == SHIM_UP {
+                verdict_ms(ms(pct(v, 50.0)), SHIM_UP_GOAL_MS)
+            } else {
+                String::new()
+            };
             self.row(
                 &format!("Shim alone over ttrpc: {phase} p50 / p99"),
                 format!("{:.1} / {:.1} ms", ms(pct(v, 50.0)), ms(pct(v, 99.0))),
                 "—".into(),
                 String::new(),
-                String::new(),
+                goal,
             );
         }
     }
@@ -172,7 +194,8 @@ pub struct Run {
 
 /// Writes the report of a full run to `target/bench/report.md` (with its chart,
 /// `latency.svg`) and stdout.
-pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run) {
+/// `in_a_row`: how many full runs of these sizes in a row finished, this one included.
+pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run, in_a_row: usize) {
     let Sizes { n, m, d, c, o } = sizes;
     let Run {
         ser,
@@ -190,9 +213,15 @@ pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run) {
         r.ms_row(&format!("{phase} p90"), pct(c, 90.0), pct(u, 90.0), None);
         r.ms_row(&format!("{phase} p99"), pct(c, 99.0), pct(u, 99.0), None);
     }
-    for phase in [RUN_NET, RUN_REST, DOWN_NET, DOWN_REST] {
+    let goals = [
+        (RUN_NET, None),
+        (RUN_REST, Some(0.10)),
+        (DOWN_NET, None),
+        (DOWN_REST, Some(0.15)),
+    ];
+    for (phase, goal) in goals {
         let (c, u) = (&ser[&(phase, COVE)], &ser[&(phase, RUNC)]);
-        r.ms_row(&format!("{phase} p50"), pct(c, 50.0), pct(u, 50.0), None);
+        r.ms_row(&format!("{phase} p50"), pct(c, 50.0), pct(u, 50.0), goal);
     }
     let (bc, bu) = (pct(&bur[&COVE], 50.0), pct(&bur[&RUNC], 50.0));
     r.ms_row(
@@ -210,8 +239,14 @@ pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run) {
         String::new(),
     );
     let (dc, du) = (&den[&COVE], &den[&RUNC]);
+    let last = dc.mem.len().saturating_sub(1);
     for (k, (mc, mu)) in dc.mem.iter().zip(du.mem.iter()).enumerate() {
-        let goal = (k > 0).then_some(0.2);
+        // At all the density pods (200 by default) ≤ 0.05; at 50 ≤ 0.2.
+        let goal = match k {
+            0 => None,
+            k if k == last => Some(0.05),
+            _ => Some(0.2),
+        };
         let q = mc.pss_per_pod() / mu.pss_per_pod();
         r.row(
             &format!("Runtime PSS per pod at {}", pods(mc.pods)),
@@ -322,6 +357,18 @@ pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run) {
     );
     r.output_row(o, out);
     r.shim_rows(shim);
+    r.row(
+        "`make bench` runs of these sizes in a row without a failure, this one included \
+         (`target/bench/runs.log`)",
+        in_a_row.to_string(),
+        String::new(),
+        String::new(),
+        if in_a_row >= RUNS_GOAL {
+            format!("{RUNS_GOAL} in a row ✓")
+        } else {
+            format!("{RUNS_GOAL} in a row ✗")
+        },
+    );
 
     let report = format!(
         "# cove benchmark\n\nMeasured {date} on {machine}.\n\nBoth handlers run in one private containerd, \
@@ -334,7 +381,8 @@ pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run) {
          containers are not counted. Churn: {c} pods per handler created and removed \
          {DENSITY_PARALLEL} at a time, every {CHURN_KILL_EVERY}th with its shim killed (SIGKILL) before \
          its removal, while a long-lived pod of the handler runs a container alongside each. runc \
-         has no sandbox API, so the shim-alone rows have no runc figure.\n\n{table}\n\
+         has no sandbox API, so the shim-alone rows have no runc figure. Goals are reported, \
+         never asserted: a ratio is cove/runc of the p50 unless the row says otherwise.\n\n{table}\n\
          ## Floors\n\nWhat cove does against the least it takes, with no containerd and no shim, \
          measured after the rows above in rounds that alternate with the shim-alone rounds \
          ({n} each, {WARMUP} warm-up rounds not counted), p50. Shim spawn: fork, exec and wait of \
@@ -424,6 +472,7 @@ pub fn floor_table(shim: &ShimSamples, cri_start: Option<Duration>) -> String {
     if let Some(cri) = cri_start {
         let share = cri.saturating_sub(p50(SHIM_TASK));
         let floor = p50(FLOOR_TASK) + share;
+        let q = ms(cri) / ms(floor);
         rows.push(FloorRow {
             name: "the container start through CRI",
             what: format!(
@@ -433,7 +482,7 @@ pub fn floor_table(shim: &ShimSamples, cri_start: Option<Duration>) -> String {
             ),
             cove: cri,
             floor,
-            goal: String::new(),
+            goal: verdict(q, START_FLOOR_GOAL),
         });
         share_text = format!(
             "containerd's share of cove's CreateContainer+StartContainer is {:.1} ms: the p50 of \
