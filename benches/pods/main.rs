@@ -23,12 +23,29 @@
 //!   from StartContainer until CRI reports it exited (which it does once the log copy has
 //!   seen the end), MB/s, the median of `OUTPUT_ROUNDS` per handler, alternating.
 //! - **shim**: the shim alone over ttrpc, without containerd: `start`,
-//!   CreateSandbox+StartSandbox, StopSandbox+ShutdownSandbox.
+//!   CreateSandbox+StartSandbox, Task.Create+Task.Start of a busybox container in the
+//!   sandbox, StopSandbox+ShutdownSandbox.
+//! - **floors** (`floor.rs`), in rounds alternating with the shim's: the least the kernel and
+//!   runc take for the same steps, with no containerd and no shim: exec of a static binary
+//!   that exits at once (against `start`); a clone into new UTS, IPC and PID namespaces
+//!   joining a network namespace made for the bench (which cove's pause joins too) and a
+//!   new pod cgroup (against CreateSandbox+StartSandbox), then SIGKILL, reap and rmdir
+//!   (against StopSandbox+ShutdownSandbox); `runc create` + `runc start` of the same
+//!   container spec and image (against Task.Create+Task.Start). containerd's share of
+//!   CreateContainer+StartContainer is the CRI calls' p50 minus the shim's Task.Create+
+//!   Task.Start p50, so that cove's through CRI is compared with the floor plus that share.
+//!
+//! The report's goal column holds, among others: cove/runc of the p50 (RunPodSandbox without the network
+//! setup ≤ 0.10, the teardown without the network teardown ≤ 0.15, CreateContainer+
+//! StartContainer ≤ 1.0, runtime PSS per pod at all density pods ≤ 0.05), the shim-alone
+//! CreateSandbox+StartSandbox p50 ≤ 2 ms, container start through CRI within 10 % of the
+//! floor plus containerd's share, and three full runs of the same sizes in a row without a
+//! failure (`target/bench/runs.log`). Goals are reported, never asserted.
 //!
 //! Sizes come from the environment: `COVE_BENCH_N` (50), `COVE_BENCH_BURST` (20),
 //! `COVE_BENCH_DENSITY` (200), `COVE_BENCH_CHURN` (200), `COVE_BENCH_OUTPUT` (256).
 //! `COVE_BENCH_ONLY=output` runs the output row alone, `COVE_BENCH_ONLY=shim` the shim-alone
-//! rows (COVE_BENCH_N sandboxes). A failed call names the phase,
+//! rows and their floors (COVE_BENCH_N rounds each). A failed call names the phase,
 //! handler and pod it belonged to. The report goes to stdout, `target/bench/report.md` and
 //! `target/bench/latency.svg`. Timings are reported, never asserted; a failed CRI call or
 //! anything left behind fails the run.
