@@ -51,9 +51,9 @@ test-vm: deps images
 test-matrix: deps images
 	scripts/matrix.sh $(CONTAINERD_DIR) $(MATRIX_VERSIONS)
 
-## bench: cove against containerd's runc pod path in one private containerd, through CRI;
-## then cove's shim alone over ttrpc against its floors (exec of a static binary, a bare
-## clone into the pod's namespaces and cgroup, bare runc create + start), alternating;
+## bench: cove against containerd's runc pod path in one private containerd, through CRI,
+## and, in the same serial rounds, cove's shim alone over ttrpc against its floors (exec of
+## a static binary, a bare clone into the pod's namespaces and cgroup, bare runc create + start);
 ## prints the tables with their goals and writes target/bench/report.md and
 ## target/bench/latency.svg (target/bench/runs.log: which full runs finished).
 ## Sizes: COVE_BENCH_N (serial pods and shim-alone rounds, 50), COVE_BENCH_BURST (20), COVE_BENCH_DENSITY (200),

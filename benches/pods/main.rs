@@ -5,8 +5,10 @@
 //! a pause container and `containerd-shim-runc-v2`). Everything is driven through CRI, as
 //! the kubelet drives it, and the handlers alternate so that machine drift hits both alike.
 //!
-//! - **serial**: N pods, one after another: RunPodSandbox; CreateContainer+StartContainer of
-//!   one busybox container; StopPodSandbox+RemovePodSandbox. p50/p90/p99 of each phase.
+//! - **serial**: N rounds, each with a pod per handler, one after another (RunPodSandbox;
+//!   CreateContainer+StartContainer of one busybox container; StopPodSandbox+
+//!   RemovePodSandbox; p50/p90/p99 of each phase), a round of the shim alone and a round of
+//!   the floors (below), in an order that rotates from round to round.
 //! - **burst**: M pods started at once; wall time until every pod is READY with a running
 //!   container.
 //! - **density**: D pods with a sleeping container each, started 8 at a time. The memory of
@@ -22,10 +24,10 @@
 //!   (`dd bs=64k`), through the handler's stdio path and CRI's log copy into its log file;
 //!   from StartContainer until CRI reports it exited (which it does once the log copy has
 //!   seen the end), MB/s, the median of `OUTPUT_ROUNDS` per handler, alternating.
-//! - **shim**: the shim alone over ttrpc, without containerd: `start`,
-//!   CreateSandbox+StartSandbox, Task.Create+Task.Start of a busybox container in the
-//!   sandbox, StopSandbox+ShutdownSandbox.
-//! - **floors** (`floor.rs`), in rounds alternating with the shim's: the least the kernel and
+//! - **shim** (in the serial rounds): the shim alone over ttrpc, not through containerd:
+//!   `start`, CreateSandbox+StartSandbox, Task.Create+Task.Start of a busybox container in
+//!   the sandbox, StopSandbox+ShutdownSandbox.
+//! - **floors** (`floor.rs`, in the serial rounds): the least the kernel and
 //!   runc take for the same steps, with no containerd and no shim: exec of a static binary
 //!   that exits at once (against `start`); a clone into new UTS, IPC and PID namespaces
 //!   joining a network namespace made for the bench (which cove's pause joins too) and a
@@ -35,8 +37,8 @@
 //!   CreateContainer+StartContainer is the CRI calls' p50 minus the shim's Task.Create+
 //!   Task.Start p50, so that cove's through CRI is compared with the floor plus that share.
 //!
-//! The report's goal column holds, among others: cove/runc of the p50 (RunPodSandbox without the network
-//! setup ≤ 0.10, the teardown without the network teardown ≤ 0.15, CreateContainer+
+//! The report's goal column holds, among others: cove/runc of the p50 (RunPodSandbox
+//! without the network setup ≤ 0.10, the teardown without the network teardown ≤ 0.15, CreateContainer+
 //! StartContainer ≤ 1.0, runtime PSS per pod at all density pods ≤ 0.05), the shim-alone
 //! CreateSandbox+StartSandbox p50 ≤ 2 ms, container start through CRI within 10 % of the
 //! floor plus containerd's share, and three full runs of the same sizes in a row without a
@@ -135,9 +137,10 @@ async fn main() {
         format!("N={n} BURST={m} DENSITY={d} CHURN={c} OUTPUT={o}"),
     );
     phase(&format!(
-        "serial: {n} pods per handler, alternating ({WARMUP} warm-up rounds not counted)"
+        "serial: {n} rounds of a pod per handler, a shim-alone round and a floor round, \
+         rotating ({WARMUP} warm-up rounds not counted)"
     ));
-    let ser = serial(&cd, n).await;
+    let (ser, shim) = serial(&cd, n).await;
     let left = leftovers(&cd);
     assert!(left.is_empty(), "after the serial run: {left:?}");
     phase(&format!(
@@ -167,15 +170,6 @@ async fn main() {
         "network namespaces left: {netns_left:?}"
     );
     drop(cd);
-    phase(&format!(
-        "shim alone over ttrpc and the floors: {n} rounds each, alternating"
-    ));
-    let shim = shim_level(n).await;
-    let netns_left: Vec<_> = netns_entries().difference(&netns_before).cloned().collect();
-    assert!(
-        netns_left.is_empty(),
-        "network namespaces left by the floors: {netns_left:?}"
-    );
 
     let run = report::Run {
         ser,

@@ -372,8 +372,9 @@ pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run, in_a_row
 
     let report = format!(
         "# cove benchmark\n\nMeasured {date} on {machine}.\n\nBoth handlers run in one private containerd, \
-         driven through CRI and alternating. Serial: {n} pods per handler ({WARMUP} warm-up rounds \
-         not counted), one busybox container each. Burst: {m} pods at once. Density: {d} pods with \
+         driven through CRI and alternating. Serial: {n} rounds ({WARMUP} warm-up rounds not \
+         counted), each with a pod per handler with one busybox container, a round of the shim \
+         alone and a round of the floors (below), in an order that rotates. Burst: {m} pods at once. Density: {d} pods with \
          a sleeping container, {DENSITY_PARALLEL} started at a time. Runtime memory is the sum of \
          `Pss`/`Rss` in `/proc/PID/smaps_rollup` over the shim processes of each runtime and the \
          pods' sandbox processes (cove: its shims and pause processes; runc: \
@@ -384,9 +385,8 @@ pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run, in_a_row
          has no sandbox API, so the shim-alone rows have no runc figure. Goals are reported, \
          never asserted: a ratio is cove/runc of the p50 unless the row says otherwise.\n\n{table}\n\
          ## Floors\n\nWhat cove does against the least it takes, with no containerd and no shim, \
-         measured after the rows above in rounds that alternate with the shim-alone rounds \
-         ({n} each, {WARMUP} warm-up rounds not counted), p50. Shim spawn: fork, exec and wait of \
-         a static binary that exits at once. Sandbox: mkdir of the pod cgroup and the pause's in \
+         measured in the serial rounds, p50. Shim spawn: fork, exec and wait of a static binary \
+         that exits at once. Sandbox: mkdir of the pod cgroup and the pause's in \
          every hierarchy, a clone3 into new UTS, IPC and PID namespaces whose child joins a \
          network namespace made for the bench (`ip netns add`, which cove's pause joins too) and \
          its cgroup, sets the hostname and writes a byte to a pipe; its teardown is SIGKILL, \
@@ -486,8 +486,8 @@ pub fn floor_table(shim: &ShimSamples, cri_start: Option<Duration>) -> String {
         });
         share_text = format!(
             "containerd's share of cove's CreateContainer+StartContainer is {:.1} ms: the p50 of \
-             the CRI calls ({:.1} ms, serial) minus the p50 of the shim's own Task.Create+Task.Start \
-             measured alone over ttrpc ({:.1} ms). ",
+             the CRI calls ({:.1} ms) minus the p50 of the shim's own Task.Create+Task.Start \
+             alone over ttrpc ({:.1} ms), in the same rounds. ",
             ms(share),
             ms(cri),
             ms(p50(SHIM_TASK)),

@@ -1,5 +1,5 @@
 //! The shim alone over ttrpc, without containerd, as containerd's shim sandbox controller
-//! and task service call it, alternating round by round with the floors (`floor.rs`): a
+//! and task service call it, in rounds that alternate with the floors' (`floor.rs`): a
 //! shim `start`, CreateSandbox+StartSandbox (the pause joins the bench's network namespace),
 //! Task.Create+Task.Start of a busybox container in the sandbox (a bundle and an overlay
 //! rootfs as containerd lays them out, output to fifos), its kill and delete,
@@ -35,54 +35,90 @@ pub const FLOOR_DOWN: &str = "floor: SIGKILL, reap, rmdir";
 /// Samples of the shim-alone rows and their floors, by row.
 pub type ShimSamples = BTreeMap<&'static str, Vec<Duration>>;
 
-/// `COVE_BENCH_N` rounds of cove's shim and of the floors, alternating which goes first.
+/// The shim-alone rounds and the floor rounds, with what they share: the floors' setup
+/// (network namespace, image, static binary) and the shim's pod cgroup parent.
+pub struct Rounds {
+    floor: Floor,
+    parent: String,
+    samples: ShimSamples,
+}
+
+impl Rounds {
+    pub fn new() -> Rounds {
+        Rounds {
+            floor: Floor::prepare(),
+            parent: format!("/cove-bench-{}", std::process::id()),
+            samples: ShimSamples::new(),
+        }
+    }
+
+    fn keep(&mut self, times: [(&'static str, Duration); 4]) {
+        for (row, d) in times {
+            self.samples.entry(row).or_default().push(d);
+        }
+    }
+
+    /// Round `i` of cove's shim alone; its samples are kept if `counted`.
+    pub async fn cove(&mut self, i: usize, counted: bool) {
+        let times = doing(
+            format!("shim alone: round {i}"),
+            cove_round(&self.floor, &self.parent, i),
+        )
+        .await;
+        if counted {
+            self.keep(times);
+        }
+    }
+
+    /// Round `i` of the floors; its samples are kept if `counted`.
+    pub async fn floor(&mut self, i: usize, counted: bool) {
+        let times = doing(format!("floors: round {i}"), async {
+            floor_round(&self.floor, i)
+        })
+        .await;
+        if counted {
+            self.keep(times);
+        }
+    }
+
+    /// The samples of the counted rounds, sorted.
+    pub fn samples(&self) -> ShimSamples {
+        let mut out = self.samples.clone();
+        for v in out.values_mut() {
+            v.sort();
+        }
+        out
+    }
+}
+
+impl Drop for Rounds {
+    /// The shims' pod cgroup parent (the floor cleans up after itself).
+    fn drop(&mut self) {
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(h.path().join(self.parent.trim_start_matches('/')));
+        }
+    }
+}
+
+/// `COVE_BENCH_N` rounds of cove's shim and of the floors, alternating which goes first
+/// (`COVE_BENCH_ONLY=shim`; a full run has them in its serial rounds).
 pub async fn shim_level(n: usize) -> ShimSamples {
-    let mut out = ShimSamples::new();
-    let floor = Floor::prepare();
-    let parent = format!("/cove-bench-{}", std::process::id());
+    let mut rounds = Rounds::new();
     for i in 0..WARMUP + n {
-        let order = if i % 2 == 0 {
-            [true, false]
+        let counted = i >= WARMUP;
+        if i % 2 == 0 {
+            rounds.cove(i, counted).await;
+            rounds.floor(i, counted).await;
         } else {
-            [false, true]
-        };
-        let mut times = Vec::new();
-        for cove in order {
-            if cove {
-                times.extend(
-                    doing(
-                        format!("shim alone: round {i}, cove"),
-                        cove_round(&floor, &parent, i),
-                    )
-                    .await,
-                );
-            } else {
-                times.extend(
-                    doing(format!("shim alone: round {i}, floor"), async {
-                        floor_round(&floor, i)
-                    })
-                    .await,
-                );
-            }
-        }
-        if i >= WARMUP {
-            for (row, d) in times {
-                out.entry(row).or_default().push(d);
-            }
+            rounds.floor(i, counted).await;
+            rounds.cove(i, counted).await;
         }
     }
-    for h in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let _ = std::fs::remove_dir(h.path().join(parent.trim_start_matches('/')));
-    }
-    drop(floor);
-    for v in out.values_mut() {
-        v.sort();
-    }
-    out
+    rounds.samples()
 }
 
 /// A pod config as CRI sends one for a default pod: hostname, DNS, cgroup parent.
