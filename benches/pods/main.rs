@@ -38,11 +38,12 @@
 //!   Task.Start p50, so that cove's through CRI is compared with the floor plus that share.
 //!
 //! The report's goal column holds, among others: cove/runc of the p50 (RunPodSandbox
-//! without the network setup ≤ 0.10, the teardown without the network teardown ≤ 0.15, CreateContainer+
-//! StartContainer ≤ 1.0, runtime PSS per pod at all density pods ≤ 0.05), the shim-alone
-//! CreateSandbox+StartSandbox p50 ≤ 2 ms, container start through CRI within 10 % of the
-//! floor plus containerd's share, and three full runs of the same sizes in a row without a
-//! failure (`target/bench/runs.log`). Goals are reported, never asserted.
+//! without the network setup ≤ 0.10, the teardown without the network teardown ≤ 0.15,
+//! CreateContainer+StartContainer ≤ 1.0, runtime PSS per pod at all density pods
+//! ≤ 0.05), the shim-alone CreateSandbox+StartSandbox p50 ≤ 2 ms, container start
+//! through CRI within 10 % of the floor plus containerd's share, and three full runs of
+//! the same commit and sizes in a row without a failure (`target/bench/runs.log`).
+//! Goals are reported, never asserted.
 //!
 //! Sizes come from the environment: `COVE_BENCH_N` (50), `COVE_BENCH_BURST` (20),
 //! `COVE_BENCH_DENSITY` (200), `COVE_BENCH_CHURN` (200), `COVE_BENCH_OUTPUT` (256).
@@ -134,7 +135,10 @@ async fn main() {
     }
     let log = runs::RunLog::begin(
         &out_dir,
-        format!("N={n} BURST={m} DENSITY={d} CHURN={c} OUTPUT={o}"),
+        format!(
+            "cove={} N={n} BURST={m} DENSITY={d} CHURN={c} OUTPUT={o}",
+            report::commit()
+        ),
     );
     phase(&format!(
         "serial: {n} rounds of a pod per handler, a shim-alone round and a floor round, \

@@ -136,14 +136,24 @@ impl Report {
     }
 }
 
+/// The output of shell command `c`, trimmed; empty if it fails.
+fn sh(c: &str) -> String {
+    std::process::Command::new("sh")
+        .args(["-c", c])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The checkout's commit, `-dirty` when it has changes.
+pub fn commit() -> String {
+    sh(&format!(
+        "git -C {} describe --always --dirty 2>/dev/null",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+}
+
 pub fn machine() -> String {
-    let sh = |c: &str| {
-        std::process::Command::new("sh")
-            .args(["-c", c])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
     let cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2");
     let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         "cgroup v2"
@@ -160,10 +170,7 @@ pub fn machine() -> String {
         sh("containerd --version | awk '{print $1, $3}'"),
         sh("runc --version | awk 'NR==1{print $3}'"),
         env!("CARGO_PKG_VERSION"),
-        sh(&format!(
-            "git -C {} describe --always --dirty 2>/dev/null",
-            env!("CARGO_MANIFEST_DIR")
-        )),
+        commit(),
     )
 }
 
@@ -358,8 +365,8 @@ pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run, in_a_row
     r.output_row(o, out);
     r.shim_rows(shim);
     r.row(
-        "`make bench` runs of these sizes in a row without a failure, this one included \
-         (`target/bench/runs.log`)",
+        "`make bench` runs of this commit and these sizes in a row without a failure, this one \
+         included (`target/bench/runs.log`)",
         in_a_row.to_string(),
         String::new(),
         String::new(),

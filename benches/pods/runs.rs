@@ -1,7 +1,7 @@
 //! Which full runs finished: `target/bench/runs.log` gets a `begin` line when a full run
 //! starts and an `end` line when it has finished without a failure, so that a report can
-//! say how many runs of its sizes in a row finished (a run that failed or was stopped has
-//! no `end`).
+//! say how many runs of its commit and sizes in a row finished (a run that failed or was
+//! stopped has no `end`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,8 @@ pub struct RunLog {
 }
 
 impl RunLog {
-    /// Records the start of a full run of `sizes`.
+    /// Records the start of a full run of `sizes` (what makes runs comparable: the commit
+    /// and the sizes, without spaces around `=`).
     pub fn begin(out_dir: &Path, sizes: String) -> RunLog {
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -42,7 +43,7 @@ impl RunLog {
         self.append(&format!("end {}", self.id));
     }
 
-    /// How many runs of these sizes in a row finished, this one last (counted as
+    /// How many runs of the same sizes in a row finished, this one last (counted as
     /// `finished`).
     pub fn in_a_row(&self, finished: bool) -> usize {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
