@@ -68,11 +68,14 @@ test-vm: deps images build
 test-matrix: deps images build
 	scripts/matrix.sh $(CONTAINERD_DIR) $(MATRIX_VERSIONS)
 
-## bench: cove against containerd's runc pod path in one private containerd, through CRI;
-## prints the table and writes target/bench/report.md and target/bench/latency.svg.
-## Sizes: COVE_BENCH_N (serial pods, 50), COVE_BENCH_BURST (20), COVE_BENCH_DENSITY (200),
+## bench: cove against containerd's runc pod path in one private containerd, through CRI,
+## and, in the same serial rounds, cove's shim alone over ttrpc against its floors (exec of
+## a static binary, a bare clone into the pod's namespaces and cgroup, bare runc create + start);
+## prints the tables with their goals and writes target/bench/report.md and
+## target/bench/latency.svg (target/bench/runs.log: which full runs finished).
+## Sizes: COVE_BENCH_N (serial pods and shim-alone rounds, 50), COVE_BENCH_BURST (20), COVE_BENCH_DENSITY (200),
 ## COVE_BENCH_CHURN (pods created and removed with every 10th shim killed, 200),
-## COVE_BENCH_OUTPUT (MiB a container writes to stdout, 256); COVE_BENCH_ONLY=output runs that row alone, COVE_BENCH_ONLY=shim the shim-alone rows.
+## COVE_BENCH_OUTPUT (MiB a container writes to stdout, 256); COVE_BENCH_ONLY=output runs that row alone, COVE_BENCH_ONLY=shim the shim-alone rows and their floors.
 bench: deps images build
 	$(CARGO) bench --bench pods
 
