@@ -17,7 +17,7 @@ use containerd_shim_protos::sandbox_api::{
 };
 use containerd_shim_protos::types::mount::Mount;
 
-use crate::common::shim::{create_req, ctx, pod_config_any, Shim};
+use crate::common::shim::{create_req, ctx, pod_config, pod_config_any, Shim};
 use crate::common::*;
 use crate::doing::doing;
 use crate::floor::Floor;
@@ -119,21 +119,6 @@ pub async fn shim_level(n: usize) -> ShimSamples {
         }
     }
     rounds.samples()
-}
-
-/// A pod config as CRI sends one for a default pod: hostname, DNS, cgroup parent.
-fn pod_config(hostname: &str, cgroup_parent: &str) -> cove::protos::cri::PodSandboxConfig {
-    use cove::protos::cri::*;
-    let mut linux = LinuxPodSandboxConfig::new();
-    linux.cgroup_parent = cgroup_parent.into();
-    let mut dns = DNSConfig::new();
-    dns.servers = vec!["10.96.0.10".into()];
-    dns.searches = vec!["default.svc.cluster.local".into()];
-    let mut cfg = PodSandboxConfig::new();
-    cfg.hostname = hostname.into();
-    cfg.dns_config = Some(dns).into();
-    cfg.linux = Some(linux).into();
-    cfg
 }
 
 /// One round of cove's shim: its `start`, the sandbox, a container in it, the teardown.

@@ -250,10 +250,19 @@ pub fn create_req(id: &str, bundle: &Path) -> CreateSandboxRequest {
 }
 
 pub fn pod_options(hostname: &str, cgroup_parent: &str) -> Any {
+    let mut cfg = pod_config(hostname, cgroup_parent);
+    cfg.linux
+        .mut_or_insert_default()
+        .sysctls
+        .insert("kernel.shmmni".into(), "1000".into());
+    pod_config_any(&cfg)
+}
+
+/// A pod config as CRI sends one for a default pod: hostname, DNS, cgroup parent.
+pub fn pod_config(hostname: &str, cgroup_parent: &str) -> cove::protos::cri::PodSandboxConfig {
     use cove::protos::cri::*;
     let mut linux = LinuxPodSandboxConfig::new();
     linux.cgroup_parent = cgroup_parent.into();
-    linux.sysctls.insert("kernel.shmmni".into(), "1000".into());
     let mut dns = DNSConfig::new();
     dns.servers = vec!["10.96.0.10".into()];
     dns.searches = vec!["default.svc.cluster.local".into()];
@@ -261,7 +270,7 @@ pub fn pod_options(hostname: &str, cgroup_parent: &str) -> Any {
     cfg.hostname = hostname.into();
     cfg.dns_config = Some(dns).into();
     cfg.linux = Some(linux).into();
-    pod_config_any(&cfg)
+    cfg
 }
 
 /// CreateSandbox's `options`: a PodSandboxConfig as containerd's CRI packs it.
