@@ -8,12 +8,20 @@
 //! never needs a blocking thread to connect.
 //!
 //! containerd restarts: every connect and forward is bounded by [`CALL_TIMEOUT`], and a
-//! failed event is retried, in order, with a growing pause until [`RETRY_WINDOW`] has
-//! passed (containerd's own shims try for about 15 s), then dropped with a warning. Events
-//! queued meanwhile wait behind it, so none overtakes another. A queue of [`QUEUE_LIMIT`]
-//! events is full: a further event is dropped with an error rather than grow without
-//! bound while containerd stays away. Without `TTRPC_ADDRESS` (the shim driven directly
-//! over ttrpc) events are logged and dropped.
+//! failed event is retried, in order, with a growing pause. How long depends on why it
+//! failed:
+//! - containerd is away (no connection, a broken one, or no answer): for [`AWAY_WINDOW`].
+//!   A restarting containerd takes a while to serve again: it loads every plugin and
+//!   recovers every pod first (25 s on a 2-core emulated guest with a handful of pods).
+//!   containerd's own shims try for about 15 s and lose what happened meanwhile, an OOM
+//!   kill's reason among it.
+//! - containerd answers with an error: for [`REFUSED_WINDOW`], then the event is dropped
+//!   with an error, so that one event it will not take does not hold up the rest.
+//!
+//! Events queued meanwhile wait behind it, so none overtakes another. A queue of
+//! [`QUEUE_LIMIT`] events is full: a further event is dropped with an error rather than
+//! grow without bound while containerd stays away. Without `TTRPC_ADDRESS` (the shim
+//! driven directly over ttrpc) events are logged and dropped.
 
 use std::time::Duration;
 
@@ -41,8 +49,10 @@ enum Msg {
 
 /// How long one connect or forward may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a failed event is retried before it is dropped.
-pub const RETRY_WINDOW: Duration = Duration::from_secs(20);
+/// How long an event is retried while containerd cannot be reached, before it is dropped.
+pub const AWAY_WINDOW: Duration = Duration::from_secs(300);
+/// How long an event is retried while containerd answers it with an error.
+pub const REFUSED_WINDOW: Duration = Duration::from_secs(20);
 /// The pause after an event's first failure (doubled each time, up to `MAX_PAUSE`).
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(2);
@@ -246,6 +256,7 @@ async fn drain(mut rx: mpsc::Receiver<Msg>, address: String, namespace: String) 
         let first_try = tokio::time::Instant::now();
         let mut pause = FIRST_PAUSE;
         let mut attempt = 0u32;
+        let mut window = AWAY_WINDOW;
         loop {
             attempt += 1;
             match forward(&mut client, &address, &req).await {
@@ -258,9 +269,12 @@ async fn drain(mut rx: mpsc::Receiver<Msg>, address: String, namespace: String) 
                 Err(e) => {
                     log::warn!("publish {topic} (attempt {attempt}): {e}");
                     client = None;
+                    if matches!(e, Failure::Refused(_)) {
+                        window = REFUSED_WINDOW;
+                    }
                 }
             }
-            if first_try.elapsed() + pause > RETRY_WINDOW {
+            if first_try.elapsed() + pause > window {
                 log::error!(
                     "dropped {topic}: containerd did not take it for {:?} ({attempt} attempts)",
                     first_try.elapsed()
@@ -273,27 +287,53 @@ async fn drain(mut rx: mpsc::Receiver<Msg>, address: String, namespace: String) 
     }
 }
 
+/// Why a forward failed.
+enum Failure {
+    /// containerd could not be reached, the connection broke, or no answer came.
+    Away(String),
+    /// containerd answered with an error status.
+    Refused(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Away(e) => write!(f, "{e}"),
+            Failure::Refused(e) => write!(f, "containerd refused it: {e}"),
+        }
+    }
+}
+
 /// One forward, connecting first if needed; both bounded by [`CALL_TIMEOUT`].
 async fn forward(
     client: &mut Option<EventsClient>,
     address: &str,
     req: &ForwardRequest,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     if client.is_none() {
         let url = format!("unix://{address}");
         match tokio::time::timeout(CALL_TIMEOUT, ttrpc::r#async::Client::connect(&url)).await {
             Ok(Ok(c)) => *client = Some(EventsClient::new(c)),
-            Ok(Err(e)) => return Err(format!("connect to containerd at {address}: {e}")),
-            Err(_) => return Err(format!("connect to containerd at {address}: timed out")),
+            Ok(Err(e)) => {
+                return Err(Failure::Away(format!(
+                    "connect to containerd at {address}: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(Failure::Away(format!(
+                    "connect to containerd at {address}: timed out"
+                )))
+            }
         }
     }
     let Some(c) = client.as_ref() else {
-        return Err("no connection".into());
+        return Err(Failure::Away("no connection".into()));
     };
     let ctx = ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64);
     match tokio::time::timeout(CALL_TIMEOUT, c.forward(ctx, req)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
+        Ok(Err(e @ ttrpc::error::Error::RpcStatus(_))) => Err(Failure::Refused(e.to_string())),
+        Ok(Err(e)) => Err(Failure::Away(e.to_string())),
+        Err(_) => Err(Failure::Away("timed out".into())),
     }
 }

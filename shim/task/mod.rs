@@ -51,7 +51,8 @@ const IO_DRAIN: Duration = Duration::from_secs(2);
 
 /// How long an OOM-killed init's exit waits for its `/tasks/oom` to reach containerd: as
 /// long as the event is retried, so that a containerd restart does not lose the reason.
-const OOM_FLUSH: Duration = events::RETRY_WINDOW;
+/// Nobody waits on the exit meanwhile but containerd, and only once it is back.
+const OOM_FLUSH: Duration = events::AWAY_WINDOW;
 
 pub struct TaskService {
     inner: Arc<Inner>,
