@@ -182,6 +182,10 @@ fn parse_record(text: &str, path: &Path, id: &str, namespace: &str) -> TaskRecor
 /// How long one `runc delete --force` of `delete` may take (a poststop hook that hangs):
 /// containerd gives the whole `delete` command 5 s.
 const DELETE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long the retries of one container's `runc delete --force` may take together: ten
+/// tries of up to 3 s each outlasted containerd's 5 s, which kills `delete` before it has
+/// unmounted the rootfs or said what runc said.
+const DELETE_BUDGET: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Runs `cmd` with its output captured (a few pipe buffers of it at most: what runc prints
 /// for `delete` and `features`); killed, and `TimedOut`, when still running at `limit`.
@@ -265,14 +269,19 @@ fn cleanup_record(r: &TaskRecord, bundle: &Path) -> Result<()> {
         // what runc said if it never does.
         let state = r.root.join(&r.id);
         let mut said = String::new();
+        let deadline = std::time::Instant::now() + DELETE_BUDGET;
         for attempt in 0..DELETE_TRIES {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
             let mut c = std::process::Command::new(&r.runtime);
             c.arg("--root").arg(&r.root);
             if r.systemd_cgroup {
                 c.arg("--systemd-cgroup");
             }
             c.args(["delete", "--force", &r.id]);
-            match output_within(c, DELETE_CALL_TIMEOUT) {
+            match output_within(c, left.min(DELETE_CALL_TIMEOUT)) {
                 Ok(o) if o.status.success() => break,
                 Ok(o) => said = String::from_utf8_lossy(&o.stderr).trim().to_owned(),
                 Err(e) => said = e.to_string(),
