@@ -256,7 +256,9 @@ async fn drain(mut rx: mpsc::Receiver<Msg>, address: String, namespace: String) 
         let first_try = tokio::time::Instant::now();
         let mut pause = FIRST_PAUSE;
         let mut attempt = 0u32;
-        let mut window = AWAY_WINDOW;
+        // When containerd first answered this event with an error: from then on it has
+        // REFUSED_WINDOW, however long it was away before.
+        let mut refused_since = None;
         loop {
             attempt += 1;
             match forward(&mut client, &address, &req).await {
@@ -270,11 +272,15 @@ async fn drain(mut rx: mpsc::Receiver<Msg>, address: String, namespace: String) 
                     log::warn!("publish {topic} (attempt {attempt}): {e}");
                     client = None;
                     if matches!(e, Failure::Refused(_)) {
-                        window = REFUSED_WINDOW;
+                        refused_since.get_or_insert_with(tokio::time::Instant::now);
                     }
                 }
             }
-            if first_try.elapsed() + pause > window {
+            let (since, window) = match refused_since {
+                Some(at) => (at, REFUSED_WINDOW),
+                None => (first_try, AWAY_WINDOW),
+            };
+            if since.elapsed() + pause > window {
                 log::error!(
                     "dropped {topic}: containerd did not take it for {:?} ({attempt} attempts)",
                     first_try.elapsed()
