@@ -7,8 +7,9 @@
 # emulation they would only cost time.
 #
 # Usage: tests.sh LEG          prints the nextest filter expression for LEG
-#        tests.sh --check      fails if a test named below no longer exists (run.sh runs it
-#                              on the host, so that a renamed test cannot drop out unseen)
+#        tests.sh --check      fails if a test named below no longer exists, or a test of
+#                              the pod suites is named nowhere (run.sh runs it on the host,
+#                              so that a renamed or new test cannot drop out unseen)
 set -eu
 
 # Both legs: the tests whose outcome depends on the cgroup driver on pure v2, that is on
@@ -71,7 +72,7 @@ expr() { # LIST
 case ${1:?usage: tests.sh LEG|--check} in
 --check)
     all=$(cargo nextest list --run-ignored all --message-format oneline 2>/dev/null)
-    missing=""
+    missing="" unplaced=""
     for t in $both $systemd_only $host_only; do
         b=${t%%:*} n=${t#*:}
         [ "$b" = cove ] && id=cove || id="cove::$b"
@@ -81,11 +82,11 @@ case ${1:?usage: tests.sh LEG|--check} in
     # is put in a leg (or left to the host) on purpose.
     for b in cri_e2e cri_restart escape task_cri userns; do
         for n in $(printf '%s\n' "$all" | sed -n "s/^cove::$b //p"); do
-            printf '%s\n' $both $systemd_only $host_only | grep -qxF "$b:$n" || unplaced="${unplaced:-} $b:$n"
+            printf '%s\n' $both $systemd_only $host_only | grep -qxF "$b:$n" || unplaced="$unplaced $b:$n"
         done
     done
     [ -z "$missing" ] || { echo "test-vm: tests.sh names tests that do not exist:$missing" >&2; exit 1; }
-    [ -z "${unplaced:-}" ] || { echo "test-vm: tests.sh places no leg for:$unplaced" >&2; exit 1; }
+    [ -z "$unplaced" ] || { echo "test-vm: tests.sh places no leg for:$unplaced" >&2; exit 1; }
     ;;
 cgroupfs | systemd)
     e=$(expr "$both")
