@@ -10,8 +10,8 @@ cd "$(dirname "$0")/../.."
 checkout=$(pwd)
 legs=${*:-cgroupfs systemd}
 kernel=$(ls -v /boot/vmlinuz-* 2>/dev/null | tail -1)
-[ -n "$kernel" ] || { echo "test-vm: no guest kernel in /boot (make deps-vm installs one)" >&2; exit 1; }
-command -v vng >/dev/null || { echo "test-vm: virtme-ng is not installed (make deps-vm)" >&2; exit 1; }
+[ -n "$kernel" ] || { echo "test-vm: no guest kernel in /boot (make deps DEPS=vm installs one; make test-vm does)" >&2; exit 1; }
+command -v vng >/dev/null || { echo "test-vm: virtme-ng is not installed (make deps DEPS=vm)" >&2; exit 1; }
 command -v cargo-nextest >/dev/null || { echo "test-vm: cargo-nextest is required" >&2; exit 1; }
 
 work=/var/tmp/cove-vm.$$
