@@ -333,20 +333,19 @@ impl Manager {
             }
         };
         host.save(&sb.bundle)?;
-        if spec.from_cri {
-            match PodFiles::locate(&sb.bundle, &sb.id) {
-                Some(files) => {
-                    let r = files.create(spec, host);
-                    host.save(&sb.bundle)?;
-                    r?;
-                }
-                None => log::warn!(
+        let files = if spec.from_cri {
+            let files = PodFiles::locate(&sb.bundle, &sb.id);
+            if files.is_none() {
+                log::warn!(
                     "sandbox {}: bundle {} is not laid out by containerd; no pod files written",
                     sb.id,
                     sb.bundle.display()
-                ),
+                );
             }
-        }
+            files
+        } else {
+            None
+        };
         let cfg = PauseConfig {
             netns: sb.netns.clone(),
             new_uts: spec.own_uts(),
@@ -359,7 +358,28 @@ impl Manager {
             root: sb.bundle.clone(),
         };
         crate::failpoint::hit(crate::failpoint::START_SANDBOX_BEFORE_PAUSE).await;
-        let started = self.spawner.spawn(&cfg).await?;
+        // The pod files are written here while the helper, its setup child and the pause
+        // (other processes, on other cores) make the pause: the request goes out first,
+        // then the files, then the answer is read. Nothing of the pause needs the files.
+        let (spawned, written) = tokio::join!(self.spawner.spawn(&cfg), async {
+            match &files {
+                Some(f) => f.create(spec, host),
+                None => Ok(()),
+            }
+        });
+        if files.is_some() {
+            let saved = host.save(&sb.bundle);
+            if written.is_err() || saved.is_err() {
+                // A pause made beside files that could not be made or recorded: known to
+                // this start, so that undoing it kills the pause.
+                if let Ok(p) = &spawned {
+                    host.pause = proc_start_time(p.pid).map(|start| (p.pid, start));
+                }
+            }
+            saved?;
+        }
+        written?;
+        let started = spawned?;
         let pid = started.pid;
         if started.oom_score_adj != crate::oom_score::PAUSE_SCORE {
             log::warn!(
