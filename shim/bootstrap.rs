@@ -9,11 +9,10 @@
 //! group, so containerd's `CombinedOutput` never waits on a pipe the server holds.
 
 use std::io::{IsTerminal, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult};
 use containerd_shim::Flags;
@@ -27,8 +26,6 @@ use crate::state::Leftovers;
 /// The task API version of the bootstrap reply (containerd reuses our socket for tasks at 3).
 pub const BOOTSTRAP_VERSION: i32 = 3;
 /// Environment variables through which `start` hands descriptors to the server.
-pub(crate) const LISTEN_FD_ENV: &str = "COVE_LISTEN_FD";
-pub(crate) const READY_FD_ENV: &str = "COVE_READY_FD";
 /// Largest stdin payload `start` reads (containerd's own limit).
 const MAX_STDIN: u64 = 10 << 20;
 /// The file in the bundle that records the socket address, for `delete`.
@@ -143,41 +140,22 @@ fn sandbox_of_bundle() -> Option<String> {
 fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Result<()> {
     let path = Path::new(socket_path(address));
     let listener = bind_socket(path)?;
-    // Close-on-exec: only the write end (cleared below) and the listener go to the server.
     let (ready_rd, ready_wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context(|| "readiness pipe".into())?;
-    for fd in [listener.as_fd(), ready_wr.as_fd()] {
-        crate::sys::inherit_across_exec(fd).context(|| "pass descriptors to the server".into())?;
-    }
-    let exe = std::env::current_exe().context(|| "find own executable".into())?;
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "-namespace",
-        &flags.namespace,
-        "-id",
-        &flags.id,
-        "-address",
-        &flags.address,
-        "-socket",
-        address,
-    ])
-    .env(LISTEN_FD_ENV, listener.as_raw_fd().to_string())
-    .env(READY_FD_ENV, ready_wr.as_raw_fd().to_string())
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .process_group(0);
-    if flags.debug {
-        cmd.arg("-debug");
-    }
-    if let Some(t) = ttrpc_address {
-        cmd.env("TTRPC_ADDRESS", t);
-    }
-    let mut child = cmd.spawn().context(|| "spawn the shim server".into())?;
+    // The server is this process forked, not the binary exec'd again (as containerd's Go
+    // shims must): `start` has one thread and no runtime yet, so the child may go on as
+    // the server, and an exec and a start-up are saved on every pod's start.
+    let child = match crate::sys::fork().context(|| "fork the shim server".into())? {
+        crate::sys::Forked::Child => {
+            drop(ready_rd);
+            become_server(flags, address, ttrpc_address, listener, ready_wr)
+        }
+        crate::sys::Forked::Parent(pid) => pid,
+    };
     // As containerd's own shims: one above containerd, so the OOM killer takes a shim
     // before the daemon. Raising needs no privilege; a failure here is /proc's, and the
     // server then keeps containerd's score.
-    let _ = crate::oom_score::adjust_shim(child.id());
+    let _ = crate::oom_score::adjust_shim(child.as_raw() as u32);
     drop(ready_wr);
     drop(listener);
     let mut ready = std::fs::File::from(ready_rd);
@@ -185,14 +163,72 @@ fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Re
     if buf.as_slice() == b"ok" {
         return Ok(());
     }
-    let _ = child.kill();
-    let status = child.wait().ok();
+    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+    let status = nix::sys::wait::waitpid(child, None).ok();
     let _ = std::fs::remove_file(path);
     Err(Error::Internal(format!(
         "shim server for {} did not come up ({}; exit {status:?}); see the shim log",
         flags.id,
         String::from_utf8_lossy(&buf)
     )))
+}
+
+/// The forked server: its own process group, stdio on /dev/null (containerd reads
+/// `start`'s output until every holder of the pipe has closed it), containerd's ttrpc
+/// address for its events, then the server; it exits when the server returns.
+fn become_server(
+    flags: &Flags,
+    address: &str,
+    ttrpc_address: Option<&str>,
+    listener: UnixListener,
+    ready: OwnedFd,
+) -> ! {
+    let code = match detach_for_server(ttrpc_address) {
+        Ok(()) => {
+            let server_flags = Flags {
+                debug: flags.debug,
+                namespace: flags.namespace.clone(),
+                id: flags.id.clone(),
+                socket: address.to_owned(),
+                bundle: flags.bundle.clone(),
+                address: flags.address.clone(),
+                publish_binary: flags.publish_binary.clone(),
+                ..Default::default()
+            };
+            match crate::server::serve(&server_flags, listener, ready) {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::error!("shim server: {e}");
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            // Said on the readiness pipe instead of "ok": `start` reports it.
+            drop(listener);
+            let _ = std::fs::File::from(ready).write_all(e.to_string().as_bytes());
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn detach_for_server(ttrpc_address: Option<&str>) -> Result<()> {
+    nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+        .context(|| "own process group".into())?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context(|| "open /dev/null".into())?;
+    for fd in 0..=2 {
+        nix::unistd::dup2(null.as_raw_fd(), fd).context(|| "stdio on /dev/null".into())?;
+    }
+    if let Some(t) = ttrpc_address {
+        // One thread: the environment may change.
+        std::env::set_var("TTRPC_ADDRESS", t);
+    }
+    Ok(())
 }
 
 /// How long `start` waits for the server it spawned to say it is serving (it binds

@@ -1,4 +1,4 @@
-//! `containerd-shim-cove-v1`: argv dispatch only (-v, -info, start, delete, server).
+//! `containerd-shim-cove-v1`: argv dispatch only (-v, -info, start, delete, the pause).
 #![deny(unsafe_code)]
 
 use cove::bootstrap;
@@ -27,7 +27,10 @@ fn main() {
         match flags.action.as_str() {
             "start" => bootstrap::start(&flags),
             "delete" => bootstrap::delete(&flags),
-            _ => cove::server::serve(&flags),
+            // The server is forked by `start`; it has no action of its own.
+            other => Err(cove::error::Error::InvalidArgument(format!(
+                "unknown action {other:?}: expected start or delete (or -v, -info)"
+            ))),
         }
     };
     if let Err(e) = result {

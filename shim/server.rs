@@ -1,8 +1,9 @@
 //! The shim server: one process per pod sandbox (or plain task), serving the Sandbox and
 //! Task v3 services on one ttrpc socket until its [`Lifetime`] says it is done.
 //!
-//! Before its runtime starts it adopts the listener and readiness pipe that `start` handed
-//! over, becomes a child subreaper and forks the pause helper (while it has one thread).
+//! `start` forks it (no exec) with the bound listener and a readiness pipe. Before its
+//! runtime starts it becomes a child subreaper and forks the pause helper (while it has
+//! one thread).
 //! It serves only connections from its own effective uid and gid (`SameUser`).
 //! Asked to go, it unlinks its socket (so the next `start` for its id makes a new server),
 //! waits (bounded) for its clients to take their last replies and close, and exits.
@@ -15,20 +16,13 @@ use std::sync::Arc;
 
 use containerd_shim::Flags;
 
-use crate::bootstrap::{socket_path, LISTEN_FD_ENV, READY_FD_ENV};
+use crate::bootstrap::socket_path;
 use crate::error::{Error, IoContext, Result};
 use crate::lifetime::Lifetime;
 
 /// The server: runs until its last sandbox is shut down (or Task.Shutdown with none alive).
-pub fn serve(flags: &Flags) -> Result<()> {
-    if flags.socket.is_empty() {
-        return Err(Error::InvalidArgument("server mode needs -socket".into()));
-    }
+pub fn serve(flags: &Flags, listener: UnixListener, ready: OwnedFd) -> Result<()> {
     nix::sys::prctl::set_child_subreaper(true).context(|| "become a child subreaper".into())?;
-    // The two descriptors `start` hands over, adopted while they are still inheritable
-    // (which is how they are told from descriptors this process owns).
-    let listener = take_fd(LISTEN_FD_ENV).map(UnixListener::from);
-    let ready = take_fd(READY_FD_ENV);
     // Nothing else this process inherited goes on to runc, hooks or log drivers.
     if let Err(e) = crate::sys::close_on_exec_from(3) {
         eprintln!("cove: close-on-exec on inherited descriptors: {e}");
@@ -42,19 +36,10 @@ pub fn serve(flags: &Flags) -> Result<()> {
     runtime.block_on(run_server(flags, listener, ready, helper))
 }
 
-/// Adopts a descriptor `start` handed over (close-on-exec again, so that no runc, hook or
-/// log driver the server runs inherits it). Called before the runtime starts: the
-/// environment is changed while the process has one thread.
-fn take_fd(env: &str) -> Option<OwnedFd> {
-    let fd = std::env::var(env).ok()?.parse().ok()?;
-    std::env::remove_var(env);
-    crate::sys::adopt_inherited(fd)
-}
-
 async fn run_server(
     flags: &Flags,
-    listener: Option<UnixListener>,
-    ready: Option<OwnedFd>,
+    listener: UnixListener,
+    ready: OwnedFd,
     helper: crate::pause::HelperHandle,
 ) -> Result<()> {
     if Path::new("log").exists() {
@@ -75,10 +60,6 @@ async fn run_server(
         lifetime.clone(),
     ));
 
-    let listener = match listener {
-        Some(l) => l,
-        None => crate::bootstrap::bind_socket(std::path::Path::new(socket_path(&flags.socket)))?,
-    };
     listener
         .set_nonblocking(true)
         .context(|| "nonblocking listener".into())?;
@@ -115,9 +96,7 @@ async fn run_server(
         .start()
         .await
         .map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
-    if let Some(fd) = ready {
-        let _ = std::fs::File::from(fd).write_all(b"ok");
-    }
+    let _ = std::fs::File::from(ready).write_all(b"ok");
     log::info!(
         "cove {} serving {} on {}",
         env!("CARGO_PKG_VERSION"),

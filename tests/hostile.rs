@@ -659,7 +659,7 @@ async fn a_start_for_the_same_id_after_shutdown_gets_a_new_server() {
     let shim = Shim::start("again");
     let old = shim.server_pid();
     // The old server and the pause helper it forked.
-    let old_procs = common::pids_with(&shim.socket().to_string_lossy());
+    let old_procs = shim.procs();
     let (_, task, c) = shim.clients().await;
     // A second client that stays connected: the old server waits (bounded) for it.
     let (_, _, lingering) = shim.clients().await;

@@ -253,17 +253,6 @@ pub fn drop_all_capabilities() -> nix::Result<()> {
     Ok(())
 }
 
-/// Clears FD_CLOEXEC so that `fd` survives an exec.
-pub fn inherit_across_exec(fd: BorrowedFd<'_>) -> nix::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    let flags = FdFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD)?);
-    fcntl(
-        fd.as_raw_fd(),
-        FcntlArg::F_SETFD(flags - FdFlag::FD_CLOEXEC),
-    )?;
-    Ok(())
-}
-
 /// Sets FD_CLOEXEC so that `fd` does not survive an exec.
 pub fn close_on_exec(fd: BorrowedFd<'_>) -> nix::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};

@@ -138,11 +138,17 @@ impl Shim {
             .unwrap_or_else(|| panic!("no server for {}", self.socket().display()))
     }
 
-    /// The servers started for this shim's socket (two while one is exiting and its
-    /// successor is up). Pause processes and the pause helper are forked from a server and
-    /// carry its command line; a server is the one whose parent is none of them.
+    /// This shim's processes: its servers (forked by `start`, whose command line they
+    /// keep: it names the id), their pause helpers and pause processes.
+    pub fn procs(&self) -> Vec<i32> {
+        super::pids_with(&self.id)
+    }
+
+    /// The servers started for this shim's id (two while one is exiting and its successor
+    /// is up). Pause processes and the pause helper are forked from a server; a server is
+    /// the one whose parent is none of them.
     pub fn servers(&self) -> Vec<i32> {
-        let all = super::pids_with(&self.socket().to_string_lossy());
+        let all = self.procs();
         let parent = |pid: i32| -> Option<i32> {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             stat.rsplit_once(')')?
@@ -181,8 +187,7 @@ impl Drop for Shim {
     /// As containerd after a failure: the server (if a failed test left it running) is
     /// killed, then `delete` cleans up.
     fn drop(&mut self) {
-        let socket = self.socket().to_string_lossy().into_owned();
-        for pid in super::pids_with(&socket) {
+        for pid in self.procs() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
