@@ -237,6 +237,12 @@ fn create_pause(cfg: &PauseConfig) -> std::result::Result<Started, String> {
         Some(p) => Some(open_netns(p).map_err(|e| format!("open netns {}: {e}", p.display()))?),
         None => None,
     };
+    if cfg.userns.is_none() {
+        match clone_pause_directly(cfg, netns.as_ref()) {
+            Direct::Done(result) => return result,
+            Direct::Unsupported => {}
+        }
+    }
     let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     match sys::fork().map_err(|e| format!("fork: {e}"))? {
         Forked::Child => {
@@ -275,6 +281,147 @@ fn create_pause(cfg: &PauseConfig) -> std::result::Result<Started, String> {
             ))
         }
     }
+}
+
+/// What [`clone_pause_directly`] did.
+enum Direct {
+    /// The pause was made, or could not be: the answer for the shim.
+    Done(std::result::Result<Started, String>),
+    /// This kernel cannot clone it so (no clone3, or no `CLONE_INTO_CGROUP`): the setup
+    /// child makes it.
+    Unsupported,
+}
+
+/// Runs in the helper, for a pod without a user namespace: clones the pause itself, as a
+/// child of the shim (`CLONE_PARENT`), so that no setup child is forked and reaped on the
+/// way. The pause then does, as its first steps, what the setup child would have done
+/// before cloning it (join its v1 cgroups and the pod's network namespace, lower its OOM
+/// score): it is still the host's root, in the host's mount namespace, and not yet
+/// visible to any container. Its exit is the shim's to reap, as it is once a setup child
+/// has gone; the helper only waits (bounded) for its readiness, and kills it when it
+/// does not come.
+fn clone_pause_directly(cfg: &PauseConfig, netns: Option<&File>) -> Direct {
+    let mut v1_tasks = Vec::new();
+    let mut v2_dir: Option<OwnedFd> = None;
+    for dir in &cfg.cgroups {
+        let tasks = dir.join("tasks");
+        if tasks.exists() {
+            v1_tasks.push(tasks);
+        } else {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(dir)
+            {
+                Ok(fd) => v2_dir = Some(OwnedFd::from(fd)),
+                Err(e) => return Direct::Done(Err(format!("open cgroup {}: {e}", dir.display()))),
+            }
+        }
+    }
+    let (ready_rd, ready_wr) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => return Direct::Done(Err(format!("pipe: {e}"))),
+    };
+    let mut flags = CloneFlags::CLONE_PARENT;
+    flags.set(CloneFlags::CLONE_NEWUTS, cfg.new_uts);
+    flags.set(CloneFlags::CLONE_NEWIPC, cfg.new_ipc);
+    flags.set(CloneFlags::CLONE_NEWPID, cfg.new_pid);
+    let forked = match sys::fork_with(flags, v2_dir.as_ref().map(|fd| fd.as_fd())) {
+        Err(nix::Error::ENOSYS | nix::Error::EINVAL | nix::Error::E2BIG) => {
+            return Direct::Unsupported
+        }
+        Err(e) => return Direct::Done(Err(format!("clone the pause: {e}"))),
+        Ok(f) => f,
+    };
+    match forked {
+        Forked::Child => {
+            drop(ready_rd);
+            match first_steps(&v1_tasks, netns).and_then(|()| enter_pod(cfg, None)) {
+                Ok(()) => confine::prepare_and_exec(ready_wr, &cfg.root),
+                Err(e) => confine::fail(ready_wr, &e),
+            }
+        }
+        Forked::Parent(pid) => {
+            drop(ready_wr);
+            Direct::Done(await_ready(pid, ready_rd, false).and_then(|()| {
+                let oom_score_adj = crate::oom_score::read(Some(pid.as_raw() as u32))
+                    .map_err(|e| format!("pause process {pid}: read its oom_score_adj: {e}"))?;
+                Ok(Started {
+                    pid: pid.as_raw(),
+                    oom_score_adj,
+                })
+            }))
+        }
+    }
+}
+
+/// The direct path's pause, first: into its v1 cgroups (through `tasks`, as the setup
+/// child does) and the pod's network namespace, and its OOM score lowered (inherited by
+/// nothing: it is PID 1 and has no children yet).
+fn first_steps(v1_tasks: &[PathBuf], netns: Option<&File>) -> std::result::Result<(), String> {
+    for tasks in v1_tasks {
+        std::fs::write(tasks, "0").map_err(|e| format!("join cgroup {}: {e}", tasks.display()))?;
+    }
+    if let Some(ns) = netns {
+        nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("join network namespace: {e}"))?;
+    }
+    crate::oom_score::lower_own_towards(crate::oom_score::PAUSE_SCORE)
+        .map(drop)
+        .map_err(|e| format!("set oom_score_adj: {e}"))
+}
+
+/// Waits for the pause's readiness byte ("1" once it is confined) or its reason for
+/// failing, at most [`PAUSE_READY_TIMEOUT`]; a pause that says nothing by then is
+/// killed. `reap`: the pause is the caller's child (the setup child's), to be reaped on
+/// failure; else it is the shim's.
+fn await_ready(
+    pid: nix::unistd::Pid,
+    ready_rd: OwnedFd,
+    reap: bool,
+) -> std::result::Result<(), String> {
+    let mut said = Vec::new();
+    let ready = File::from(ready_rd);
+    let mut pfd = [nix::poll::PollFd::new(
+        ready.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let timeout = nix::poll::PollTimeout::try_from(PAUSE_READY_TIMEOUT.as_millis() as i32)
+        .unwrap_or(nix::poll::PollTimeout::MAX);
+    let polled = loop {
+        match nix::poll::poll(&mut pfd, timeout) {
+            Err(nix::Error::EINTR) => continue,
+            other => break other,
+        }
+    };
+    if polled != Ok(0) {
+        let _ = (&ready).take(4096).read_to_end(&mut said);
+    } else {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        if reap {
+            let _ = waitpid(pid, None);
+        }
+        return Err(format!(
+            "pause process {pid} was not ready within {}s; killed",
+            PAUSE_READY_TIMEOUT.as_secs()
+        ));
+    }
+    if said == b"1" {
+        return Ok(());
+    }
+    let status = if reap {
+        format!(": {:?}", waitpid(pid, Some(WaitPidFlag::WNOHANG)))
+    } else {
+        String::new()
+    };
+    if said.is_empty() {
+        return Err(format!("pause process {pid} died during setup{status}"));
+    }
+    Err(format!(
+        "pause process {pid}: {}",
+        String::from_utf8_lossy(&said)
+    ))
 }
 
 /// How long the shim waits for the pause helper's answer: the setup child's own bound on
@@ -404,7 +551,7 @@ fn setup_and_fork_pause(
         Forked::Child => {
             drop(ready_rd);
             drop(mapped_wr);
-            match enter_pod(cfg, mapped_rd) {
+            match enter_pod(cfg, Some(mapped_rd)) {
                 Ok(()) => confine::prepare_and_exec(ready_wr, &cfg.root),
                 Err(e) => confine::fail(ready_wr, &e),
             }
@@ -423,44 +570,10 @@ fn setup_and_fork_pause(
             // "1" once it is confined, or why it could not be; then EOF either way. A pause
             // that says nothing within PAUSE_READY_TIMEOUT is killed: StartSandbox (and the
             // pod's lock it holds) must not wait on it forever.
-            let mut said = Vec::new();
-            let ready = File::from(ready_rd);
-            let mut pfd = [nix::poll::PollFd::new(
-                ready.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let timeout = nix::poll::PollTimeout::try_from(PAUSE_READY_TIMEOUT.as_millis() as i32)
-                .unwrap_or(nix::poll::PollTimeout::MAX);
-            let polled = loop {
-                match nix::poll::poll(&mut pfd, timeout) {
-                    Err(nix::Error::EINTR) => continue,
-                    other => break other,
-                }
-            };
-            if polled != Ok(0) {
-                let _ = (&ready).take(4096).read_to_end(&mut said);
-            } else {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                let _ = waitpid(pid, None);
-                return Err(format!(
-                    "pause process {pid} was not ready within {}s; killed",
-                    PAUSE_READY_TIMEOUT.as_secs()
-                ));
-            }
-            if said == b"1" {
-                return Ok(Started {
-                    pid: pid.as_raw(),
-                    oom_score_adj,
-                });
-            }
-            let status = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-            if said.is_empty() {
-                return Err(format!("pause process {pid} died during setup: {status:?}"));
-            }
-            Err(format!(
-                "pause process {pid}: {}",
-                String::from_utf8_lossy(&said)
-            ))
+            await_ready(pid, ready_rd, true).map(|()| Started {
+                pid: pid.as_raw(),
+                oom_score_adj,
+            })
         }
     }
 }
@@ -469,8 +582,8 @@ fn setup_and_fork_pause(
 /// mapped, it becomes root there, then sets the pod's hostname and sysctls, with the
 /// kernel's checks for that namespace (a sysctl that needs the host's is refused, as on
 /// the runc pod path, where the pause container's init writes them).
-fn enter_pod(cfg: &PauseConfig, mapped: OwnedFd) -> std::result::Result<(), String> {
-    if cfg.userns.is_some() {
+fn enter_pod(cfg: &PauseConfig, mapped: Option<OwnedFd>) -> std::result::Result<(), String> {
+    if let (Some(_), Some(mapped)) = (&cfg.userns, &mapped) {
         let mut b = [0u8; 1];
         // EOF once the setup process wrote the maps (it kills this process if it could not).
         loop {

@@ -130,7 +130,8 @@ pub(crate) unsafe fn clone3(args: &CloneArgs) -> libc::c_long {
 }
 
 /// Like [`fork_single_threaded`] (clone3, Linux 5.3+), with the child in new namespaces
-/// and, when `cgroup` is given, born in that cgroup v2 directory (`CLONE_INTO_CGROUP`,
+/// (and, with `CLONE_PARENT` among `namespaces`, a child of the caller's parent) and,
+/// when `cgroup` is given, born in that cgroup v2 directory (`CLONE_INTO_CGROUP`,
 /// Linux 5.7+). Being born there costs the kernel no migration: writing a pid into
 /// `cgroup.procs` takes a global lock whose first writer waits for an RCU grace period
 /// (~10 ms on a busy 2-core VM). Fails with ENOSYS, or EINVAL/E2BIG for the cgroup, where
@@ -148,11 +149,16 @@ pub unsafe fn clone_into(
     if cgroup.is_some() {
         flags |= CLONE_INTO_CGROUP;
     }
-    let args = CloneArgs {
+    let mut args = CloneArgs {
         flags,
         cgroup: cgroup.map_or(0, |c| c.as_raw_fd() as u64),
         ..CloneArgs::forking()
     };
+    if namespaces.contains(nix::sched::CloneFlags::CLONE_PARENT) {
+        // The child is the caller's sibling; clone3 takes no exit signal then (EINVAL):
+        // the kernel gives the child the caller's own (SIGCHLD for a forked caller).
+        args.exit_signal = 0;
+    }
     // SAFETY: with no stack given, clone3 duplicates the caller like fork(2) and both
     // return here. The caller's guarantee (one thread, so no lock is held by another)
     // makes the child as safe as after fork(2).
