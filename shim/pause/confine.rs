@@ -87,6 +87,20 @@ impl<T> Step<T> for nix::Result<T> {
     }
 }
 
+/// Whether this binary is statically linked (glibc's `crt-static`, as `make build` and
+/// `make release` link it). A dynamically linked pause would map the host's shared
+/// libraries (libc, the loader) from their host mounts, and a container allowed to
+/// ptrace it and holding CAP_CHECKPOINT_RESTORE could open those mappings for writing
+/// through `/proc/1/map_files`: a write to the node's libc. A static pause maps only its
+/// own binary, from a read-only mount.
+const STATIC: bool = cfg!(target_feature = "crt-static");
+
+/// Why a dynamically linked shim makes no pause.
+const DYNAMIC_REFUSED: &str = "this containerd-shim-cove-v1 is dynamically linked, and its \
+     pause would map the host's shared libraries where a container could reach them \
+     (/proc/1/map_files); build it statically (make build, or RUSTFLAGS=\"-C \
+     target-feature=+crt-static\" cargo build --release --target <triple>)";
+
 /// Where the pause's root is mounted inside its own mount namespace: a directory every
 /// host has and whose name says nothing about it. The name shows in the pause's own
 /// `/proc/self/maps` while its runtime starts (glibc reads it to find the main stack), and
@@ -96,6 +110,9 @@ impl<T> Step<T> for nix::Result<T> {
 const NEUTRAL_MOUNT_POINT: &str = "/tmp";
 
 fn prepare(sandbox_dir: &Path) -> Result<(std::ffi::CString, OwnedFd, OwnedFd), String> {
+    if !STATIC {
+        return Err(DYNAMIC_REFUSED.into());
+    }
     let neutral = Path::new(NEUTRAL_MOUNT_POINT);
     let root = if neutral.is_dir() {
         neutral
@@ -346,6 +363,15 @@ fn seccomp_program() -> Result<seccompiler::BpfProgram, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Test builds link dynamically: the pause refuses before it touches a namespace.
+    #[cfg(not(target_feature = "crt-static"))]
+    #[test]
+    fn a_dynamically_linked_shim_makes_no_pause() {
+        let refused = prepare(Path::new("/nonexistent")).map(drop).unwrap_err();
+        assert_eq!(refused, DYNAMIC_REFUSED);
+        assert!(refused.contains("map_files"));
+    }
 
     #[test]
     fn the_filter_compiles_for_this_architecture() {
