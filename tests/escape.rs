@@ -143,6 +143,15 @@ async fn probe_pod(
         "{handler}: the pause outlives every signal but TERM, INT and HUP"
     );
     if handler == "cove" {
+        // The pause's cgroup namespace is rooted at its own cgroup: seen from inside that
+        // namespace, the pause's cgroup is the root in every hierarchy. Rooted higher (at
+        // the shim's cgroup, where the pause was before systemd moved it into its scope),
+        // a container allowed to enter it would see, and make cgroups in, the shim's.
+        let own = cgroups_seen_from_own_namespace(pause);
+        assert!(
+            !own.is_empty() && own.lines().all(|l| l.ends_with(":/")),
+            "{handler}: the pause's cgroup namespace is rooted at its own cgroup:\n{own}"
+        );
         // What a container allowed to ptrace the pause could read of its memory: nothing
         // of the shim's arguments, environment or paths (containerd's addresses, in the
         // shim's -address and its TTRPC_ADDRESS and GRPC_ADDRESS, start with the socket
@@ -156,6 +165,22 @@ async fn probe_pod(
         }
     }
     (pod, seen)
+}
+
+/// `/proc/<pid>/cgroup` as a process in `pid`'s cgroup namespace reads it: each
+/// hierarchy's path of `pid` relative to that namespace's root.
+fn cgroups_seen_from_own_namespace(pid: u32) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--cgroup=/proc/{pid}/ns/cgroup"))
+        .args(["cat", &format!("/proc/{pid}/cgroup")])
+        .output()
+        .expect("run nsenter");
+    assert!(
+        out.status.success(),
+        "nsenter into the cgroup namespace of {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Every readable mapping of `pid`'s memory, read as root from the host.

@@ -185,6 +185,11 @@ impl PauseSpawner {
         }
     }
 
+    /// The helper's pid, while it can still make the pause.
+    pub async fn helper_pid(&self) -> Option<i32> {
+        self.conn.lock().await.as_ref().map(|c| c.pid)
+    }
+
     /// Lets the helper exit; later `spawn` calls fail.
     pub async fn close(&self) {
         self.conn.lock().await.take();

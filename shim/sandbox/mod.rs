@@ -306,7 +306,7 @@ impl Manager {
         let spec = &sb.spec;
         let pause_cg = spec.pause_cgroup(&sb.id);
         // cgroupfs: cove makes the directories and the pause is born in them. systemd: the
-        // pause starts where the shim is, and systemd moves it into its scope.
+        // pause helper is moved into the pod's scope first, and the pause is born there.
         let systemd = if spec.systemd() {
             Some(Systemd::connect().await?)
         } else {
@@ -357,6 +357,19 @@ impl Manager {
             userns: spec.userns.clone(),
             root: sb.bundle.clone(),
         };
+        if let Some(sd) = &systemd {
+            // The helper goes into the pod's scope, so that the pause is born in it and
+            // makes its cgroup namespace there: made in the shim's cgroup and moved after,
+            // the pause's namespace would be rooted at the shim's cgroup, which a container
+            // allowed to enter it could then see and make cgroups in. The helper leaves the
+            // scope when it exits, once the pause is made.
+            let helper = self.spawner.helper_pid().await.ok_or_else(|| {
+                Error::FailedPrecondition("this shim has already created its pause process".into())
+            })?;
+            let what = format!("cove pod sandbox {}", sb.id);
+            sd.start_scope(&scope, &spec.cgroup_parent, helper as u32, &what)
+                .await?;
+        }
         crate::failpoint::hit(crate::failpoint::START_SANDBOX_BEFORE_PAUSE).await;
         // The pod files are written here while the helper, its setup child and the pause
         // (other processes, on other cores) make the pause: the request goes out first,
@@ -400,10 +413,10 @@ impl Manager {
         }
         host.save(&sb.bundle)?;
         crate::failpoint::hit(crate::failpoint::START_SANDBOX_AFTER_PAUSE).await;
-        if let Some(sd) = &systemd {
-            let what = format!("cove pod sandbox {}", sb.id);
-            sd.start_scope(&scope, &spec.cgroup_parent, pid as u32, &what)
-                .await?;
+        if systemd.is_some() && !in_scope(pid, &scope) {
+            return Err(Error::Internal(format!(
+                "pause process {pid} is not in its systemd scope {scope}"
+            )));
         }
         Ok((pid, at))
     }
@@ -607,6 +620,17 @@ fn goarch_of(arch: &'static str, little_endian: bool) -> &'static str {
         // arm, mips, mips64, riscv64, s390x: the same name in Go.
         (other, _) => other,
     }
+}
+
+/// Whether process `pid` is in systemd scope `scope` (its unified or `name=systemd` path
+/// ends with it).
+fn in_scope(pid: i32, scope: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+        text.lines().any(|l| {
+            (l.starts_with("0::") || l.contains(":name=systemd:"))
+                && l.trim_end().ends_with(&format!("/{scope}"))
+        })
+    })
 }
 
 #[cfg(test)]
