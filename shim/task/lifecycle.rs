@@ -192,9 +192,20 @@ impl Inner {
         let pid = read_pid(&pid_file)?;
         crate::failpoint::hit(crate::failpoint::TASK_CREATE_AFTER_RUNC).await;
         let exit = self.reaper.watch(pid as i32, born);
+        // The container's cgroup, read from its init's pid before anything is awaited: the
+        // reaper runs on this thread, so an init it has not reaped yet keeps its pid (a
+        // zombie at worst) and the pid names no other process. An init already reaped
+        // (killed at once, by a sibling in a shared pid namespace) may have left its pid
+        // to a host process, whose cgroup must never become the container's (a kill of
+        // every process in it would follow the init's exit): none is read then.
+        let cgroup = if exit.borrow().is_none() {
+            crate::cgroups::cgroup_of(pid, &self.layout)
+        } else {
+            None
+        };
         let io = prep.finish().await?;
         c.init.set_created(pid, io);
-        if let Some(cg) = crate::cgroups::cgroup_of(pid, &self.layout) {
+        if let Some(cg) = cgroup {
             *lock(&c.oom) = oom::Oom::watch(
                 &self.layout,
                 &cg,
