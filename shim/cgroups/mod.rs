@@ -424,6 +424,7 @@ fn kill_listed(dir: &Path) -> std::io::Result<Listed> {
     let Some(mut listed) = read()? else {
         return Ok(Listed::Gone(0));
     };
+    let batch_size = pidfd_batch();
     for _ in 0..KILL_ROUNDS {
         let new: Vec<i32> = listed
             .iter()
@@ -435,7 +436,7 @@ fn kill_listed(dir: &Path) -> std::io::Result<Listed> {
         }
         // In batches, so that a crowded cgroup never holds the shim near its descriptor
         // limit.
-        for batch in new.chunks(PIDFD_BATCH) {
+        for batch in new.chunks(batch_size) {
             let pinned: Vec<(i32, nix::Result<std::os::fd::OwnedFd>)> = batch
                 .iter()
                 .map(|&p| (p, crate::sys::pidfd_open(p)))
@@ -443,8 +444,10 @@ fn kill_listed(dir: &Path) -> std::io::Result<Listed> {
             let Some(now) = read()? else {
                 return Ok(Listed::Gone(killed.len()));
             };
+            // A set: a crowded cgroup is looked up once per pinned pid.
+            let still: std::collections::HashSet<i32> = now.iter().copied().collect();
             for (pid, fd) in pinned {
-                if !now.contains(&pid) {
+                if !still.contains(&pid) {
                     continue;
                 }
                 let sent = match fd {
@@ -543,8 +546,20 @@ pub(crate) fn has_child_cgroups(d: &Path) -> bool {
 /// Reads of `cgroup.procs` before kill_all gives up on a cgroup that keeps growing.
 const KILL_ROUNDS: usize = 1000;
 
-/// How many pids kill_all pins with pidfds at a time.
-const PIDFD_BATCH: usize = 256;
+/// How many pids kill_all pins with pidfds at a time: a quarter of the descriptors the
+/// shim may open, between [`PIDFD_BATCH_MIN`] and [`PIDFD_BATCH_MAX`]. Each batch costs a
+/// read of `cgroup.procs`, so a cgroup of 100k processes takes a few reads where
+/// containerd's shims run with a high limit, not hundreds.
+fn pidfd_batch() -> usize {
+    crate::sys::open_files_limit()
+        .map_or(PIDFD_BATCH_MIN, |l| {
+            usize::try_from(l / 4).unwrap_or(PIDFD_BATCH_MAX)
+        })
+        .clamp(PIDFD_BATCH_MIN, PIDFD_BATCH_MAX)
+}
+
+const PIDFD_BATCH_MIN: usize = 256;
+const PIDFD_BATCH_MAX: usize = 16384;
 
 /// How often removal retries a busy cgroup, and how long it pauses between tries.
 const REMOVE_RETRIES: u32 = 50;

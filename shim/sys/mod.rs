@@ -259,6 +259,17 @@ pub fn drop_all_capabilities() -> nix::Result<()> {
     Ok(())
 }
 
+/// The calling process's soft limit on open descriptors (RLIMIT_NOFILE).
+pub fn open_files_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    (rc == 0).then_some(r.rlim_cur)
+}
+
 /// Sets FD_CLOEXEC so that `fd` does not survive an exec.
 pub fn close_on_exec(fd: BorrowedFd<'_>) -> nix::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
