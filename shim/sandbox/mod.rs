@@ -62,6 +62,24 @@ pub struct Sandbox {
     exited: watch::Sender<Option<Exit>>,
     /// What exists on the host; its lock also serializes Start, Stop and Shutdown.
     host: tokio::sync::Mutex<Leftovers>,
+    /// How StopSandbox signals the pause process.
+    pause: Mutex<PauseHandle>,
+}
+
+/// How the pause process is signalled. The reaper reaps its exit and the sandbox is
+/// marked stopped in two steps; a signal by pid between them could reach a process the
+/// kernel has since given that pid. A pidfd taken while the pause was unreaped cannot.
+#[derive(Debug, Default)]
+enum PauseHandle {
+    /// Not pinned (no pause yet): signalled by pid.
+    #[default]
+    None,
+    /// A pidfd of the pause.
+    Pidfd(std::os::fd::OwnedFd),
+    /// No pidfd here (Linux before 5.3): signalled by pid.
+    Pid,
+    /// Reaped before it could be pinned: not signalled.
+    Reaped,
 }
 
 impl Sandbox {
@@ -71,6 +89,20 @@ impl Sandbox {
 
     pub fn meta(&self) -> Meta {
         lock(&self.meta).clone()
+    }
+
+    /// Signals the pause process through its pidfd (by `pid` only where there is none).
+    fn signal_pause(&self, pid: Pid, sig: Signal) {
+        use std::os::fd::AsFd;
+        match &*lock(&self.pause) {
+            PauseHandle::Pidfd(fd) => {
+                let _ = crate::sys::pidfd_send_signal(fd.as_fd(), sig);
+            }
+            PauseHandle::Pid | PauseHandle::None => {
+                let _ = kill(pid, sig);
+            }
+            PauseHandle::Reaped => {}
+        }
     }
 
     fn set_exited(&self, exit: Exit) {
@@ -246,6 +278,7 @@ impl Manager {
                 phase: Mutex::new(Phase::Created),
                 exited: watch::channel(None).0,
                 host: tokio::sync::Mutex::new(Leftovers::default()),
+                pause: Mutex::new(PauseHandle::None),
             }),
         );
         self.lifetime.sandbox_added();
@@ -282,6 +315,16 @@ impl Manager {
         let (pid, at) = result?;
         let pid_u = pid as u32;
         let mut rx = self.reaper.watch(pid, born);
+        // Pinned before anything is awaited: the reaper runs on this thread, so a pause it
+        // has not reaped yet still holds its pid.
+        *lock(&sb.pause) = if rx.borrow().is_some() {
+            PauseHandle::Reaped
+        } else {
+            match crate::sys::pidfd_open(pid) {
+                Ok(fd) => PauseHandle::Pidfd(fd),
+                Err(_) => PauseHandle::Pid,
+            }
+        };
         {
             let mut p = lock(&sb.phase);
             *p = p.started(id, pid_u, at)?;
@@ -443,13 +486,13 @@ impl Manager {
                 let pid = Pid::from_raw(pid as i32);
                 log::info!("stop sandbox {}: SIGTERM to pause process {pid}", sb.id);
                 if !grace.is_zero() {
-                    let _ = kill(pid, Signal::SIGTERM);
+                    sb.signal_pause(pid, Signal::SIGTERM);
                     if sb.wait_for(grace).await.is_some() {
                         return Ok(());
                     }
                 }
                 log::info!("stop sandbox {}: SIGKILL to pause process {pid}", sb.id);
-                let _ = kill(pid, Signal::SIGKILL);
+                sb.signal_pause(pid, Signal::SIGKILL);
                 // The pause is init of the pod's pid namespace: it is gone only when every
                 // process of the pod is, and one in uninterruptible sleep (a hung network
                 // filesystem) holds it. The call (and the pod's lock) is let go after
