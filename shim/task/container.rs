@@ -268,11 +268,6 @@ fn cleanup_record(r: &TaskRecord, bundle: &Path) -> Result<()> {
         // cgroup); the state is gone only when runc says so, so try a few times and say
         // what runc said if it never does.
         let state = r.root.join(&r.id);
-        // The container's init dies first, by cove's hand: runc (a cold Go start, seconds
-        // under emulation) may not finish within containerd's 5 s for `delete`, and a
-        // container its crashed shim left running must not outlive that. runc then deletes
-        // a stopped container.
-        kill_init(&state);
         let mut said = String::new();
         let deadline = std::time::Instant::now() + DELETE_BUDGET;
         for attempt in 0..DELETE_TRIES {
@@ -314,37 +309,6 @@ fn cleanup_record(r: &TaskRecord, bundle: &Path) -> Result<()> {
         crate::idmap::clear_scratch(&bundle.join(IDMAP_SCRATCH));
     }
     Ok(())
-}
-
-/// SIGKILLs the init process runc's state in `state` (its `state.json`) names, when that
-/// process still is the one runc started (its start time, field 22 of `/proc/PID/stat`,
-/// checked after it is pinned with a pidfd, so that a reused pid is never signalled).
-/// Anything missing or different: nothing is signalled, and runc does the killing.
-fn kill_init(state: &Path) {
-    use std::os::fd::AsFd;
-    let Ok(text) = std::fs::read_to_string(state.join("state.json")) else {
-        return;
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return;
-    };
-    let pid = v.get("init_process_pid").and_then(|p| p.as_i64());
-    let start = v.get("init_process_start").and_then(|s| s.as_u64());
-    let (Some(pid), Some(start)) = (pid, start) else {
-        return;
-    };
-    let Ok(pid) = i32::try_from(pid) else {
-        return;
-    };
-    if pid <= 1 {
-        return;
-    }
-    let Ok(fd) = crate::sys::pidfd_open(pid) else {
-        return;
-    };
-    if crate::state::proc_start_time(pid) == Some(start) {
-        let _ = crate::sys::pidfd_send_signal(fd.as_fd(), nix::sys::signal::Signal::SIGKILL);
-    }
 }
 
 #[cfg(test)]
