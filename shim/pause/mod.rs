@@ -306,33 +306,16 @@ enum Direct {
 /// has gone; the helper only waits (bounded) for its readiness, and kills it when it
 /// does not come.
 fn clone_pause_directly(cfg: &PauseConfig, netns: Option<&File>) -> Direct {
-    let mut v1_tasks = Vec::new();
-    let mut v2_dir: Option<OwnedFd> = None;
-    for dir in &cfg.cgroups {
-        let tasks = dir.join("tasks");
-        if tasks.exists() {
-            v1_tasks.push(tasks);
-        } else {
-            use std::os::unix::fs::OpenOptionsExt;
-            match std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY)
-                .open(dir)
-            {
-                Ok(fd) => v2_dir = Some(OwnedFd::from(fd)),
-                Err(e) => return Direct::Done(Err(format!("open cgroup {}: {e}", dir.display()))),
-            }
-        }
-    }
+    let (v1_dirs, v2_dir) = match split_cgroups(&cfg.cgroups) {
+        Ok(split) => split,
+        Err(e) => return Direct::Done(Err(e)),
+    };
     let (ready_rd, ready_wr) = match nix::unistd::pipe() {
         Ok(p) => p,
         Err(e) => return Direct::Done(Err(format!("pipe: {e}"))),
     };
-    let mut flags = CloneFlags::CLONE_PARENT;
-    flags.set(CloneFlags::CLONE_NEWUTS, cfg.new_uts);
-    flags.set(CloneFlags::CLONE_NEWIPC, cfg.new_ipc);
-    flags.set(CloneFlags::CLONE_NEWPID, cfg.new_pid);
-    let forked = match sys::fork_with(flags, v2_dir.as_ref().map(|fd| fd.as_fd())) {
+    let flags = pod_namespaces(cfg) | CloneFlags::CLONE_PARENT;
+    let forked = match sys::fork_with(flags, v2_dir.as_ref().map(|(_, fd)| fd.as_fd())) {
         Err(nix::Error::ENOSYS | nix::Error::EINVAL | nix::Error::E2BIG) => {
             return Direct::Unsupported
         }
@@ -342,7 +325,7 @@ fn clone_pause_directly(cfg: &PauseConfig, netns: Option<&File>) -> Direct {
     match forked {
         Forked::Child => {
             drop(ready_rd);
-            match first_steps(&v1_tasks, netns).and_then(|()| enter_pod(cfg, None)) {
+            match first_steps(&v1_dirs, netns).and_then(|()| enter_pod(cfg, None)) {
                 Ok(()) => confine::prepare_and_exec(ready_wr, &cfg.root),
                 Err(e) => confine::fail(ready_wr, &e),
             }
@@ -364,10 +347,8 @@ fn clone_pause_directly(cfg: &PauseConfig, netns: Option<&File>) -> Direct {
 /// The direct path's pause, first: into its v1 cgroups (through `tasks`, as the setup
 /// child does) and the pod's network namespace, and its OOM score lowered (inherited by
 /// nothing: it is PID 1 and has no children yet).
-fn first_steps(v1_tasks: &[PathBuf], netns: Option<&File>) -> std::result::Result<(), String> {
-    for tasks in v1_tasks {
-        std::fs::write(tasks, "0").map_err(|e| format!("join cgroup {}: {e}", tasks.display()))?;
-    }
+fn first_steps(v1_dirs: &[&PathBuf], netns: Option<&File>) -> std::result::Result<(), String> {
+    join_v1(v1_dirs)?;
     if let Some(ns) = netns {
         nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("join network namespace: {e}"))?;
@@ -375,6 +356,50 @@ fn first_steps(v1_tasks: &[PathBuf], netns: Option<&File>) -> std::result::Resul
     crate::oom_score::lower_own_towards(crate::oom_score::PAUSE_SCORE)
         .map(drop)
         .map_err(|e| format!("set oom_score_adj: {e}"))
+}
+
+/// The pause's cgroup directories by version. cgroup v1: the single-threaded process
+/// that moves writes 0 to each `tasks` ([`join_v1`]), which spares the kernel the global
+/// threadgroup lock (and its RCU grace period) that `cgroup.procs` takes; a process it
+/// clones inherits them. cgroup v2 has no such file: its directory is opened, for the
+/// pause to be born in it (clone3 CLONE_INTO_CGROUP).
+type SplitCgroups<'a> = (Vec<&'a PathBuf>, Option<(&'a PathBuf, OwnedFd)>);
+
+fn split_cgroups(dirs: &[PathBuf]) -> std::result::Result<SplitCgroups<'_>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut v1 = Vec::new();
+    let mut v2 = None;
+    for dir in dirs {
+        if dir.join("tasks").exists() {
+            v1.push(dir);
+        } else {
+            let fd = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(dir)
+                .map_err(|e| format!("open cgroup {}: {e}", dir.display()))?;
+            v2 = Some((dir, OwnedFd::from(fd)));
+        }
+    }
+    Ok((v1, v2))
+}
+
+/// Moves the calling (single-threaded) process into v1 cgroup directories `dirs`.
+fn join_v1(dirs: &[&PathBuf]) -> std::result::Result<(), String> {
+    for dir in dirs {
+        std::fs::write(dir.join("tasks"), "0")
+            .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The namespaces the pause is cloned into, other than a user namespace.
+fn pod_namespaces(cfg: &PauseConfig) -> CloneFlags {
+    let mut flags = CloneFlags::empty();
+    flags.set(CloneFlags::CLONE_NEWUTS, cfg.new_uts);
+    flags.set(CloneFlags::CLONE_NEWIPC, cfg.new_ipc);
+    flags.set(CloneFlags::CLONE_NEWPID, cfg.new_pid);
+    flags
 }
 
 /// Waits for the pause's readiness byte ("1" once it is confined) or its reason for
@@ -442,26 +467,9 @@ fn setup_and_fork_pause(
     cfg: &PauseConfig,
     netns: Option<&File>,
 ) -> std::result::Result<Started, String> {
-    // cgroup v1: this single-threaded child moves itself through `tasks`, which spares the
-    // kernel the global threadgroup lock (and its RCU grace period) that `cgroup.procs`
-    // takes; the pause process inherits the cgroups. cgroup v2 has no such file: the pause
-    // process is born in its v2 cgroup instead (clone3 CLONE_INTO_CGROUP).
-    let mut v2_dir: Option<(&PathBuf, OwnedFd)> = None;
-    for dir in &cfg.cgroups {
-        let tasks = dir.join("tasks");
-        if tasks.exists() {
-            std::fs::write(&tasks, "0")
-                .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
-        } else {
-            use std::os::unix::fs::OpenOptionsExt;
-            let fd = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY)
-                .open(dir)
-                .map_err(|e| format!("open cgroup {}: {e}", dir.display()))?;
-            v2_dir = Some((dir, OwnedFd::from(fd)));
-        }
-    }
+    // The pause inherits the v1 cgroups this child joins, and is born in the v2 one.
+    let (v1_dirs, mut v2_dir) = split_cgroups(&cfg.cgroups)?;
+    join_v1(&v1_dirs)?;
     if let Some(ns) = netns {
         // Joined while still the host's root: a network namespace CRI made inside a user
         // namespace of its own is not one the pod's user namespace may enter.
@@ -472,10 +480,7 @@ fn setup_and_fork_pause(
         std::fs::write(dir.join("cgroup.procs"), "0")
             .map_err(|e| format!("join cgroup {}: {e}", dir.display()))
     };
-    let mut flags = CloneFlags::empty();
-    flags.set(CloneFlags::CLONE_NEWUTS, cfg.new_uts);
-    flags.set(CloneFlags::CLONE_NEWIPC, cfg.new_ipc);
-    flags.set(CloneFlags::CLONE_NEWPID, cfg.new_pid);
+    let mut flags = pod_namespaces(cfg);
     // The pod's user namespace is made in the same clone, so that it owns the UTS, IPC
     // and PID namespaces (and the mount and cgroup ones the pause makes next).
     flags.set(CloneFlags::CLONE_NEWUSER, cfg.userns.is_some());
