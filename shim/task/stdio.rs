@@ -73,14 +73,64 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 
 /// Opens a fifo for the shim, read-write (the open never waits for a peer, a write never
 /// meets EPIPE) and nonblocking.
-fn open_fifo(path: &PathBuf) -> Result<OwnedFd> {
+fn open_fifo(path: &Path) -> io::Result<OwnedFd> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map(OwnedFd::from)
-        .context(|| format!("open fifo {}", path.display()))
+}
+
+/// How long an output copy first waits before it looks again for the reader of its
+/// target fifo, and the longest it waits between two looks.
+const READER_POLL_FIRST: Duration = Duration::from_millis(1);
+const READER_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// An output fifo as a sink. containerd opens its reading end asynchronously (its fifo
+/// package opens `O_RDONLY` in a goroutine and returns at once), so the reader may come
+/// after the process has written everything and exited. A fifo held only by the shim
+/// loses what it holds when the shim closes it, and a reader that opens it afterwards
+/// waits for a writer that never comes: containerd then never sees the end of that
+/// output (an exec's stdout, in one run after a containerd restart). So the shim opens
+/// the fifo read-write only once a reader has it open; until then the sink waits for
+/// one (see [`reader_opened`]), and the output stays in the process's pipe, as the runc
+/// shim's blocking `O_WRONLY` open holds it.
+fn fifo_sink(path: &Path) -> Result<Sink> {
+    match open_writer(path) {
+        Ok(_writer) => open_fifo(path).and_then(Sink::pipe),
+        Err(e) if no_reader(&e) => Ok(Sink::AwaitReader(path.to_owned())),
+        Err(e) => Err(e),
+    }
+    .context(|| format!("open fifo {}", path.display()))
+}
+
+/// Opens a fifo write-only without waiting: ENXIO while no reader has it open.
+fn open_writer(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+fn no_reader(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENXIO)
+}
+
+/// Waits until a reader has opened the fifo at `path`, looking again after 1 ms, then
+/// twice as long each time up to 100 ms (the copy that waits is ended by the process's
+/// output being released, or by Delete); then opens it read-write for the shim.
+async fn reader_opened(path: &Path) -> io::Result<Sink> {
+    let mut pause = READER_POLL_FIRST;
+    loop {
+        match open_writer(path) {
+            Ok(_writer) => return open_fifo(path).and_then(Sink::pipe),
+            Err(e) if no_reader(&e) => {}
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(READER_POLL_MAX);
+    }
 }
 
 /// Opens a `file://` target for the shim to append to (mode 0644 when it is created);
@@ -114,6 +164,8 @@ fn open_file(path: &PathBuf) -> Result<std::fs::File> {
 enum Sink {
     /// A fifo (opened read-write) or a logger's pipe, nonblocking.
     Pipe(AsyncFd<OwnedFd>),
+    /// A fifo no reader has opened yet: the copy waits for one before it reads input.
+    AwaitReader(PathBuf),
     /// A `file://` target, opened for appending.
     File(std::fs::File),
     /// Nowhere: the target is closed (released, or it failed); input is still drained so
@@ -133,6 +185,11 @@ impl Sink {
             Sink::File(f) => f.write_all(buf),
             Sink::Pipe(fd) => write_all(fd, buf).await,
             Sink::Discard => Ok(()),
+            // `transfer` opens the fifo before it reads any input.
+            Sink::AwaitReader(path) => Err(io::Error::other(format!(
+                "fifo {} written before its reader came",
+                path.display()
+            ))),
         }
     }
 }
@@ -145,8 +202,34 @@ enum Fault {
 
 /// Whether a pipe has data to read now (or no writer left: a read would not wait).
 fn has_input(fd: &AsyncFd<OwnedFd>) -> bool {
-    let mut fds = [PollFd::new(fd.get_ref().as_fd(), PollFlags::POLLIN)];
+    polls(fd, PollFlags::POLLIN)
+}
+
+/// Whether a pipe has room for a write now (or no reader left: a write would not wait).
+fn has_room(fd: &AsyncFd<OwnedFd>) -> bool {
+    polls(fd, PollFlags::POLLOUT)
+}
+
+fn polls(fd: &AsyncFd<OwnedFd>, what: PollFlags) -> bool {
+    let mut fds = [PollFd::new(fd.get_ref().as_fd(), what)];
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+/// A side of a splice.
+#[derive(Debug, PartialEq)]
+enum Side {
+    Input,
+    Room,
+}
+
+/// After a splice met EAGAIN: the side whose readiness to forget, none if both are
+/// ready again.
+fn not_ready(input: bool, room: bool) -> Option<Side> {
+    match (input, room) {
+        (false, _) => Some(Side::Input),
+        (true, false) => Some(Side::Room),
+        (true, true) => None,
+    }
 }
 
 /// Moves what `src` holds into `dst` with splice(2), pipe to pipe, without copying it
@@ -170,15 +253,15 @@ async fn splice_some(
             Ok(n) => return Ok(n),
             Err(Errno::EINTR) => continue,
             // Either side may be the one that is not ready: forget the readiness of the
-            // one that is not, so that its next edge wakes the copy. An edge that comes
-            // after the splice is still delivered by the next poll of the reactor.
-            Err(Errno::EAGAIN) => {
-                if has_input(src) {
-                    room.clear_ready();
-                } else {
-                    input.clear_ready();
-                }
-            }
+            // one that is not now, so that its next edge wakes the copy (an edge that came
+            // after the readiness was taken is kept by the reactor). If both are ready by
+            // now (input came after the splice), splice again: forgetting the target's
+            // room then would wait for room that nothing makes.
+            Err(Errno::EAGAIN) => match not_ready(has_input(src), has_room(dst)) {
+                Some(Side::Input) => input.clear_ready(),
+                Some(Side::Room) => room.clear_ready(),
+                None => {}
+            },
             Err(e) => return Err(Fault::Sink(e.into())),
         }
     }
@@ -191,6 +274,9 @@ async fn transfer(
     buf: &mut Vec<u8>,
     spliced: bool,
 ) -> std::result::Result<usize, Fault> {
+    if let Sink::AwaitReader(path) = &*sink {
+        *sink = reader_opened(path).await.map_err(Fault::Sink)?;
+    }
     if let (true, Sink::Pipe(dst)) = (spliced, &*sink) {
         return splice_some(src, dst).await;
     }
@@ -558,7 +644,9 @@ pub async fn prepare(paths: &Paths, owner: Owner<'_>) -> Result<Prepared> {
     let stdin_fifo = match paths.stdin.as_str() {
         "" => None,
         s => match parse_target(s)? {
-            Target::Fifo(path) => Some(open_fifo(&path)?),
+            Target::Fifo(path) => {
+                Some(open_fifo(&path).context(|| format!("open fifo {}", path.display()))?)
+            }
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "stdin {s:?} must be a fifo path"
@@ -578,9 +666,7 @@ pub async fn prepare(paths: &Paths, owner: Owner<'_>) -> Result<Prepared> {
         p.term_in = stdin_fifo;
         p.term_out = match out {
             Target::Null => None,
-            Target::Fifo(path) => {
-                Some(Sink::pipe(open_fifo(&path)?).context(|| "stdout fifo".into())?)
-            }
+            Target::Fifo(path) => Some(fifo_sink(&path)?),
             Target::File(path) => Some(Sink::File(open_file(&path)?)),
             Target::Binary { .. } => match logger_pipes.take() {
                 Some((o, _e)) => Some(Sink::pipe(o).context(|| "logger pipe".into())?),
@@ -617,10 +703,7 @@ pub async fn prepare(paths: &Paths, owner: Owner<'_>) -> Result<Prepared> {
 fn piped(t: Target, io: &Io) -> Result<Option<OwnedFd>> {
     let (sink, spliced) = match t {
         Target::Null => return Ok(None),
-        Target::Fifo(path) => (
-            Sink::pipe(open_fifo(&path)?).context(|| format!("fifo {}", path.display()))?,
-            true,
-        ),
+        Target::Fifo(path) => (fifo_sink(&path)?, true),
         // splice(2) refuses a file opened with O_APPEND (EINVAL), and appending is what
         // keeps two writers of one log (stdout and stderr) from overwriting each other.
         Target::File(path) => (Sink::File(open_file(&path)?), false),
@@ -769,6 +852,59 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(r_out.join().unwrap(), data);
         assert_eq!(r_err.join().unwrap(), b"to stderr\n");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// After a splice meets EAGAIN, only a side that is not ready now has its readiness
+    /// forgotten: input that came after the splice is spliced at once, never taken for
+    /// a full target (whose room no event would bring back: nothing reads an empty fifo).
+    #[test]
+    fn a_splice_that_could_not_go_on_forgets_only_a_side_that_is_not_ready() {
+        assert_eq!(not_ready(false, true), Some(Side::Input));
+        assert_eq!(not_ready(false, false), Some(Side::Input));
+        assert_eq!(not_ready(true, false), Some(Side::Room));
+        assert_eq!(not_ready(true, true), None);
+    }
+
+    /// containerd opens its end of an output fifo in a goroutine of its own, which may
+    /// run only after the process has written everything and exited. That output, and
+    /// its end, still reach the reader: the shim held the fifo alone, wrote into it and
+    /// closed it, and the late reader then waited for a writer that never came.
+    #[tokio::test]
+    async fn a_reader_that_comes_after_the_process_is_gone_gets_its_output_and_end() {
+        let d = scratch("late");
+        let out = d.join("out");
+        nix::unistd::mkfifo(&out, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let reaper = Reaper::default();
+        let mut p = prepare(&paths(&out, Path::new("")), owner(&reaper))
+            .await
+            .unwrap();
+        let w = p.stdout.take().unwrap();
+        let io = p.finish().await.unwrap();
+        // The process writes all it has and is gone.
+        std::fs::File::from(w).write_all(b"all of it\n").unwrap();
+        // Time for the copy to reach the end of its input, were it not waiting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let late = out.clone();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let read = std::fs::File::open(late).and_then(|mut f| f.read_to_end(&mut got));
+            let _ = tx.send(read.map(|_| got));
+        });
+        let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        if got.is_err() {
+            // Let the reader's open go, so the test ends.
+            drop(open_writer(&out));
+        }
+        assert_eq!(
+            got.map(|r| r.unwrap()),
+            Ok(b"all of it\n".to_vec()),
+            "the late reader never got the output and its end"
+        );
+        io.drained(Duration::from_secs(30)).await;
         let _ = std::fs::remove_dir_all(&d);
     }
 
