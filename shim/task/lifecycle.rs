@@ -277,7 +277,7 @@ impl Inner {
         };
         p.set_reaped();
         if let Some(io) = p.io() {
-            io.drained(IO_DRAIN).await;
+            io.settled(IO_DRAIN).await;
         }
         p.set_stopped(exit);
         self.events.exit(&c.id, &p.exec_id, p.pid(), exit);

@@ -44,9 +44,11 @@ pub const TASK_API_VERSION: &str = "3";
 /// How long an exit waits for the process's output copies to reach the end of input
 /// before it is published, so that an exit never overtakes the output before it. A
 /// background child can keep a pipe or a terminal open past its parent's exit, and
-/// neither the exit event nor Delete may wait for it: its output targets are closed then
-/// (`stdio::Io::drained`); containerd's runc shim waits as long for a process's I/O on
-/// delete (`waitTimeout(ctx, &p.wg, 2*time.Second)`), then closes it.
+/// neither the exit event nor Delete may wait for it. A container's init: its output
+/// targets are closed then (`stdio::Io::drained`); containerd's runc shim waits as long
+/// for a process's I/O on delete (`waitTimeout(ctx, &p.wg, 2*time.Second)`), then closes
+/// it. An exec: its output is still copied until the exec is deleted (`Io::settled`), as
+/// the runc shim does; CRI bounds its own wait for it (`drain_exec_sync_io_timeout`).
 const IO_DRAIN: Duration = Duration::from_secs(2);
 
 /// How long an OOM-killed init's exit waits for its `/tasks/oom` to reach containerd: as

@@ -523,6 +523,22 @@ impl Io {
         }
     }
 
+    /// Waits, at most `limit`, until the output copies have passed on everything written
+    /// to them, as [`Io::drained`], but leaves the targets open past `limit`: an exec's
+    /// output is still copied after its exit is published, until its last writer closes
+    /// it (a child it left behind) or the exec is deleted ([`Io::shutdown`]), as
+    /// containerd's runc shim does. A client that waits for the end of the output (CRI's
+    /// `drain_exec_sync_io_timeout`) then bounds the wait itself.
+    pub async fn settled(&self, limit: Duration) {
+        let mut running = self.running.subscribe();
+        let all = running.wait_for(|n| *n == 0);
+        if tokio::time::timeout(limit, all).await.is_err() {
+            log::debug!(
+                "exec output still open after {limit:?}: it is copied until the exec is deleted"
+            );
+        }
+    }
+
     /// Stops every copy and releases the terminal.
     pub fn shutdown(&self) {
         self.close_stdin();
