@@ -13,7 +13,7 @@ use k8s_cri::v1::{ContainerState, ExecRequest, ExecSyncRequest};
 
 /// containerd's CRI `drain_exec_sync_io_timeout` in the drained runs (its own CI sets 10s;
 /// shorter here, for the suite's time).
-const DRAIN: &str = "5s";
+const DRAIN: &str = "2s";
 /// ExecSync's own timeout (kubelet's probe timeout): the call must end through the drain,
 /// well before this.
 const EXEC_TIMEOUT: i64 = 60;
@@ -149,20 +149,22 @@ async fn an_exec_that_leaves_a_child_holding_its_output_ends_as_on_the_runc_pod_
             .await;
     let mut report = Vec::new();
     for (kind, streaming) in [("sync", false), ("stream", true)] {
-        let mut seen = Vec::new();
-        for handler in ["runc", "cove"] {
-            let (s, took) = exercise(&cd, handler, kind, |c| async {
-                if streaming {
-                    streamed(&cd, c).await
-                } else {
-                    exec_sync(&cd, c, EXEC_TIMEOUT, None).await
-                }
-            })
-            .await;
+        // Both handlers at once, each in its own pod.
+        let call = |c| async {
+            if streaming {
+                streamed(&cd, c).await
+            } else {
+                exec_sync(&cd, c, EXEC_TIMEOUT, None).await
+            }
+        };
+        let (runc, cove) = tokio::join!(
+            exercise(&cd, "runc", kind, call),
+            exercise(&cd, "cove", kind, call)
+        );
+        for (handler, (s, took)) in [("runc", &runc), ("cove", &cove)] {
             report.push(format!("{kind} {handler}: {took:?}: {:?}", s.outcome));
-            seen.push(s);
         }
-        let (runc, cove) = (&seen[0], &seen[1]);
+        let (runc, cove) = (&runc.0, &cove.0);
         eprintln!("{kind}: runc {runc:#?}\ncove {cove:#?}");
         assert_eq!(cove, runc, "{kind}");
         assert!(cove.running, "{kind}: {cove:#?}");
@@ -182,18 +184,18 @@ async fn an_exec_that_leaves_a_child_holding_its_output_ends_as_on_the_runc_pod_
 #[tokio::test]
 async fn without_a_drain_timeout_such_an_exec_waits_for_its_deadline_as_on_the_runc_pod_path() {
     let cd = Containerd::start("nodrain").await;
-    let mut seen = Vec::new();
-    for handler in ["runc", "cove"] {
-        // CRI's own timeout (3 s) ends the exec, then CRI waits for its output without a
-        // bound: only the client's deadline ends the call.
-        let (s, took) = exercise(&cd, handler, "nodrain", |c| {
-            exec_sync(&cd, c, 3, Some(CLIENT_DEADLINE))
-        })
-        .await;
-        eprintln!("{handler}: {took:?}: {:#?}", s);
-        seen.push(s);
-    }
-    assert_eq!(seen[1], seen[0]);
+    // CRI's own timeout (3 s) ends the exec, then CRI waits for its output without a
+    // bound: only the client's deadline ends the call. Both handlers at once.
+    let call = |c| exec_sync(&cd, c, 3, Some(CLIENT_DEADLINE));
+    let (runc, cove) = tokio::join!(
+        exercise(&cd, "runc", "nodrain", call),
+        exercise(&cd, "cove", "nodrain", call)
+    );
+    eprintln!(
+        "runc: {:?}: {:#?}\ncove: {:?}: {:#?}",
+        runc.1, runc.0, cove.1, cove.0
+    );
+    assert_eq!(cove.0, runc.0);
 }
 
 #[tokio::test]
