@@ -109,6 +109,37 @@ impl Report {
         }
     }
 
+    /// What containerd itself spends of cove's RunPodSandbox and teardown without the
+    /// network: the CRI p50 minus the p50 of the shim's own steps, measured alone over
+    /// ttrpc in the same rounds. Against runc's figure, that share is the least ratio any
+    /// shim could reach there, one that cost nothing.
+    fn containerd_share_rows(&mut self, ser: &Samples, shim: &ShimSamples) {
+        let p50 = |row: &str| pct(&shim[row], 50.0);
+        let rows = [
+            (
+                RUN_REST,
+                p50(SHIM_START) + p50(SHIM_UP),
+                "shim `start` and CreateSandbox+StartSandbox",
+            ),
+            (DOWN_REST, p50(SHIM_DOWN), "StopSandbox+ShutdownSandbox"),
+        ];
+        for (phase, shim_own, steps) in rows {
+            let cri = pct(&ser[&(phase, COVE)], 50.0);
+            let share = cri.saturating_sub(shim_own);
+            let runc = pct(&ser[&(phase, RUNC)], 50.0);
+            self.row(
+                &format!(
+                    "{phase}: containerd's own share on cove (the p50 above minus the shim's \
+                     {steps}, alone); its ratio is the least a shim that cost nothing could reach"
+                ),
+                format!("{:.1} ms", ms(share)),
+                format!("{:.1} ms", ms(runc)),
+                ratio(ms(share), ms(runc)),
+                String::new(),
+            );
+        }
+    }
+
     pub fn output_row(&mut self, mib: usize, out: &BTreeMap<Handler, Vec<f64>>) {
         let (c, u) = (median(&out[&COVE]), median(&out[&RUNC]));
         self.row(
@@ -230,6 +261,7 @@ pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run, in_a_row
         let (c, u) = (&ser[&(phase, COVE)], &ser[&(phase, RUNC)]);
         r.ms_row(&format!("{phase} p50"), pct(c, 50.0), pct(u, 50.0), goal);
     }
+    r.containerd_share_rows(ser, shim);
     let (bc, bu) = (pct(&bur[&COVE], 50.0), pct(&bur[&RUNC], 50.0));
     r.ms_row(
         &format!("Burst of {m}: all READY with a running container (median of {BURST_ROUNDS})"),
