@@ -7,13 +7,16 @@
 //! Without a terminal, stdout and stderr are each a pipe: the process gets the write end,
 //! and a copy on the event loop splices the read end into the target fifo (zero copy),
 //! or reads it and appends to a `file://` target (splice(2) refuses a file opened with
-//! O_APPEND). The shim holds the fifo open read-write, so the process never takes SIGPIPE
-//! while containerd restarts: a full fifo only makes the copy wait for room, and then the
-//! pipe fills and the process's writes wait. A copy runs until end of input, when every
-//! writer of the pipe (the process and any child that inherited it) has closed it, and
-//! then closes the target, which is how containerd's reader learns the stream ended. An
-//! exit waits for that, bounded (`Io::drained`): past the bound the target is closed
-//! anyway and what still arrives is drained and dropped until Delete closes the pipe.
+//! O_APPEND). Once containerd's reader has the fifo open, the shim holds it open
+//! read-write, so the process never takes SIGPIPE while containerd restarts: a full fifo
+//! only makes the copy wait for room, and then the pipe fills and the process's writes
+//! wait. Before the reader comes, the output waits in the pipe (`fifo_sink`). A copy runs
+//! until end of input, when every writer of the pipe (the process and any child that
+//! inherited it) has closed it, and then closes the target, which is how containerd's
+//! reader learns the stream ended. An exit waits for that, bounded: past the bound a
+//! container's init has its targets closed anyway (`Io::drained`), and what still arrives
+//! is drained and dropped until Delete closes the pipe; an exec's output is copied on
+//! until the exec is deleted (`Io::settled`), as the runc shim does.
 //! stdin goes through a pipe the shim feeds from the fifo, so that `CloseIO` can end it.
 //! `binary://` loggers read pipes too, and a stream with no target is a pipe as well,
 //! never the host's `/dev/null`. With a terminal, the shim copies between the fifos
@@ -162,7 +165,7 @@ fn open_file(path: &PathBuf) -> Result<std::fs::File> {
 
 /// Where an output copy puts what it reads.
 enum Sink {
-    /// A fifo (opened read-write) or a logger's pipe, nonblocking.
+    /// A fifo (opened read-write once its reader came) or a logger's pipe, nonblocking.
     Pipe(AsyncFd<OwnedFd>),
     /// A fifo no reader has opened yet: the copy waits for one before it reads input.
     AwaitReader(PathBuf),
