@@ -147,20 +147,27 @@ async fn an_exec_that_leaves_a_child_holding_its_output_ends_as_on_the_runc_pod_
     let cd =
         Containerd::start_with_runtime("drain", &format!("drain_exec_sync_io_timeout = '{DRAIN}'"))
             .await;
-    let mut report = Vec::new();
-    for (kind, streaming) in [("sync", false), ("stream", true)] {
-        // Both handlers at once, each in its own pod.
-        let call = |c| async {
+    // Both kinds on both handlers at once, each in its own pod.
+    let both = |kind: &'static str, streaming: bool| {
+        let cd = &cd;
+        let call = move |c| async move {
             if streaming {
-                streamed(&cd, c).await
+                streamed(cd, c).await
             } else {
-                exec_sync(&cd, c, EXEC_TIMEOUT, None).await
+                exec_sync(cd, c, EXEC_TIMEOUT, None).await
             }
         };
-        let (runc, cove) = tokio::join!(
-            exercise(&cd, "runc", kind, call),
-            exercise(&cd, "cove", kind, call)
-        );
+        async move {
+            let (runc, cove) = tokio::join!(
+                exercise(cd, "runc", kind, call),
+                exercise(cd, "cove", kind, call)
+            );
+            (kind, runc, cove)
+        }
+    };
+    let (sync, stream) = tokio::join!(both("sync", false), both("stream", true));
+    let mut report = Vec::new();
+    for (kind, runc, cove) in [sync, stream] {
         for (handler, (s, took)) in [("runc", &runc), ("cove", &cove)] {
             report.push(format!("{kind} {handler}: {took:?}: {:?}", s.outcome));
         }
