@@ -825,6 +825,21 @@ mod tests {
         }
     }
 
+    /// A process's stdio with stdout to a new fifo (nothing opened on it yet) and no
+    /// stderr: the scratch directory, the fifo, the write end for the process, its Io.
+    async fn stdout_to_a_fifo(name: &str) -> (PathBuf, PathBuf, OwnedFd, Io) {
+        let d = scratch(name);
+        let out = d.join("out");
+        nix::unistd::mkfifo(&out, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let reaper = Reaper::default();
+        let mut p = prepare(&paths(&out, Path::new("")), owner(&reaper))
+            .await
+            .unwrap();
+        assert!(p.stderr.is_none());
+        let w = p.stdout.take().unwrap();
+        (d, out, w, p.finish().await.unwrap())
+    }
+
     /// What a reader of the fifo gets until end of input (every writer gone).
     fn read_fifo(path: &Path) -> std::thread::JoinHandle<Vec<u8>> {
         let path = path.to_owned();
@@ -891,15 +906,7 @@ mod tests {
     /// closed it, and the late reader then waited for a writer that never came.
     #[tokio::test]
     async fn a_reader_that_comes_after_the_process_is_gone_gets_its_output_and_end() {
-        let d = scratch("late");
-        let out = d.join("out");
-        nix::unistd::mkfifo(&out, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let reaper = Reaper::default();
-        let mut p = prepare(&paths(&out, Path::new("")), owner(&reaper))
-            .await
-            .unwrap();
-        let w = p.stdout.take().unwrap();
-        let io = p.finish().await.unwrap();
+        let (d, out, w, io) = stdout_to_a_fifo("late").await;
         // The process writes all it has and is gone.
         std::fs::File::from(w).write_all(b"all of it\n").unwrap();
         // Time for the copy to reach the end of its input, were it not waiting.
@@ -976,16 +983,7 @@ mod tests {
     /// somewhere, never to EPIPE.
     #[tokio::test]
     async fn an_output_held_open_is_let_go_at_the_bound() {
-        let d = scratch("held");
-        let out = d.join("out");
-        nix::unistd::mkfifo(&out, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let reaper = Reaper::default();
-        let mut p = prepare(&paths(&out, Path::new("")), owner(&reaper))
-            .await
-            .unwrap();
-        assert!(p.stderr.is_none());
-        let w = p.stdout.take().unwrap();
-        let io = p.finish().await.unwrap();
+        let (d, out, w, io) = stdout_to_a_fifo("held").await;
         let reader = read_fifo(&out);
         let mut w = std::fs::File::from(w);
         w.write_all(b"first\n").unwrap();
