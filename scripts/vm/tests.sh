@@ -17,6 +17,7 @@ set -eu
 # where the pause sits, which the escape test's cgroup namespace view shows), as binary:test.
 both='
 cove:cgroups::tests::a_created_parent_holding_other_cgroups_is_kept_without_error
+cove:cgroups::tests::a_parent_another_start_made_and_has_not_set_up_yet_is_set_up
 cove:cgroups::tests::kill_all_reaches_processes_forked_into_the_cgroup
 cove:cgroups::tests::removing_a_busy_cgroup_lets_other_tasks_run
 cri_compat:pod_resource_updates_through_cri_match_the_runc_pod_path

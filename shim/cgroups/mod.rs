@@ -161,14 +161,25 @@ impl Layout {
 
     /// Creates `rel` (and missing ancestors) in every hierarchy. Returns the directories
     /// this call created, parents before children, so the caller can remove exactly those.
+    /// A directory that already exists is set up too where it is not yet (see
+    /// [`Layout::init_dir`]): another pod's start may have made it a moment ago, under the
+    /// same new parent, and not have set it up yet.
     pub fn create(&self, rel: &Path) -> Result<Vec<PathBuf>> {
         validate_path(rel)?;
         let mut created = Vec::new();
-        let roots: Vec<PathBuf> = match self {
-            Layout::V1(hs) => hs.iter().map(|h| h.mountpoint.clone()).collect(),
-            Layout::V2(root) => vec![root.clone()],
+        let roots: Vec<(PathBuf, bool)> = match self {
+            Layout::V1(hs) => hs
+                .iter()
+                .map(|h| {
+                    (
+                        h.mountpoint.clone(),
+                        h.controllers.iter().any(|c| c == "cpuset"),
+                    )
+                })
+                .collect(),
+            Layout::V2(root) => vec![(root.clone(), false)],
         };
-        for root in roots {
+        for (root, cpuset) in roots {
             let mut dir = root.clone();
             for comp in rel
                 .components()
@@ -176,28 +187,42 @@ impl Layout {
             {
                 let parent = dir.clone();
                 dir.push(comp);
-                match std::fs::create_dir(&dir) {
+                let fresh = match std::fs::create_dir(&dir) {
                     Ok(()) => {
                         created.push(dir.clone());
-                        self.init_dir(&parent, &dir)?;
+                        true
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
                     Err(e) => {
                         let _ = remove_dirs(&created);
                         return Err(Error::io(format!("create cgroup {}", dir.display()), e));
                     }
+                };
+                if let Err(e) = self.init_dir(&parent, &dir, cpuset, fresh) {
+                    let _ = remove_dirs(&created);
+                    return Err(e);
                 }
             }
         }
         Ok(created)
     }
 
-    /// What a new directory needs before a process can join it.
-    fn init_dir(&self, parent: &Path, dir: &Path) -> Result<()> {
+    /// What a directory needs before a process can join it, where it does not have it
+    /// yet (`fresh`: just made, so it has nothing). `cpuset`: the directory is in the v1
+    /// cpuset hierarchy.
+    fn init_dir(&self, parent: &Path, dir: &Path, cpuset: bool, fresh: bool) -> Result<()> {
         match self {
-            // A v1 cpuset starts with no cpus and mems; inherit the parent's.
-            Layout::V1(_) if dir.join("cpuset.cpus").exists() => {
+            // A v1 cpuset starts with no cpus and mems (joining it fails with ENOSPC);
+            // inherit the parent's.
+            Layout::V1(_) if cpuset => {
                 for f in ["cpuset.cpus", "cpuset.mems"] {
+                    if !fresh {
+                        let now = std::fs::read_to_string(dir.join(f))
+                            .context(|| format!("read {}", dir.join(f).display()))?;
+                        if !now.trim().is_empty() {
+                            continue;
+                        }
+                    }
                     let v = std::fs::read_to_string(parent.join(f))
                         .context(|| format!("read {}", parent.join(f).display()))?;
                     std::fs::write(dir.join(f), v.trim())
@@ -209,10 +234,17 @@ impl Layout {
             Layout::V2(_) => {
                 let avail =
                     std::fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+                let delegated = if fresh {
+                    String::new()
+                } else {
+                    std::fs::read_to_string(parent.join("cgroup.subtree_control"))
+                        .unwrap_or_default()
+                };
                 let want: Vec<String> = avail
                     .split_whitespace()
                     .filter(|c| {
                         matches!(*c, "cpu" | "cpuset" | "memory" | "pids" | "io" | "hugetlb")
+                            && !delegated.split_whitespace().any(|d| d == *c)
                     })
                     .map(|c| format!("+{c}"))
                     .collect();

@@ -87,6 +87,76 @@ fn a_created_parent_holding_other_cgroups_is_kept_without_error() {
     assert!(parent_kept, "the parent other cgroups use stays");
 }
 
+/// Two pods started at once under one new parent: one makes the parent and has not set
+/// it up yet (no cpus in its v1 cpuset, no controllers delegated on v2) when the other
+/// finds it made. The other sets it up itself, and its pause can join its own cgroup: it
+/// failed with ENOSPC (v1 cpuset) when both tests of `exec_drain` ran at once.
+#[test]
+#[ignore = "needs root (creates cgroups); make test runs it"]
+fn a_parent_another_start_made_and_has_not_set_up_yet_is_set_up() {
+    use std::process::Command;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test creates cgroups: run it as root"
+    );
+    let layout = Layout::detect().unwrap();
+    let top = PathBuf::from(format!("/cove-unit-half-{}", std::process::id()));
+    // What the other start has done so far: the directories, nothing in them.
+    let half: Vec<PathBuf> = layout
+        .dirs(&top)
+        .into_iter()
+        .chain(layout.dirs(&top.join("pod")))
+        .collect();
+    for d in &half {
+        std::fs::create_dir(d).unwrap();
+    }
+    let leaf = top.join("pod").join("pause");
+    let made = layout.create(&leaf);
+    // A process joins the leaf in every hierarchy, as the pause does.
+    let join = |dirs: Vec<PathBuf>| {
+        let script = dirs
+            .iter()
+            .map(|d| format!("echo $$ > {}/cgroup.procs", d.display()))
+            .collect::<Vec<_>>()
+            .join(" && ");
+        Command::new("sh").args(["-c", &script]).status().unwrap()
+    };
+    let joined = made.as_ref().ok().map(|_| join(layout.dirs(&leaf)));
+    let controllers = match &layout {
+        Layout::V2(root) => {
+            let read = |d: &Path| std::fs::read_to_string(d.join("cgroup.controllers")).unwrap();
+            Some((
+                read(root),
+                read(&root.join(leaf.strip_prefix("/").unwrap())),
+            ))
+        }
+        Layout::V1(_) => None,
+    };
+    let mut all = layout.dirs(&leaf);
+    all.extend(half.iter().rev().cloned());
+    remove_dirs(&all).unwrap();
+    let made = made.unwrap();
+    assert_eq!(
+        made.len(),
+        layout.dirs(&leaf).len(),
+        "only the leaves were made"
+    );
+    assert!(
+        joined.is_some_and(|s| s.success()),
+        "a process joins the new cgroup in every hierarchy"
+    );
+    if let Some((root, leaf)) = controllers {
+        for c in ["memory", "pids", "cpu"] {
+            if root.split_whitespace().any(|r| r == c) {
+                assert!(
+                    leaf.split_whitespace().any(|l| l == c),
+                    "{c} reaches the leaf: {leaf:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs root (creates cgroups); make test runs it"]
 fn kill_all_reaches_processes_forked_into_the_cgroup() {
