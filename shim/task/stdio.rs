@@ -100,24 +100,25 @@ const READER_POLL_MAX: Duration = Duration::from_millis(100);
 /// one (see [`reader_opened`]), and the output stays in the process's pipe, as the runc
 /// shim's blocking `O_WRONLY` open holds it.
 fn fifo_sink(path: &Path) -> Result<Sink> {
-    match open_writer(path) {
-        Ok(_writer) => open_fifo(path).and_then(Sink::pipe),
-        Err(e) if no_reader(&e) => Ok(Sink::AwaitReader(path.to_owned())),
-        Err(e) => Err(e),
-    }
-    .context(|| format!("open fifo {}", path.display()))
+    with_reader(path)
+        .map(|sink| sink.unwrap_or_else(|| Sink::AwaitReader(path.to_owned())))
+        .context(|| format!("open fifo {}", path.display()))
 }
 
-/// Opens a fifo write-only without waiting: ENXIO while no reader has it open.
-fn open_writer(path: &Path) -> io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
+/// The fifo at `path` opened read-write for the shim if a reader has it open, `None`
+/// while none has. The write-only descriptor that tells is held until the read-write one
+/// is open, so that the reader never sees the writers fall to none.
+fn with_reader(path: &Path) -> io::Result<Option<Sink>> {
+    match std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-}
-
-fn no_reader(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENXIO)
+    {
+        Ok(_writer) => open_fifo(path).and_then(Sink::pipe).map(Some),
+        // ENXIO: no reader has it open.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Waits until a reader has opened the fifo at `path`, looking again after 1 ms, then
@@ -126,10 +127,8 @@ fn no_reader(e: &io::Error) -> bool {
 async fn reader_opened(path: &Path) -> io::Result<Sink> {
     let mut pause = READER_POLL_FIRST;
     loop {
-        match open_writer(path) {
-            Ok(_writer) => return open_fifo(path).and_then(Sink::pipe),
-            Err(e) if no_reader(&e) => {}
-            Err(e) => return Err(e),
+        if let Some(sink) = with_reader(path)? {
+            return Ok(sink);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(READER_POLL_MAX);
@@ -518,9 +517,7 @@ impl Io {
     /// them open past `limit` does not hold the caller: the targets are closed then, and
     /// what still comes is dropped until [`Io::shutdown`].
     pub async fn drained(&self, limit: Duration) {
-        let mut running = self.running.subscribe();
-        let all = running.wait_for(|n| *n == 0);
-        if tokio::time::timeout(limit, all).await.is_err() {
+        if !self.copies_end_within(limit).await {
             log::debug!("stdio output still open after {limit:?}: closing its targets");
             self.release.send_replace(true);
         }
@@ -533,13 +530,18 @@ impl Io {
     /// containerd's runc shim does. A client that waits for the end of the output (CRI's
     /// `drain_exec_sync_io_timeout`) then bounds the wait itself.
     pub async fn settled(&self, limit: Duration) {
-        let mut running = self.running.subscribe();
-        let all = running.wait_for(|n| *n == 0);
-        if tokio::time::timeout(limit, all).await.is_err() {
+        if !self.copies_end_within(limit).await {
             log::debug!(
                 "exec output still open after {limit:?}: it is copied until the exec is deleted"
             );
         }
+    }
+
+    /// Whether every output copy reached the end of its input within `limit`.
+    async fn copies_end_within(&self, limit: Duration) -> bool {
+        let mut running = self.running.subscribe();
+        let ended = tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await;
+        ended.is_ok()
     }
 
     /// Stops every copy and releases the terminal.
@@ -923,7 +925,12 @@ mod tests {
             .unwrap();
         if got.is_err() {
             // Let the reader's open go, so the test ends.
-            drop(open_writer(&out));
+            drop(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&out),
+            );
         }
         assert_eq!(
             got.map(|r| r.unwrap()),
