@@ -56,14 +56,19 @@ fn rejects_systemd_relative_and_dotdot_parents() {
     validate_path(Path::new("/kubepods/burstable/pod1")).unwrap();
 }
 
-#[test]
-#[ignore = "needs root (creates cgroups); make test runs it"]
-fn a_created_parent_holding_other_cgroups_is_kept_without_error() {
+/// This host's layout, for a test that creates cgroups (as root only).
+fn root_layout() -> Layout {
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test creates cgroups: run it as root"
     );
-    let layout = Layout::detect().unwrap();
+    Layout::detect().unwrap()
+}
+
+#[test]
+#[ignore = "needs root (creates cgroups); make test runs it"]
+fn a_created_parent_holding_other_cgroups_is_kept_without_error() {
+    let layout = root_layout();
     let top = PathBuf::from(format!("/cove-unit-{}", std::process::id()));
     let mine = layout.create(&top.join("pod").join("mine")).unwrap();
     let theirs = top.join("pod").join("theirs");
@@ -95,11 +100,7 @@ fn a_created_parent_holding_other_cgroups_is_kept_without_error() {
 #[ignore = "needs root (creates cgroups); make test runs it"]
 fn a_parent_another_start_made_and_has_not_set_up_yet_is_set_up() {
     use std::process::Command;
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test creates cgroups: run it as root"
-    );
-    let layout = Layout::detect().unwrap();
+    let layout = root_layout();
     let top = PathBuf::from(format!("/cove-unit-half-{}", std::process::id()));
     // What the other start has done so far: the directories, nothing in them.
     let half: Vec<PathBuf> = layout
@@ -161,11 +162,7 @@ fn a_parent_another_start_made_and_has_not_set_up_yet_is_set_up() {
 #[ignore = "needs root (creates cgroups); make test runs it"]
 fn kill_all_reaches_processes_forked_into_the_cgroup() {
     use std::process::Command;
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test creates cgroups: run it as root"
-    );
-    let layout = Layout::detect().unwrap();
+    let layout = root_layout();
     let rel = PathBuf::from(format!("/cove-unit-kill-{}", std::process::id()));
     let made = layout.create(&rel).unwrap();
     // A shell in the cgroup that keeps a child and a grandchild.
@@ -344,11 +341,7 @@ fn kill_all_kills_a_pid_the_cgroup_still_lists() {
 #[ignore = "needs root (creates cgroups); make test runs it"]
 async fn removing_a_busy_cgroup_lets_other_tasks_run() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test creates cgroups: run it as root"
-    );
-    let layout = Layout::detect().unwrap();
+    let layout = root_layout();
     let rel = PathBuf::from(format!("/cove-unit-busy-{}", std::process::id()));
     let made = layout.create(&rel).unwrap();
     let dirs = layout.dirs(&rel);
