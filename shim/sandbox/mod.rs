@@ -423,19 +423,28 @@ impl Manager {
                 None => Ok(()),
             }
         });
-        if files.is_some() {
-            let saved = host.save(&sb.bundle);
-            if written.is_err() || saved.is_err() {
-                // A pause made beside files that could not be made or recorded: known to
-                // this start, so that undoing it kills the pause.
-                if let Ok(p) = &spawned {
-                    host.pause = proc_start_time(p.pid).map(|start| (p.pid, start));
-                }
+        crate::failpoint::hit(crate::failpoint::START_SANDBOX_SPAWNED).await;
+        // The pause is known to this start (so that undoing it kills the pause) and
+        // recorded with the pod files in one write.
+        let at = SystemTime::now();
+        if let Ok(p) = &spawned {
+            host.pause = proc_start_time(p.pid).map(|start| (p.pid, start));
+            if host.pause.is_none() {
+                log::warn!(
+                    "sandbox {}: pause process {} exited right after it started",
+                    sb.id,
+                    p.pid
+                );
             }
-            saved?;
         }
+        let saved = if files.is_some() || spawned.is_ok() {
+            host.save(&sb.bundle)
+        } else {
+            Ok(())
+        };
         written?;
         let started = spawned?;
+        saved?;
         let pid = started.pid;
         if started.oom_score_adj != crate::oom_score::PAUSE_SCORE {
             log::warn!(
@@ -445,16 +454,6 @@ impl Manager {
                 started.oom_score_adj
             );
         }
-        crate::failpoint::hit(crate::failpoint::START_SANDBOX_SPAWNED).await;
-        let at = SystemTime::now();
-        match proc_start_time(pid) {
-            Some(start) => host.pause = Some((pid, start)),
-            None => log::warn!(
-                "sandbox {}: pause process {pid} exited right after it started",
-                sb.id
-            ),
-        }
-        host.save(&sb.bundle)?;
         crate::failpoint::hit(crate::failpoint::START_SANDBOX_AFTER_PAUSE).await;
         if systemd.is_some() && !in_scope(pid, &scope) {
             return Err(Error::Internal(format!(
