@@ -38,6 +38,7 @@ finish() {
 }
 echo "guest: $(uname -r), pid 1 is $(cat /proc/1/comm), cgroup $(stat -fc %T /sys/fs/cgroup)"
 echo "guest: controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+echo "guest: clock source: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
     echo "guest: /sys/fs/cgroup is not a pure cgroup v2 mount"; finish 3
 fi

@@ -15,6 +15,8 @@ set -eu
 # Both legs: the tests whose outcome depends on the cgroup driver on pure v2, that is on
 # what cove's cgroup code creates, places, reads, freezes, kills and removes (and on
 # where the pause sits, which the escape test's cgroup namespace view shows), as binary:test.
+# A test that takes its cgroup paths from the driver (CRI pods, Docker) or reads what the
+# driver made runs in both; one that names cgroupfs paths whatever the leg runs once.
 both='
 cove:cgroups::tests::a_created_parent_holding_other_cgroups_is_kept_without_error
 cove:cgroups::tests::a_parent_another_start_made_and_has_not_set_up_yet_is_set_up
@@ -27,6 +29,16 @@ cri_e2e:sandbox_metrics_through_containerds_controller_api
 cri_restart:containers_that_end_while_containerd_restarts_keep_their_reason
 escape:a_pod_sees_no_more_of_cove_than_of_the_runc_pause
 task_cri:containers_in_cove_pods_behave_as_in_runc_pods
+ttrpc_sandbox:a_systemd_slice_parent_gets_a_scope_or_a_clear_error
+docker:docker_cgroup_behaviour_is_the_same_on_cove_as_on_runc
+'
+
+# The cgroupfs leg only: what depends on pure cgroup v2 and the kernel but not on the
+# driver, because it names cgroupfs paths (`/cove-test/...`, ctr's `/default/...`) in
+# either leg: plain `ctr` tasks (pause, metrics, exec, a crashed shim), the crash-at-any-step,
+# hostile-request and retried-delete leak checks, and the shim-alone lifecycle and
+# crashed-shim delete. The systemd leg would run them on the same paths again.
+cgroupfs_only='
 task_ctr:ctr_run_exec_signal_pause_metrics_and_delete
 task_ctr:a_crashed_shim_leaves_no_container_or_mount_behind
 hostile:delete_after_a_crash_at_any_step_leaves_nothing
@@ -34,8 +46,6 @@ hostile:hostile_requests_get_a_status_and_leak_nothing
 hostile:a_failed_delete_can_be_retried
 ttrpc_sandbox:full_lifecycle_with_pod_files_waiters_update_and_shutdown
 ttrpc_sandbox:delete_cleans_up_after_a_crashed_shim
-ttrpc_sandbox:a_systemd_slice_parent_gets_a_scope_or_a_clear_error
-docker:docker_cgroup_behaviour_is_the_same_on_cove_as_on_runc
 '
 
 # The systemd leg only: what depends on the kernel (6.1), pure cgroup v2 or systemd as
@@ -74,7 +84,7 @@ case ${1:?usage: tests.sh LEG|--check} in
 --check)
     all=$(cargo nextest list --run-ignored all --message-format oneline 2>/dev/null)
     missing="" unplaced=""
-    for t in $both $systemd_only $host_only; do
+    for t in $both $cgroupfs_only $systemd_only $host_only; do
         b=${t%%:*} n=${t#*:}
         [ "$b" = cove ] && id=cove || id="cove::$b"
         printf '%s\n' "$all" | grep -qxF "$id $n" || missing="$missing $t"
@@ -83,7 +93,7 @@ case ${1:?usage: tests.sh LEG|--check} in
     # is put in a leg (or left to the host) on purpose.
     for b in cri_e2e cri_restart escape task_cri userns; do
         for n in $(printf '%s\n' "$all" | sed -n "s/^cove::$b //p"); do
-            printf '%s\n' $both $systemd_only $host_only | grep -qxF "$b:$n" || unplaced="$unplaced $b:$n"
+            printf '%s\n' $both $cgroupfs_only $systemd_only $host_only | grep -qxF "$b:$n" || unplaced="$unplaced $b:$n"
         done
     done
     [ -z "$missing" ] || { echo "test-vm: tests.sh names tests that do not exist:$missing" >&2; exit 1; }
@@ -91,7 +101,7 @@ case ${1:?usage: tests.sh LEG|--check} in
     ;;
 cgroupfs | systemd)
     e=$(expr "$both")
-    [ "$1" = systemd ] && e="$e$(expr "$systemd_only")"
+    if [ "$1" = systemd ]; then e="$e$(expr "$systemd_only")"; else e="$e$(expr "$cgroupfs_only")"; fi
     echo "${e# | }"
     ;;
 *) echo "tests.sh: unknown leg $1" >&2; exit 2 ;;
