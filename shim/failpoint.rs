@@ -12,7 +12,8 @@ use std::time::Duration;
 
 /// The failpoints, in the order a request reaches them.
 pub const START_SANDBOX_BEFORE_PAUSE: &str = "start-sandbox:before-pause";
-/// The pause process exists, and its pid is not recorded yet.
+/// The pause process and the pod files (the shm mount too) exist; none of them is recorded
+/// yet.
 pub const START_SANDBOX_SPAWNED: &str = "start-sandbox:spawned";
 pub const START_SANDBOX_AFTER_PAUSE: &str = "start-sandbox:after-pause";
 pub const TASK_CREATE_BEFORE_RUNC: &str = "task-create:before-runc";

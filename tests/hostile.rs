@@ -580,6 +580,13 @@ async fn delete_after_a_crash_at_any_step_leaves_nothing() {
             "{point}: container cgroup removed"
         );
         assert!(!cgroup_exists(&parent), "{point}: pod cgroup removed");
+        // The pod's /dev/shm, which StartSandbox mounts beside the pause.
+        let shm = shim
+            .dir
+            .join("state/io.containerd.grpc.v1.cri/sandboxes")
+            .join(&shim.id)
+            .join("shm");
+        assert!(!mounted(&shm), "{point}: the pod's shm unmounted");
         for f in [
             shim.bundle.join(cove::state::STATE_FILE),
             b.join(cove::task::container::TASK_FILE),
