@@ -368,7 +368,7 @@ pub fn delete(flags: &Flags) -> Result<()> {
     // The pod's /dev/shm is mounted at a place the bundle's layout fixes; a server that died
     // after mounting it and before recording it left it out of the record.
     if let Some(files) = crate::sandbox::files::PodFiles::locate(&bundle, &flags.id) {
-        files.release_shm()?;
+        crate::state::unmount_shm(&files.shm())?;
     }
     if let Ok(address) = std::fs::read_to_string(bundle.join(ADDRESS_FILE)) {
         let _ = std::fs::remove_file(socket_path(address.trim()));

@@ -150,9 +150,8 @@ impl Leftovers {
             first.get_or_insert(e);
         };
         if let Some(shm) = &self.shm {
-            match nix::mount::umount2(shm, nix::mount::MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-                Err(e) => note(Error::sys(format!("unmount {}", shm.display()), e)),
+            if let Err(e) = unmount_shm(shm) {
+                note(e);
             }
         }
         for f in &self.files {
@@ -196,6 +195,14 @@ fn start_time_of(stat: &str) -> Option<u64> {
         return None;
     }
     fields.get(19)?.parse().ok()
+}
+
+/// Unmounts a pod's /dev/shm tmpfs; not mounted (or not there) is fine.
+pub fn unmount_shm(shm: &Path) -> Result<()> {
+    match nix::mount::umount2(shm, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(e) => Err(Error::sys(format!("unmount {}", shm.display()), e)),
+    }
 }
 
 #[cfg(test)]

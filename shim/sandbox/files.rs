@@ -46,16 +46,6 @@ impl PodFiles {
         self.state_dir.join("shm")
     }
 
-    /// Unmounts the pod's /dev/shm if it is mounted: for `delete` after a crash between the
-    /// mount and the record that names it. Not mounted (or not there) is fine.
-    pub fn release_shm(&self) -> Result<()> {
-        let shm = self.shm();
-        match nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
-            Err(e) => Err(Error::sys(format!("unmount {}", shm.display()), e)),
-        }
-    }
-
     /// Writes hostname, hosts and resolv.conf and mounts the shm tmpfs (unless the pod
     /// shares the host IPC namespace). Everything made is recorded in `made` as it is made,
     /// so a failure halfway leaves a complete list to clean.
