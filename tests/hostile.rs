@@ -581,12 +581,10 @@ async fn delete_after_a_crash_at_any_step_leaves_nothing() {
         );
         assert!(!cgroup_exists(&parent), "{point}: pod cgroup removed");
         // The pod's /dev/shm, which StartSandbox mounts beside the pause.
-        let shm = shim
-            .dir
-            .join("state/io.containerd.grpc.v1.cri/sandboxes")
-            .join(&shim.id)
-            .join("shm");
-        assert!(!mounted(&shm), "{point}: the pod's shm unmounted");
+        assert!(
+            !mounted(&shim.pod_shm()),
+            "{point}: the pod's shm unmounted"
+        );
         for f in [
             shim.bundle.join(cove::state::STATE_FILE),
             b.join(cove::task::container::TASK_FILE),
@@ -621,13 +619,12 @@ async fn delete_survives_corrupt_records() {
     );
     assert!(!record.exists());
     assert!(shim.delete().status.success(), "and again");
-    // What it could not name is still there: the pause, its cgroup, the pod's /dev/shm.
-    let shm = shim
-        .dir
-        .join("state/io.containerd.grpc.v1.cri/sandboxes")
-        .join(&shim.id)
-        .join("shm");
-    let _ = nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH);
+    // The pod's /dev/shm sits where the bundle's layout puts it: unmounted all the same.
+    assert!(
+        !mounted(&shim.pod_shm()),
+        "delete unmounts the pod's shm without a record"
+    );
+    // What it could not name is still there: the pause and its cgroup.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pause as i32),
         nix::sys::signal::Signal::SIGKILL,

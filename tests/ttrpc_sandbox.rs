@@ -148,11 +148,7 @@ async fn full_lifecycle_with_pod_files_waiters_update_and_shutdown() {
         .dir
         .join("root/io.containerd.grpc.v1.cri/sandboxes")
         .join(&shim.id);
-    let shm = shim
-        .dir
-        .join("state/io.containerd.grpc.v1.cri/sandboxes")
-        .join(&shim.id)
-        .join("shm");
+    let shm = shim.pod_shm();
     assert_eq!(
         std::fs::read_to_string(files.join("hostname")).unwrap(),
         "web-0\n"

@@ -105,6 +105,14 @@ impl Shim {
         }
     }
 
+    /// The pod's /dev/shm mount point, where CRI looks for it in this shim's tree.
+    pub fn pod_shm(&self) -> PathBuf {
+        self.dir
+            .join("state/io.containerd.grpc.v1.cri/sandboxes")
+            .join(&self.id)
+            .join("shm")
+    }
+
     pub async fn clients(&self) -> (SandboxClient, TaskClient, ttrpc::r#async::Client) {
         let c = ttrpc::r#async::Client::connect(&self.address)
             .await
