@@ -10,6 +10,7 @@ pub mod error;
 pub mod failpoint;
 pub mod idmap;
 pub mod ids;
+pub mod kmsg;
 pub mod lifetime;
 pub mod lock;
 pub mod oom_score;
