@@ -285,3 +285,94 @@ async fn output_to_a_file_goes_through_pipes_as_with_runc() {
     }
     eventually("every cove shim has exited", || cd.cove_shims().is_empty()).await;
 }
+
+/// An OOM-killed container whose cgroup is gone before the shim looks at it, as systemd
+/// removes a container's scope the moment its last process is gone (in the systemd guest,
+/// before the shim had read the kill counter for about a third of Docker's OOM-killed
+/// containers, on containerd's runc shim as on cove): the kill is still reported, and
+/// before the exit. Here the shim is stopped while its container is killed and the scope
+/// removed, so that it cannot look earlier.
+#[tokio::test]
+async fn an_oom_kill_is_reported_when_the_scope_is_gone_before_the_shim_looks() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let cd = Containerd::start("oomscope").await;
+    let events = Command::new("ctr")
+        .arg("--address")
+        .arg(&cd.sock)
+        .arg("events")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A cgroupfs path named as systemd names a container's unit.
+    let parent = format!("/cove-e2e-oomscope-{}", std::process::id());
+    let scope = format!("{parent}/hog.scope");
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &(16u64 << 20).to_string(),
+        "--cgroup",
+        &scope,
+        BUSYBOX,
+        "hog",
+        "sh",
+        "-c",
+        "while [ ! -e /tmp/go ]; do sleep 0.05; done; exec tail /dev/zero",
+    ]);
+    let pid = cd.tasks()["hog"];
+    let shims = cd.cove_shims();
+    assert_eq!(shims.len(), 1);
+    let shim = Pid::from_raw(shims[0]);
+
+    kill(shim, Signal::SIGSTOP).unwrap();
+    std::fs::write(format!("/proc/{pid}/root/tmp/go"), "").unwrap();
+    // Killed, and not reaped: a zombie of the stopped shim.
+    let zombie = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    };
+    eventually("the hog is OOM-killed", zombie).await;
+    // What systemd does with a scope whose last process is gone.
+    let dirs: Vec<_> = layout()
+        .dirs(std::path::Path::new(&scope))
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    assert!(!dirs.is_empty(), "the container's cgroup exists");
+    for d in &dirs {
+        std::fs::remove_dir(d).unwrap_or_else(|e| panic!("rmdir {}: {e}", d.display()));
+    }
+    kill(shim, Signal::SIGCONT).unwrap();
+
+    eventually("the hog is stopped", || {
+        cd.ctr(&["task", "ls"])
+            .lines()
+            .any(|l| l.starts_with("hog") && l.contains("STOPPED"))
+    })
+    .await;
+    cd.ctr(&["task", "delete", "hog"]);
+    cd.ctr(&["container", "rm", "hog"]);
+    for d in layout().dirs(std::path::Path::new(&parent)) {
+        let _ = std::fs::remove_dir(d);
+    }
+    let _ = kill(Pid::from_raw(events.id() as i32), Signal::SIGTERM);
+    let out = events.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    let at = |topic: &str| {
+        seen.lines()
+            .position(|l| l.contains(topic) && l.contains("\"hog\""))
+    };
+    assert!(
+        at("/tasks/oom").is_some(),
+        "no /tasks/oom for hog in:\n{seen}"
+    );
+    assert!(
+        at("/tasks/oom") < at("/tasks/exit"),
+        "oom before exit:\n{seen}"
+    );
+}

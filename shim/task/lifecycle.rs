@@ -210,6 +210,7 @@ impl Inner {
                 &self.layout,
                 &cg,
                 &c.id,
+                pid as i32,
                 self.events.clone(),
                 c.index.is_some().then_some(&self.oom_ledgers),
             );

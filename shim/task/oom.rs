@@ -15,7 +15,9 @@
 //! (Docker's `system.slice`, say) holds other shims' containers and the host's services,
 //! whose OOM kills are not this container's: there the container's own counter is all
 //! that is read (seen in the systemd guest: Docker's `rm -f` of cove containers reported an
-//! OOM kill that runc's container in the same slice had taken).
+//! OOM kill that runc's container in the same slice had taken). For such a container in a
+//! scope, the kernel's log is read instead ([`crate::kmsg`]): it names the pid of every OOM
+//! victim, and a cursor opened at the container's creation sees only what came after.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
@@ -33,6 +35,10 @@ pub struct Oom {
     seen: AtomicU64,
     events: Events,
     parent: Option<(PathBuf, Arc<Ledger>)>,
+    /// The init's pid, and the kernel's log from the container's creation on: read at the
+    /// init's exit when the cgroup is a scope with no ledger and is gone by then.
+    init: i32,
+    kmsg: Mutex<Option<crate::kmsg::Cursor>>,
     /// Whether `/tasks/oom` was published for this container.
     reported: std::sync::atomic::AtomicBool,
     /// Ends the watcher (and closes its descriptors) when the container is deleted: on
@@ -81,13 +87,15 @@ fn oom_kills(dir: &Path, v2: bool) -> Option<u64> {
 }
 
 impl Oom {
-    /// Watches the memory cgroup `rel` of container `id`; None without a memory controller.
-    /// `pod_ledgers` is given when the container's parent is the pod cgroup of a sandbox
-    /// this shim serves (its kills are then the shim's containers').
+    /// Watches the memory cgroup `rel` of container `id`, whose init is `init`; None
+    /// without a memory controller. `pod_ledgers` is given when the container's parent is
+    /// the pod cgroup of a sandbox this shim serves (its kills are then the shim's
+    /// containers').
     pub fn watch(
         layout: &Layout,
         rel: &Path,
         id: &str,
+        init: i32,
         events: Events,
         pod_ledgers: Option<&Ledgers>,
     ) -> Option<Arc<Oom>> {
@@ -97,6 +105,13 @@ impl Oom {
             (Some(p), Some(ledgers)) if v2 => ledgers.get(p).map(|l| (p.to_owned(), l)),
             _ => None,
         };
+        // A scope is systemd's, which removes it as soon as it is empty.
+        let scope = rel.extension().is_some_and(|e| e == "scope");
+        let kmsg = if scope && parent.is_none() {
+            crate::kmsg::Cursor::at_end()
+        } else {
+            None
+        };
         let oom = Arc::new(Oom {
             id: id.to_owned(),
             seen: AtomicU64::new(oom_kills(&dir, v2).unwrap_or(0)),
@@ -104,6 +119,8 @@ impl Oom {
             v2,
             events,
             parent,
+            init,
+            kmsg: Mutex::new(kmsg),
             reported: Default::default(),
             stop: tokio::sync::watch::channel(false).0,
         });
@@ -144,13 +161,25 @@ impl Oom {
 
     /// The check on the init's exit. When the container's cgroup is already gone (systemd
     /// removed its scope) and the init died of SIGKILL, an OOM kill its parent counted and
-    /// no container of this shim claimed is this one's. Returns whether the container was
-    /// ever reported OOM-killed.
+    /// no container of this shim claimed is this one's; without such a parent, the
+    /// kernel's log says whether the init was an OOM victim. Returns whether the container
+    /// was ever reported OOM-killed.
     pub fn check_exit(&self, sigkilled: bool) -> bool {
+        // The log is read at most once, and its descriptor closed after.
+        let kmsg = crate::lock::lock(&self.kmsg).take();
         if self.check() || !sigkilled {
             return self.reported.load(Ordering::SeqCst);
         }
         let Some((parent, ledger)) = &self.parent else {
+            if kmsg.is_some_and(|mut k| k.oom_killed(self.init))
+                && !self.reported.swap(true, Ordering::SeqCst)
+            {
+                log::info!(
+                    "container {} was OOM-killed (in the kernel's log; its own cgroup is gone)",
+                    self.id
+                );
+                self.events.oom(&self.id);
+            }
             return self.reported.load(Ordering::SeqCst);
         };
         let Some(total) = oom_kills(parent, true) else {
@@ -274,6 +303,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// A pid no process has (above any pid_max): the kernel's log never names it.
+    const NO_PID: i32 = i32::MAX;
+
     fn counters(dir: &Path, kills: u64) {
         std::fs::write(
             dir.join("memory.events"),
@@ -294,8 +326,8 @@ mod tests {
         let layout = Layout::V2(PathBuf::from("/"));
         let ledgers = Ledgers::default();
         let events = Events::detached("test");
-        let oa = Oom::watch(&layout, &a, "a", events.clone(), Some(&ledgers)).unwrap();
-        let ob = Oom::watch(&layout, &b, "b", events.clone(), Some(&ledgers)).unwrap();
+        let oa = Oom::watch(&layout, &a, "a", NO_PID, events.clone(), Some(&ledgers)).unwrap();
+        let ob = Oom::watch(&layout, &b, "b", NO_PID, events.clone(), Some(&ledgers)).unwrap();
         // a is OOM-killed and the watcher sees it: the parent's kill is a's.
         counters(&a, 1);
         counters(&root, 6);
@@ -311,7 +343,7 @@ mod tests {
         let c = root.join("c.scope");
         std::fs::create_dir_all(&c).unwrap();
         counters(&c, 0);
-        let oc = Oom::watch(&layout, &c, "c", events.clone(), Some(&ledgers)).unwrap();
+        let oc = Oom::watch(&layout, &c, "c", NO_PID, events.clone(), Some(&ledgers)).unwrap();
         counters(&root, 7);
         std::fs::remove_dir_all(&c).unwrap();
         oc.check_exit(false);
@@ -335,7 +367,7 @@ mod tests {
         counters(&root, 2);
         let layout = Layout::V2(PathBuf::from("/"));
         let events = Events::detached("test");
-        let od = Oom::watch(&layout, &d, "d", events.clone(), None).unwrap();
+        let od = Oom::watch(&layout, &d, "d", NO_PID, events.clone(), None).unwrap();
         // Someone else in the same parent is OOM-killed; d is SIGKILLed and its scope goes.
         counters(&root, 3);
         std::fs::remove_dir_all(&d).unwrap();
