@@ -12,10 +12,16 @@
 //!
 //! Only the kernel's own record of a kill counts: its facility is the kernel's (a record
 //! written to `/dev/kmsg` from user space never is), its level is `KERN_ERR`, and its whole
-//! message begins as the OOM killer's does (`<constraint>: Killed process <pid> (`), so a
-//! kernel message that quotes a name a container chose cannot pass for one. Outside the
-//! initial pid namespace the pids the kernel logs are not this process's, and no cursor is
-//! opened.
+//! message begins as the OOM killer's does (`<constraint>: Killed process <pid> (`; before
+//! Linux 5.1, `Killed process <pid> (`), so a kernel message that quotes a name a container
+//! chose cannot pass for one. Outside the initial pid namespace the pids the kernel logs
+//! are not this process's, and no cursor is opened.
+//!
+//! The kernel logs the kill before the victim can exit (the record is written while the
+//! victim's memory is still held), and the shim reads the log as soon as the exit is seen,
+//! right after reaping, so no other process has had the time to take the pid over and be
+//! killed in its turn. What this does not see: a kill of another process of the container
+//! (its init then exits on its own), which only the removed cgroup counted.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
@@ -92,12 +98,15 @@ fn records_oom_kill(record: &[u8], pid: i32) -> bool {
     }
     // Only the first line is the message; what follows is its dictionary.
     let message = rest.split('\n').next().unwrap_or_default();
-    let victim = format!(": Killed process {pid} (");
-    CONSTRAINTS.iter().any(|c| {
-        message
-            .strip_prefix(c)
-            .is_some_and(|m| m.starts_with(&victim))
-    })
+    let victim = format!("Killed process {pid} (");
+    // Kernels before 5.1 logged the kill with no constraint in front.
+    message.starts_with(&victim)
+        || CONSTRAINTS.iter().any(|c| {
+            message
+                .strip_prefix(c)
+                .and_then(|m| m.strip_prefix(": "))
+                .is_some_and(|m| m.starts_with(&victim))
+        })
 }
 
 #[cfg(test)]
@@ -115,6 +124,8 @@ mod tests {
     #[test]
     fn the_kernels_kill_record_names_the_pid_and_no_other() {
         assert!(records_oom_kill(&rec(3, KILL), 19858));
+        let old_kernel = "Killed process 7 (java) total-vm:1kB, anon-rss:1kB";
+        assert!(records_oom_kill(&rec(3, old_kernel), 7));
         for constraint in CONSTRAINTS {
             let m = format!("{constraint}: Killed process 7 (java) total-vm:1kB");
             assert!(records_oom_kill(&rec(3, &m), 7), "{m}");

@@ -241,16 +241,24 @@ impl Inner {
             return;
         };
         c.init.set_reaped();
+        // Looked for now, not once Start has returned: the init's pid is free from its
+        // reaping on, and a kill of another process under that pid must not be read from
+        // the kernel's log as this one's.
+        let oom = lock(&c.oom).clone();
+        let oom_killed = match oom {
+            Some(oom) => {
+                oom.check_exit(exit.status == 128 + libc::SIGKILL as u32)
+                    .await
+            }
+            None => false,
+        };
         let mut gate = c.gate.subscribe();
         let _ = gate.wait_for(|open| *open).await;
-        let oom = lock(&c.oom).clone();
-        if let Some(oom) = oom {
+        if oom_killed {
             // CRI learns of the exit from Task.Wait, which returns once the init is marked
             // stopped below; its reason is OOMKilled only if /tasks/oom reached containerd
             // first, so an OOM kill is delivered before the exit is let out.
-            if oom.check_exit(exit.status == 128 + libc::SIGKILL as u32) {
-                self.events.flushed(OOM_FLUSH).await;
-            }
+            self.events.flushed(OOM_FLUSH).await;
         }
         if c.kill_all_on_exit {
             if let Err(e) = self.kill_all(&c, libc::SIGKILL).await {

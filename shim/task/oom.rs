@@ -108,7 +108,16 @@ impl Oom {
         // A scope is systemd's, which removes it as soon as it is empty.
         let scope = rel.extension().is_some_and(|e| e == "scope");
         let kmsg = if scope && parent.is_none() {
-            crate::kmsg::Cursor::at_end()
+            let cursor = crate::kmsg::Cursor::at_end();
+            if cursor.is_none() {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    log::warn!(
+                        "the kernel's log (/dev/kmsg) cannot be read here: an OOM kill of a container whose scope systemd removes before the shim reads its counter goes unreported"
+                    )
+                });
+            }
+            cursor
         } else {
             None
         };
@@ -164,16 +173,23 @@ impl Oom {
     /// no container of this shim claimed is this one's; without such a parent, the
     /// kernel's log says whether the init was an OOM victim. Returns whether the container
     /// was ever reported OOM-killed.
-    pub fn check_exit(&self, sigkilled: bool) -> bool {
+    pub async fn check_exit(&self, sigkilled: bool) -> bool {
         // The log is read at most once, and its descriptor closed after.
         let kmsg = crate::lock::lock(&self.kmsg).take();
         if self.check() || !sigkilled {
             return self.reported.load(Ordering::SeqCst);
         }
         let Some((parent, ledger)) = &self.parent else {
-            if kmsg.is_some_and(|mut k| k.oom_killed(self.init))
-                && !self.reported.swap(true, Ordering::SeqCst)
-            {
+            let Some(mut kmsg) = kmsg else {
+                return self.reported.load(Ordering::SeqCst);
+            };
+            // Off the event loop: a container that lived long on a busy host has a long
+            // log to read.
+            let pid = self.init;
+            let killed = tokio::task::spawn_blocking(move || kmsg.oom_killed(pid))
+                .await
+                .unwrap_or(false);
+            if killed && !self.reported.swap(true, Ordering::SeqCst) {
                 log::info!(
                     "container {} was OOM-killed (in the kernel's log; its own cgroup is gone)",
                     self.id
@@ -334,10 +350,10 @@ mod tests {
         assert!(oa.check());
         // b is SIGKILLed (not by the OOM killer) and its scope is gone: nothing to claim.
         std::fs::remove_dir_all(&b).unwrap();
-        ob.check_exit(true);
+        ob.check_exit(true).await;
         // a's scope goes too, and its exit finds the kill claimed already.
         std::fs::remove_dir_all(&a).unwrap();
-        oa.check_exit(true);
+        oa.check_exit(true).await;
         assert_eq!(events.sent_oom(), vec!["a".to_string()]);
         // A new container c is OOM-killed and its scope is gone before any look: claimed once.
         let c = root.join("c.scope");
@@ -346,14 +362,14 @@ mod tests {
         let oc = Oom::watch(&layout, &c, "c", NO_PID, events.clone(), Some(&ledgers)).unwrap();
         counters(&root, 7);
         std::fs::remove_dir_all(&c).unwrap();
-        oc.check_exit(false);
+        oc.check_exit(false).await;
         assert_eq!(
             events.sent_oom().len(),
             1,
             "an exit not by SIGKILL is no OOM kill"
         );
-        oc.check_exit(true);
-        oc.check_exit(true);
+        oc.check_exit(true).await;
+        oc.check_exit(true).await;
         assert_eq!(events.sent_oom(), vec!["a".to_string(), "c".to_string()]);
         let _ = std::fs::remove_dir_all(&root);
     }
@@ -371,7 +387,7 @@ mod tests {
         // Someone else in the same parent is OOM-killed; d is SIGKILLed and its scope goes.
         counters(&root, 3);
         std::fs::remove_dir_all(&d).unwrap();
-        assert!(!od.check_exit(true));
+        assert!(!od.check_exit(true).await);
         assert!(
             events.sent_oom().is_empty(),
             "another cgroup's OOM kill is not d's"
