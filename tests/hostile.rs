@@ -12,7 +12,7 @@ use common::shim::{create_req, ctx, pod_options, Shim};
 use common::{alive, cgroup_exists, eventually, inheritable_fds};
 use containerd_shim_protos::api::{
     CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, StartRequest, StateRequest,
-    WaitRequest,
+    Status, WaitRequest,
 };
 use containerd_shim_protos::sandbox_api::*;
 use containerd_shim_protos::sandbox_async::SandboxClient;
@@ -693,4 +693,76 @@ async fn a_start_for_the_same_id_after_shutdown_gets_a_new_server() {
         "the new server answers"
     );
     assert_eq!(shim.server_pid(), new);
+}
+
+/// Task.Create from a checkpoint runs nothing until Start restores it. A path that is not
+/// absolute, or a directory runc's checkpoint did not write, is refused at Create; a
+/// corrupt checkpoint (or a host where CRIU cannot run) fails that Start with the reason,
+/// and the task, never restored, is deleted leaving nothing.
+#[tokio::test]
+async fn a_restore_from_a_corrupt_checkpoint_gets_an_error_and_leaves_nothing() {
+    let shim = Shim::start("restore");
+    let (sb, task, _) = shim.clients().await;
+    start_pod(&sb, &shim).await;
+    let rootfs = rootfs(&shim.dir);
+    let b = bundle(&shim.dir, "restored", &["sleep", "1000"], None);
+
+    let mut r = create_task("restored", &b, &rootfs);
+    r.checkpoint = "relative/checkpoint".into();
+    assert_eq!(code(task.create(ctx(), &r).await), Code::INVALID_ARGUMENT);
+    assert!(!mounted(&b.join("rootfs")));
+
+    let image = shim.dir.join("corrupt-checkpoint");
+    std::fs::create_dir_all(&image).unwrap();
+    r.checkpoint = image.to_string_lossy().into_owned();
+    assert_eq!(
+        code(task.create(ctx(), &r).await),
+        Code::INVALID_ARGUMENT,
+        "an empty directory"
+    );
+    assert!(!mounted(&b.join("rootfs")));
+    std::fs::write(image.join("inventory.img"), b"garbage").unwrap();
+    std::fs::write(image.join("descriptors.json"), b"garbage").unwrap();
+    assert_eq!(
+        task.create(ctx(), &r).await.unwrap().pid,
+        0,
+        "no process yet"
+    );
+    let mut st = StateRequest::new();
+    st.id = "restored".into();
+    let state = task.state(ctx(), &st).await.unwrap();
+    assert_eq!(
+        (state.status.value(), state.pid),
+        (Status::CREATED as i32, 0)
+    );
+    let mut k = KillRequest::new();
+    k.id = "restored".into();
+    k.signal = 9;
+    assert_eq!(
+        code(task.kill(ctx(), &k).await),
+        Code::NOT_FOUND,
+        "no process to kill"
+    );
+
+    let mut s = StartRequest::new();
+    s.id = "restored".into();
+    let err = task.start(ctx(), &s).await.unwrap_err();
+    eprintln!("restore: {err:?}");
+    assert!(
+        format!("{err:?}").contains("restore of task restored"),
+        "{err:?}"
+    );
+    assert!(!runc_state("restored").exists(), "runc keeps no container");
+    let state = task.state(ctx(), &st).await.unwrap();
+    assert_eq!(
+        (state.status.value(), state.pid),
+        (Status::CREATED as i32, 0)
+    );
+
+    let d = task.delete(ctx(), &delete_req("restored")).await.unwrap();
+    assert_eq!((d.pid, d.exit_status), (0, 0));
+    assert!(!mounted(&b.join("rootfs")), "the rootfs is unmounted");
+    assert!(!b.join("cove-task.json").exists(), "no task record is left");
+    assert_eq!(code(task.state(ctx(), &st).await), Code::NOT_FOUND);
+    shutdown(&sb, &shim).await;
 }

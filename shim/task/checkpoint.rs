@@ -1,5 +1,6 @@
 //! Task.Checkpoint through `runc checkpoint` (CRIU), and the plain reason when CRIU cannot
-//! run on the host. Restoring answers UNIMPLEMENTED (in Task.Create).
+//! run on the host. Restoring (`runc restore`, at the Start of a task created from a
+//! checkpoint) is in `lifecycle.rs`; what it checks of a checkpoint and its errors are here.
 
 use containerd_shim_protos::api::CheckpointTaskRequest;
 use protobuf::Message;
@@ -21,16 +22,21 @@ impl Inner {
         let args = runc_args(&opts, &r.path).ok_or_else(|| {
             Error::InvalidArgument(format!("checkpoint of task {} needs an image path", r.id))
         })?;
-        let err = match c.runc.checkpoint(&r.id, &c.bundle, &args).await {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        // Say why when CRIU itself cannot work here, which runc's message does not.
+        match c.runc.checkpoint(&r.id, &c.bundle, &args).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self
+                .criu_failed(&format!("checkpoint of task {}", r.id), e)
+                .await),
+        }
+    }
+
+    /// A runc error of a checkpoint or restore, with the reason when CRIU itself cannot
+    /// work here (FAILED_PRECONDITION), which runc's message does not say.
+    pub(super) async fn criu_failed(&self, what: &str, err: Error) -> Error {
         if !on_path("criu") {
-            return Err(Error::FailedPrecondition(format!(
-                "checkpoint of task {} needs CRIU, and no criu binary is installed on this host ({err})",
-                r.id
-            )));
+            return Error::FailedPrecondition(format!(
+                "{what} needs CRIU, and no criu binary is installed on this host ({err})"
+            ));
         }
         let mut check = std::process::Command::new("criu");
         check.arg("check");
@@ -43,15 +49,37 @@ impl Inner {
                     .rev()
                     .find(|l| l.contains("Error"))
                     .unwrap_or("failed");
-                return Err(Error::FailedPrecondition(format!(
-                    "checkpoint of task {} needs CRIU, and CRIU cannot run on this host: `criu check`: {} ({err})",
-                    r.id,
+                return Error::FailedPrecondition(format!(
+                    "{what} needs CRIU, and CRIU cannot run on this host: `criu check`: {} ({err})",
                     why.trim()
-                )));
+                ));
             }
         }
-        Err(err)
+        err
     }
+}
+
+/// The files every checkpoint `runc checkpoint` writes holds: CRIU's inventory and runc's
+/// record of the init's descriptors.
+const CHECKPOINT_FILES: [&str; 2] = ["inventory.img", "descriptors.json"];
+
+/// Checks that `dir` (Task.Create's checkpoint) is a checkpoint runc wrote, before a task
+/// is created from it: an absolute path to a directory holding [`CHECKPOINT_FILES`].
+pub fn check_image(id: &str, dir: &str) -> Result<()> {
+    let path = std::path::Path::new(dir);
+    if !path.is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "task {id}: checkpoint {dir:?} must be an absolute path"
+        )));
+    }
+    for f in CHECKPOINT_FILES {
+        if !path.join(f).is_file() {
+            return Err(Error::InvalidArgument(format!(
+                "task {id}: {dir} is not a checkpoint runc wrote: it has no {f}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `runc checkpoint`'s arguments for containerd's options and image path; `None` when

@@ -58,6 +58,9 @@ pub struct Container {
     /// Opens once Start (or Kill, or Delete) has run, so that an init's exit is never
     /// published before its start.
     pub gate: watch::Sender<bool>,
+    /// A task created from a checkpoint: where its Start restores it from (taken by the
+    /// Start that runs `runc restore`, or by Delete).
+    pub restore: Mutex<Option<super::runc::RestoreFrom>>,
 }
 
 impl Container {

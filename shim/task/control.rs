@@ -41,6 +41,13 @@ impl Inner {
             // Its pid may belong to another process by now.
             return Err(finished());
         }
+        if p.pid() == 0 {
+            // A task created from a checkpoint has no process until its Start restores it.
+            return Err(Error::NotFound(format!(
+                "{} has no process to signal: it is not restored yet",
+                name(&r.id, &r.exec_id)
+            )));
+        }
         match p.state() {
             State::Stopped => return Err(finished()),
             State::Created if !r.exec_id.is_empty() => {

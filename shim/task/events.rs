@@ -138,11 +138,20 @@ impl Events {
         }
     }
 
-    pub fn create(&self, id: &str, bundle: &str, pid: u32, stdio: [&str; 3], terminal: bool) {
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &str,
+        pid: u32,
+        stdio: [&str; 3],
+        terminal: bool,
+        checkpoint: &str,
+    ) {
         let mut e = TaskCreate::new();
         e.container_id = id.into();
         e.bundle = bundle.into();
         e.pid = pid;
+        e.checkpoint = checkpoint.into();
         let mut io = TaskIO::new();
         io.stdin = stdio[0].into();
         io.stdout = stdio[1].into();

@@ -1,5 +1,7 @@
 //! A container's life: Task.Create (rootfs, the crash record, `runc create`), Start (of
-//! the init or an exec), the exits the reaper reports, and Delete.
+//! the init or an exec), the exits the reaper reports, and Delete. A task created from a
+//! checkpoint runs nothing at Create: its Start runs `runc restore`, as containerd's runc
+//! shim does (a restored process runs at once; a created task must not).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use oci_spec::runtime::Spec;
 
 use super::container::{self, Container, TASK_FILE};
 use super::process::{Process, State};
-use super::runc::Launch;
+use super::runc::{Launch, RestoreFrom};
 use super::spec::{
     has_poststop_or_rdt, parse_options, read_pid, shares_pid_namespace, uses_systemd_cgroups,
 };
@@ -23,9 +25,14 @@ impl Inner {
     pub(super) async fn create(self: &Arc<Self>, r: CreateTaskRequest) -> Result<u32> {
         crate::ids::validate("task id", &r.id)?;
         if !r.checkpoint.is_empty() {
-            return Err(Error::Unimplemented(format!(
-                "task {}: restoring from a checkpoint needs CRIU, which cove does not drive",
-                r.id
+            super::checkpoint::check_image(&r.id, &r.checkpoint)?;
+        }
+        if !r.parent_checkpoint.is_empty()
+            && !std::path::Path::new(&r.parent_checkpoint).is_absolute()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "task {}: parent checkpoint {:?} must be an absolute path",
+                r.id, r.parent_checkpoint
             )));
         }
         if self.manager.get(&r.id).is_ok() || lock(&self.containers).contains_key(&r.id) {
@@ -132,6 +139,16 @@ impl Inner {
             cgroup: Mutex::default(),
             oom: Mutex::default(),
             gate: tokio::sync::watch::channel(false).0,
+            restore: Mutex::new((!r.checkpoint.is_empty()).then(|| {
+                RestoreFrom {
+                    image: PathBuf::from(&r.checkpoint),
+                    work: (!options.criu_work_path.is_empty())
+                        .then(|| PathBuf::from(&options.criu_work_path)),
+                    parent: (!r.parent_checkpoint.is_empty())
+                        .then(|| PathBuf::from(&r.parent_checkpoint)),
+                    no_pivot: options.no_pivot_root,
+                }
+            })),
         });
         // Written before runc runs, so that `delete` cleans up whatever this leaves: run
         // for the task, or for its sandbox (the only one containerd runs when a sandbox's
@@ -144,6 +161,12 @@ impl Inner {
                 let _ = container::unmount_rootfs(&rootfs);
             }
             return Err(e);
+        }
+        if lock(&c.restore).is_some() {
+            // Nothing runs until Start; the task is created with no process (pid 0).
+            self.register_init(&c, 0, &r.checkpoint).await;
+            log::info!("created task {} from checkpoint {}", c.id, r.checkpoint);
+            return Ok(0);
         }
         crate::failpoint::hit(crate::failpoint::TASK_CREATE_BEFORE_RUNC).await;
         match self.launch_init(&c, &options).await {
@@ -160,6 +183,23 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    /// Makes a created task known: to the task table, the server's lifetime, and containerd
+    /// (`/tasks/create`, with the checkpoint it is restored from, if any).
+    async fn register_init(self: &Arc<Self>, c: &Arc<Container>, pid: u32, checkpoint: &str) {
+        lock(&self.containers).insert(c.id.clone(), c.clone());
+        self.lifetime.task_added();
+        self.manager.serving_tasks_only().await;
+        let p = &c.init.paths;
+        self.events.create(
+            &c.id,
+            &c.bundle.to_string_lossy(),
+            pid,
+            [&p.stdin, &p.stdout, &p.stderr],
+            p.terminal,
+            checkpoint,
+        );
     }
 
     async fn launch_init(self: &Arc<Self>, c: &Arc<Container>, options: &Options) -> Result<u32> {
@@ -191,6 +231,22 @@ impl Inner {
             .await?;
         let pid = read_pid(&pid_file)?;
         crate::failpoint::hit(crate::failpoint::TASK_CREATE_AFTER_RUNC).await;
+        let exit = self.adopt_init(c, pid, born, prep).await?;
+        self.register_init(c, pid, "").await;
+        tokio::spawn(self.clone().on_init_exit(c.clone(), exit));
+        log::info!("created task {} (pid {pid})", c.id);
+        Ok(pid)
+    }
+
+    /// What follows runc's launch of an init (`create` or `restore`): its exit is watched,
+    /// its cgroup and OOM kills too, and its stdio copies begin.
+    async fn adopt_init(
+        self: &Arc<Self>,
+        c: &Arc<Container>,
+        pid: u32,
+        born: std::time::Instant,
+        prep: stdio::Prepared,
+    ) -> Result<tokio::sync::watch::Receiver<Option<Exit>>> {
         let exit = self.reaper.watch(pid as i32, born);
         // The container's cgroup, read from its init's pid before anything is awaited: the
         // reaper runs on this thread, so an init it has not reaped yet keeps its pid (a
@@ -216,19 +272,46 @@ impl Inner {
             );
             *lock(&c.cgroup) = Some(cg);
         }
-        lock(&self.containers).insert(c.id.clone(), c.clone());
-        self.lifetime.task_added();
-        self.manager.serving_tasks_only().await;
-        let p = &c.init.paths;
-        self.events.create(
-            &c.id,
-            &c.bundle.to_string_lossy(),
-            pid,
-            [&p.stdin, &p.stdout, &p.stderr],
-            p.terminal,
-        );
+        Ok(exit)
+    }
+
+    /// Start of a task created from a checkpoint: `runc restore`, and the restored init is
+    /// adopted as a created one would be.
+    async fn restore_init(self: &Arc<Self>, c: &Arc<Container>, from: &RestoreFrom) -> Result<u32> {
+        let mut prep = stdio::prepare(
+            &c.init.paths,
+            stdio::Owner {
+                id: &c.id,
+                namespace: &self.namespace,
+                reaper: &self.reaper,
+            },
+        )
+        .await?;
+        let pid_file = c.bundle.join("init.pid");
+        let stdio = prep.stdio()?;
+        let console = prep.console.as_ref().map(|s| s.path.clone());
+        let born = std::time::Instant::now();
+        let restored = c
+            .runc
+            .restore(
+                &c.id,
+                &c.bundle,
+                Launch {
+                    pid_file: pid_file.clone(),
+                    console_socket: console.as_deref(),
+                    stdio: Some(stdio),
+                },
+                from,
+            )
+            .await;
+        if let Err(e) = restored {
+            let what = format!("restore of task {} from {}", c.id, from.image.display());
+            return Err(self.criu_failed(&what, e).await);
+        }
+        let pid = read_pid(&pid_file)?;
+        let exit = self.adopt_init(c, pid, born, prep).await?;
         tokio::spawn(self.clone().on_init_exit(c.clone(), exit));
-        log::info!("created task {} (pid {pid})", c.id);
+        log::info!("restored task {} (pid {pid})", c.id);
         Ok(pid)
     }
 
@@ -316,7 +399,19 @@ impl Inner {
         exec_id: &str,
     ) -> Result<u32> {
         if exec_id.is_empty() {
-            let res = c.runc.start(id, &c.bundle).await;
+            // Taken for the restore's length (Delete meanwhile is refused), given back if
+            // it fails, so that Start can be retried and Delete still knows.
+            let pending = lock(&c.restore).take();
+            let res = match pending {
+                Some(from) => {
+                    let res = self.restore_init(c, &from).await.map(drop);
+                    if res.is_err() {
+                        *lock(&c.restore) = Some(from);
+                    }
+                    res
+                }
+                None => c.runc.start(id, &c.bundle).await,
+            };
             if res.is_ok() && p.transition(State::Running) {
                 self.events.start_(id, p.pid());
             }
@@ -397,12 +492,26 @@ impl Inner {
             }
             return Ok(resp);
         }
+        if p.pid() == 0 && lock(&c.restore).is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "task {id} is being restored from its checkpoint; delete it once Start returns"
+            )));
+        }
         if p.mark_deleted() {
             return Err(Error::NotFound(format!("task {id} is being deleted")));
         }
         c.open_gate();
+        // A task created from a checkpoint and never started has nothing for runc to delete.
+        let never_restored = lock(&c.restore).take().is_some();
+        if never_restored {
+            p.set_stopped(Exit {
+                status: 0,
+                at: std::time::SystemTime::now(),
+            });
+        }
         // A container whose processes are all gone needs no runc run to be deleted.
-        let removed = c.plain_delete && p.exit().is_some() && c.runc.remove_stopped(id);
+        let removed =
+            never_restored || c.plain_delete && p.exit().is_some() && c.runc.remove_stopped(id);
         if !removed {
             if let Err(e) = c.runc.delete(id, &c.bundle, true).await {
                 if !matches!(e, Error::NotFound(_)) {

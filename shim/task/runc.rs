@@ -278,6 +278,60 @@ impl Runc {
     }
 }
 
+/// Where `runc restore` finds a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreFrom {
+    /// The checkpoint's image directory (Task.Create's `checkpoint`).
+    pub image: PathBuf,
+    /// CRIU's work directory (the runtime options' `criu_work_path`), if set.
+    pub work: Option<PathBuf>,
+    /// The parent checkpoint of an incremental one, if any.
+    pub parent: Option<PathBuf>,
+    pub no_pivot: bool,
+}
+
+impl Runc {
+    /// `runc restore --detach`: the container is recreated from its checkpoint and runs on.
+    pub async fn restore(
+        &self,
+        id: &str,
+        bundle: &Path,
+        l: Launch<'_>,
+        from: &RestoreFrom,
+    ) -> Result<()> {
+        let log = bundle.join("log.json");
+        let args: [&std::ffi::OsStr; 5] = [
+            "restore".as_ref(),
+            "--detach".as_ref(),
+            // The shim is the subreaper of what it runs.
+            "--no-subreaper".as_ref(),
+            "--bundle".as_ref(),
+            bundle.as_ref(),
+        ];
+        let mut c = self.launch_command(&log, &args, &l);
+        c.arg("--image-path").arg(&from.image);
+        if let Some(w) = &from.work {
+            c.arg("--work-path").arg(w);
+        }
+        if let Some(p) = &from.parent {
+            c.arg("--parent-path").arg(p);
+        }
+        if from.no_pivot {
+            c.arg("--no-pivot");
+        }
+        c.arg(id).current_dir(bundle);
+        self.run_within(
+            c,
+            &log,
+            l.stdio,
+            &format!("restore {id}"),
+            CHECKPOINT_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+}
+
 pub struct Output {
     pub status: u32,
     pub stdout: Vec<u8>,
