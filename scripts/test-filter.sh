@@ -19,4 +19,9 @@ if ! runc features 2>/dev/null | tr -d ' \n\t' | grep -q '"idmap":{"enabled":tru
     echo "test-filter: $(runc --version 2>/dev/null | head -1 || echo 'no runc') has no idmapped mounts: the user-namespaced pod tests (binary userns) are skipped" >&2
     filter="$filter & not binary(userns)"
 fi
+# Checkpoint and restore need CRIU, which runs only where `criu check` passes.
+if ! why=$(criu check 2>&1); then
+    echo "test-filter: CRIU cannot run here ($(printf '%s\n' "$why" | grep -m1 -i error || echo 'no criu')): the checkpoint tests (binary checkpoint) are skipped" >&2
+    filter="$filter & not binary(checkpoint)"
+fi
 echo "$filter"

@@ -35,13 +35,18 @@ docker:docker_cgroup_behaviour_is_the_same_on_cove_as_on_runc
 
 # The cgroupfs leg only: what depends on pure cgroup v2 and the kernel but not on the
 # driver, because it names cgroupfs paths (`/cove-test/...`, ctr's `/default/...`) in
-# either leg: plain `ctr` tasks (pause, metrics, exec, a crashed shim), the crash-at-any-step,
-# hostile-request and retried-delete leak checks, and the shim-alone lifecycle and
-# crashed-shim delete. The systemd leg would run them on the same paths again.
+# either leg: plain `ctr` tasks (pause, metrics, exec, a crashed shim, an OOM kill whose
+# scope is removed first), the crash-at-any-step, hostile-request and retried-delete leak
+# checks, and the shim-alone lifecycle and crashed-shim delete. The systemd leg would run
+# them on the same paths again. And checkpoint and restore (CRIU runs in the guest's
+# kernel, not on every host): through ctr, and CRI's checkpoint of a pod's container, here
+# only for its cost under emulation (the systemd driver's part in it is runc's).
 cgroupfs_only='
 task_ctr:ctr_run_exec_signal_pause_metrics_and_delete
 task_ctr:a_crashed_shim_leaves_no_container_or_mount_behind
 task_ctr:an_oom_kill_is_reported_when_the_scope_is_gone_before_the_shim_looks
+checkpoint:a_counter_checkpointed_and_restored_through_ctr_goes_on_as_on_runc
+checkpoint:a_container_in_a_pod_checkpointed_through_cri_runs_on_as_on_runc
 hostile:delete_after_a_crash_at_any_step_leaves_nothing
 hostile:hostile_requests_get_a_status_and_leak_nothing
 hostile:a_failed_delete_can_be_retried
@@ -92,7 +97,7 @@ case ${1:?usage: tests.sh LEG|--check} in
     done
     # Every test of the suites that exist for pods on a node is placed, so that a new one
     # is put in a leg (or left to the host) on purpose.
-    for b in cri_e2e cri_restart escape task_cri userns; do
+    for b in checkpoint cri_e2e cri_restart escape task_cri userns; do
         for n in $(printf '%s\n' "$all" | sed -n "s/^cove::$b //p"); do
             printf '%s\n' $both $cgroupfs_only $systemd_only $host_only | grep -qxF "$b:$n" || unplaced="$unplaced $b:$n"
         done
