@@ -42,21 +42,32 @@ impl Layout {
         Layout::parse(&info)
     }
 
+    /// One mount per hierarchy: a hierarchy can be mounted more than once (CRIU mounts
+    /// every one in a yard of its own while it restores a container; an administrator may
+    /// mount one elsewhere), and a mount of a subtree (`root` other than `/`) is no
+    /// hierarchy's top. Of the mounts of a hierarchy, the one under `/sys/fs/cgroup` is
+    /// taken, else the first.
     fn parse(mountinfo: &str) -> Result<Layout> {
-        let mut v1 = Vec::new();
-        let mut unified = None;
+        // Each v1 hierarchy with what tells it apart: its controllers, or a named one's name.
+        let mut v1: Vec<(String, Hierarchy)> = Vec::new();
+        let mut unified: Option<PathBuf> = None;
+        let canonical = |p: &Path| p.starts_with("/sys/fs/cgroup");
         for line in mountinfo.lines() {
             // fields: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
             let Some((left, right)) = line.split_once(" - ") else {
                 continue;
             };
-            let mountpoint = unescape_mountinfo(left.split(' ').nth(4).unwrap_or_default());
+            let mut l = left.split(' ');
+            if l.nth(3) != Some("/") {
+                continue;
+            }
+            let mountpoint = PathBuf::from(unescape_mountinfo(l.next().unwrap_or_default()));
             let mut r = right.split(' ');
             let fstype = r.next().unwrap_or_default();
             let superopts = r.nth(1).unwrap_or_default();
             match fstype {
                 "cgroup" => {
-                    let controllers = superopts
+                    let controllers: Vec<String> = superopts
                         .split(',')
                         .filter(|o| {
                             !matches!(*o, "rw" | "ro")
@@ -67,15 +78,33 @@ impl Layout {
                         })
                         .map(str::to_owned)
                         .collect();
-                    v1.push(Hierarchy {
-                        mountpoint: PathBuf::from(mountpoint),
-                        controllers,
-                    });
+                    let name = superopts.split(',').find(|o| o.starts_with("name="));
+                    let key = format!("{}{}", controllers.join(","), name.unwrap_or_default());
+                    match v1.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, h)) if !canonical(&h.mountpoint) && canonical(&mountpoint) => {
+                            h.mountpoint = mountpoint;
+                        }
+                        Some(_) => {}
+                        None => v1.push((
+                            key,
+                            Hierarchy {
+                                mountpoint,
+                                controllers,
+                            },
+                        )),
+                    }
                 }
-                "cgroup2" => unified = Some(PathBuf::from(&mountpoint)),
+                "cgroup2"
+                    if unified
+                        .as_ref()
+                        .is_none_or(|u| !canonical(u) && canonical(&mountpoint)) =>
+                {
+                    unified = Some(mountpoint);
+                }
                 _ => {}
             }
         }
+        let mut v1: Vec<Hierarchy> = v1.into_iter().map(|(_, h)| h).collect();
         match (v1.is_empty(), unified) {
             (true, Some(root)) => Ok(Layout::V2(root)),
             (false, unified) => {

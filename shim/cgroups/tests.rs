@@ -35,6 +35,44 @@ fn parses_hybrid_and_unified_layouts() {
 }
 
 #[test]
+fn another_mount_of_a_hierarchy_is_not_taken_for_it() {
+    // CRIU, restoring a container, mounts every hierarchy again in a yard of its own; a
+    // container's bind of a subtree is no hierarchy's top either.
+    let yard = "/run/ck/.criu.cgyard.4X8DmA";
+    let v2 = format!(
+        "50 60 0:40 / /mnt/early rw - cgroup2 cgroup2 rw\n\
+         40 1 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n\
+         70 40 0:30 /kubepods /var/lib/x/cgroup rw - cgroup2 cgroup2 rw\n\
+         90 80 0:30 / {yard}/unified rw - cgroup2 cgroup2 rw\n"
+    );
+    assert_eq!(
+        Layout::parse(&v2).unwrap(),
+        Layout::V2("/sys/fs/cgroup".into())
+    );
+    let hybrid = format!(
+        "{HYBRID}\
+         91 80 0:28 / {yard}/memory rw - cgroup cgroup rw,memory\n\
+         92 80 0:29 / {yard}/systemd rw - cgroup cgroup rw,name=systemd\n\
+         93 80 0:30 / {yard}/unified rw - cgroup2 cgroup2 rw\n\
+         94 80 0:32 / {yard}/pids rw - cgroup cgroup rw,pids\n"
+    );
+    let Layout::V1(hs) = Layout::parse(&hybrid).unwrap() else {
+        panic!("not v1")
+    };
+    let mut want = Layout::parse(HYBRID).unwrap();
+    // A hierarchy mounted only in the yard is still a hierarchy of the host.
+    if let Layout::V1(w) = &mut want {
+        let unified = w.pop().unwrap();
+        w.push(Hierarchy {
+            mountpoint: format!("{yard}/pids").into(),
+            controllers: vec!["pids".into()],
+        });
+        w.push(unified);
+    }
+    assert_eq!(Layout::V1(hs), want);
+}
+
+#[test]
 fn controller_dirs_follow_the_layout() {
     let l = Layout::parse(HYBRID).unwrap();
     assert_eq!(
