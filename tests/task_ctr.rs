@@ -9,16 +9,21 @@ use common::*;
 
 const RUNTIME: &str = "io.containerd.cove.v1";
 
-#[tokio::test]
-async fn ctr_run_exec_signal_pause_metrics_and_delete() {
-    let cd = Containerd::start("ctr").await;
-    let events = Command::new("ctr")
+/// `ctr events` of every namespace, printing to a pipe.
+fn ctr_events(cd: &Containerd) -> std::process::Child {
+    Command::new("ctr")
         .arg("--address")
         .arg(&cd.sock)
         .arg("events")
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn ctr_run_exec_signal_pause_metrics_and_delete() {
+    let cd = Containerd::start("ctr").await;
+    let events = ctr_events(&cd);
 
     // Attached, exit code and the last words before the exit.
     let (code, out, _) = cd.ctr_status(&[
@@ -305,13 +310,7 @@ async fn an_oom_kill_is_reported_when_the_scope_is_gone_before_the_shim_looks() 
         "this test needs the kernel's log (/dev/kmsg) and the initial pid namespace"
     );
     let cd = Containerd::start("oomscope").await;
-    let mut events = Command::new("ctr")
-        .arg("--address")
-        .arg(&cd.sock)
-        .arg("events")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut events = ctr_events(&cd);
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let lines = std::io::BufReader::new(events.stdout.take().unwrap());
     let sink = seen.clone();

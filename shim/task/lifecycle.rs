@@ -21,6 +21,12 @@ use crate::lock::lock;
 use crate::protos::runc::Options;
 use crate::reaper::{wait_exit, Exit};
 
+/// How runc makes a task's init.
+enum InitRun<'a> {
+    Create(&'a Options),
+    Restore(&'a RestoreFrom),
+}
+
 impl Inner {
     pub(super) async fn create(self: &Arc<Self>, r: CreateTaskRequest) -> Result<u32> {
         crate::ids::validate("task id", &r.id)?;
@@ -202,40 +208,66 @@ impl Inner {
         );
     }
 
+    /// The stdio of a process of container `id`, prepared for the runc run that starts it.
+    async fn prepare_stdio(&self, id: &str, paths: &stdio::Paths) -> Result<stdio::Prepared> {
+        let owner = stdio::Owner {
+            id,
+            namespace: &self.namespace,
+            reaper: &self.reaper,
+        };
+        stdio::prepare(paths, owner).await
+    }
+
     async fn launch_init(self: &Arc<Self>, c: &Arc<Container>, options: &Options) -> Result<u32> {
-        let mut prep = stdio::prepare(
-            &c.init.paths,
-            stdio::Owner {
-                id: &c.id,
-                namespace: &self.namespace,
-                reaper: &self.reaper,
-            },
-        )
-        .await?;
-        let pid_file = c.bundle.join("init.pid");
-        let stdio = prep.stdio()?;
-        let console = prep.console.as_ref().map(|s| s.path.clone());
-        let born = std::time::Instant::now();
-        c.runc
-            .create(
-                &c.id,
-                &c.bundle,
-                Launch {
-                    pid_file: pid_file.clone(),
-                    console_socket: console.as_deref(),
-                    stdio: Some(stdio),
-                },
-                options.no_pivot_root,
-                options.no_new_keyring,
-            )
-            .await?;
-        let pid = read_pid(&pid_file)?;
-        crate::failpoint::hit(crate::failpoint::TASK_CREATE_AFTER_RUNC).await;
-        let exit = self.adopt_init(c, pid, born, prep).await?;
+        let (pid, exit) = self.run_init(c, InitRun::Create(options)).await?;
         self.register_init(c, pid, "").await;
         tokio::spawn(self.clone().on_init_exit(c.clone(), exit));
         log::info!("created task {} (pid {pid})", c.id);
         Ok(pid)
+    }
+
+    /// runc's run that makes the init (`create`, or `restore` of a checkpoint), then its
+    /// adoption: its pid and the watch of its exit.
+    async fn run_init(
+        self: &Arc<Self>,
+        c: &Arc<Container>,
+        how: InitRun<'_>,
+    ) -> Result<(u32, tokio::sync::watch::Receiver<Option<Exit>>)> {
+        let mut prep = self.prepare_stdio(&c.id, &c.init.paths).await?;
+        let pid_file = c.bundle.join("init.pid");
+        let stdio = prep.stdio()?;
+        let console = prep.console.as_ref().map(|s| s.path.clone());
+        let launch = Launch {
+            pid_file: pid_file.clone(),
+            console_socket: console.as_deref(),
+            stdio: Some(stdio),
+        };
+        let born = std::time::Instant::now();
+        match how {
+            InitRun::Create(options) => {
+                c.runc
+                    .create(
+                        &c.id,
+                        &c.bundle,
+                        launch,
+                        options.no_pivot_root,
+                        options.no_new_keyring,
+                    )
+                    .await?;
+            }
+            InitRun::Restore(from) => {
+                if let Err(e) = c.runc.restore(&c.id, &c.bundle, launch, from).await {
+                    let what = format!("restore of task {} from {}", c.id, from.image.display());
+                    return Err(self.criu_failed(&what, e).await);
+                }
+            }
+        }
+        let pid = read_pid(&pid_file)?;
+        if matches!(how, InitRun::Create(_)) {
+            crate::failpoint::hit(crate::failpoint::TASK_CREATE_AFTER_RUNC).await;
+        }
+        let exit = self.adopt_init(c, pid, born, prep).await?;
+        Ok((pid, exit))
     }
 
     /// What follows runc's launch of an init (`create` or `restore`): its exit is watched,
@@ -278,38 +310,7 @@ impl Inner {
     /// Start of a task created from a checkpoint: `runc restore`, and the restored init is
     /// adopted as a created one would be.
     async fn restore_init(self: &Arc<Self>, c: &Arc<Container>, from: &RestoreFrom) -> Result<u32> {
-        let mut prep = stdio::prepare(
-            &c.init.paths,
-            stdio::Owner {
-                id: &c.id,
-                namespace: &self.namespace,
-                reaper: &self.reaper,
-            },
-        )
-        .await?;
-        let pid_file = c.bundle.join("init.pid");
-        let stdio = prep.stdio()?;
-        let console = prep.console.as_ref().map(|s| s.path.clone());
-        let born = std::time::Instant::now();
-        let restored = c
-            .runc
-            .restore(
-                &c.id,
-                &c.bundle,
-                Launch {
-                    pid_file: pid_file.clone(),
-                    console_socket: console.as_deref(),
-                    stdio: Some(stdio),
-                },
-                from,
-            )
-            .await;
-        if let Err(e) = restored {
-            let what = format!("restore of task {} from {}", c.id, from.image.display());
-            return Err(self.criu_failed(&what, e).await);
-        }
-        let pid = read_pid(&pid_file)?;
-        let exit = self.adopt_init(c, pid, born, prep).await?;
+        let (pid, exit) = self.run_init(c, InitRun::Restore(from)).await?;
         tokio::spawn(self.clone().on_init_exit(c.clone(), exit));
         log::info!("restored task {} (pid {pid})", c.id);
         Ok(pid)
@@ -425,15 +426,7 @@ impl Inner {
                 "cannot start exec {exec_id}: task {id} is not running"
             )));
         }
-        let mut prep = stdio::prepare(
-            &p.paths,
-            stdio::Owner {
-                id,
-                namespace: &self.namespace,
-                reaper: &self.reaper,
-            },
-        )
-        .await?;
+        let mut prep = self.prepare_stdio(id, &p.paths).await?;
         let spec_file = c.bundle.join(format!("exec-{exec_id}.json"));
         let pid_file = c.bundle.join(format!("exec-{exec_id}.pid"));
         std::fs::write(&spec_file, &p.spec).context(|| format!("write {}", spec_file.display()))?;
