@@ -46,6 +46,27 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// The same error, its message prefixed with what failed (once), keeping its code but
+    /// NOT_FOUND: what failed within `what` is no sign that the object is gone.
+    pub fn within(self, what: &str) -> Self {
+        let msg = self.to_string();
+        if msg.starts_with(what) {
+            return self;
+        }
+        let m = format!("{what}: {msg}");
+        match self {
+            Error::NotFound(_) => Error::Unknown(m),
+            Error::AlreadyExists(_) => Error::AlreadyExists(m),
+            Error::InvalidArgument(_) => Error::InvalidArgument(m),
+            Error::FailedPrecondition(_) => Error::FailedPrecondition(m),
+            Error::Unimplemented(_) => Error::Unimplemented(m),
+            Error::Corrupt(_) => Error::Corrupt(m),
+            Error::DeadlineExceeded(_) => Error::DeadlineExceeded(m),
+            Error::Io { .. } | Error::Sys { .. } | Error::Internal(_) => Error::Internal(m),
+            Error::Unknown(_) => Error::Unknown(m),
+        }
+    }
+
     /// Wraps an I/O error with what cove was doing.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

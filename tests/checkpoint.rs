@@ -12,10 +12,23 @@ const COVE: &str = "io.containerd.cove.v1";
 const RUNC: &str = "io.containerd.runc.v2";
 
 /// A counter whose state is only in its memory: a token drawn when it starts and a count,
-/// written to a file of its rootfs every tick. A restored counter goes on with the same
-/// token; a restarted one would draw a new token and count from 1.
+/// written to a file of its rootfs every tick (whole: written aside, then renamed). A
+/// restored counter goes on with the same token; a restarted one would draw a new token
+/// and count from 1.
 const COUNTER: &str = "t=$(cat /proc/sys/kernel/random/uuid); i=0; \
-    while true; do i=$((i+1)); echo \"$t $i\" > /tmp/count; sleep 0.2; done";
+    while true; do i=$((i+1)); echo \"$t $i\" > /tmp/count.new; mv /tmp/count.new /tmp/count; \
+    sleep 0.2; done";
+
+/// Polls `f` for about 20 s: whether it came true.
+async fn within(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
 
 /// What a user sees of a checkpoint and restore through `ctr`.
 #[derive(Debug, PartialEq, Eq)]
@@ -66,14 +79,8 @@ async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
     let (token, before) = count(cd, &id).expect("the counter's file");
     let (code, _, err) = cd.ctr_status(&["container", "checkpoint", "--task", &id, &image]);
     assert!(code == 0 || rt == COVE, "{rt}: checkpoint: {err}");
-    let ran_on = {
-        let before = count(cd, &id);
-        eventually(&format!("{id} counts on after its checkpoint"), || {
-            count(cd, &id) != before
-        })
-        .await;
-        true
-    };
+    let after = count(cd, &id);
+    let ran_on = within(|| count(cd, &id).is_some_and(|c| Some(&c) != after.as_ref())).await;
     cd.ctr_kill_and_remove(&id).await;
 
     let (rcode, _, rerr) = cd.ctr_status(&["container", "restore", "--live", &restored, &image]);
@@ -117,17 +124,14 @@ async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
     }
     cd.ctr_status(&["container", "rm", &restored]);
     cd.ctr_status(&["image", "rm", &image]);
-    eventually("the runtime's shims have exited", || {
-        rt != COVE || cd.cove_shims().is_empty()
-    })
-    .await;
+    let shims_gone = rt != COVE || within(|| cd.cove_shims().is_empty()).await;
     Seen {
         checkpoint: (code, ran_on),
         restore: (rcode, status),
         same_process,
         goes_on,
         killed,
-        shims_left: if rt == COVE { cd.cove_shims().len() } else { 0 },
+        shims_left: if shims_gone { 0 } else { cd.cove_shims().len() },
     }
 }
 

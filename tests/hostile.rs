@@ -710,6 +710,10 @@ async fn a_restore_from_a_corrupt_checkpoint_gets_an_error_and_leaves_nothing() 
     let mut r = create_task("restored", &b, &rootfs);
     r.checkpoint = "relative/checkpoint".into();
     assert_eq!(code(task.create(ctx(), &r).await), Code::INVALID_ARGUMENT);
+    // runc restores no incremental checkpoint.
+    r.parent_checkpoint = "/parent".into();
+    assert_eq!(code(task.create(ctx(), &r).await), Code::UNIMPLEMENTED);
+    r.parent_checkpoint.clear();
     assert!(!mounted(&b.join("rootfs")));
 
     let image = shim.dir.join("corrupt-checkpoint");
@@ -757,6 +761,12 @@ async fn a_restore_from_a_corrupt_checkpoint_gets_an_error_and_leaves_nothing() 
     assert_eq!(
         (state.status.value(), state.pid),
         (Status::CREATED as i32, 0)
+    );
+    // A failed restore is final: its output went with it.
+    assert_eq!(
+        code(task.start(ctx(), &s).await),
+        Code::FAILED_PRECONDITION,
+        "a second Start"
     );
 
     let d = task.delete(ctx(), &delete_req("restored")).await.unwrap();

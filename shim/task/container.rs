@@ -58,9 +58,22 @@ pub struct Container {
     /// Opens once Start (or Kill, or Delete) has run, so that an init's exit is never
     /// published before its start.
     pub gate: watch::Sender<bool>,
-    /// A task created from a checkpoint: where its Start restores it from (taken by the
-    /// Start that runs `runc restore`, or by Delete).
-    pub restore: Mutex<Option<super::runc::RestoreFrom>>,
+    /// Where a task created from a checkpoint is in its restore.
+    pub restore: Mutex<Restore>,
+}
+
+/// The restore of a task created from a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restore {
+    /// Not created from a checkpoint, or restored.
+    None,
+    /// Start will restore it from there.
+    Pending(super::runc::RestoreFrom),
+    /// A Start is restoring it.
+    Running,
+    /// The restore failed: the task can only be deleted (its stdio was closed with the
+    /// failed run; a second run would write where no reader is).
+    Failed,
 }
 
 impl Container {

@@ -84,6 +84,12 @@ impl Inner {
                 r.id
             )));
         }
+        if c.init.pid() == 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot exec in task {}: it is not restored from its checkpoint yet",
+                r.id
+            )));
+        }
         let spec = r.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
         serde_json::from_slice::<oci_spec::runtime::Process>(&spec).map_err(|e| {
             Error::InvalidArgument(format!(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use containerd_shim_protos::api::*;
 use oci_spec::runtime::Spec;
 
-use super::container::{self, Container, TASK_FILE};
+use super::container::{self, Container, Restore, TASK_FILE};
 use super::process::{Process, State};
 use super::runc::{Launch, RestoreFrom};
 use super::spec::{
@@ -30,16 +30,14 @@ enum InitRun<'a> {
 impl Inner {
     pub(super) async fn create(self: &Arc<Self>, r: CreateTaskRequest) -> Result<u32> {
         crate::ids::validate("task id", &r.id)?;
+        if !r.parent_checkpoint.is_empty() {
+            return Err(Error::Unimplemented(format!(
+                "task {}: a restore from a parent checkpoint (incremental): runc restore has no such option",
+                r.id
+            )));
+        }
         if !r.checkpoint.is_empty() {
             super::checkpoint::check_image(&r.id, &r.checkpoint)?;
-        }
-        if !r.parent_checkpoint.is_empty()
-            && !std::path::Path::new(&r.parent_checkpoint).is_absolute()
-        {
-            return Err(Error::InvalidArgument(format!(
-                "task {}: parent checkpoint {:?} must be an absolute path",
-                r.id, r.parent_checkpoint
-            )));
         }
         if self.manager.get(&r.id).is_ok() || lock(&self.containers).contains_key(&r.id) {
             return Err(Error::AlreadyExists(format!(
@@ -145,16 +143,16 @@ impl Inner {
             cgroup: Mutex::default(),
             oom: Mutex::default(),
             gate: tokio::sync::watch::channel(false).0,
-            restore: Mutex::new((!r.checkpoint.is_empty()).then(|| {
-                RestoreFrom {
+            restore: Mutex::new(if r.checkpoint.is_empty() {
+                Restore::None
+            } else {
+                Restore::Pending(RestoreFrom {
                     image: PathBuf::from(&r.checkpoint),
                     work: (!options.criu_work_path.is_empty())
                         .then(|| PathBuf::from(&options.criu_work_path)),
-                    parent: (!r.parent_checkpoint.is_empty())
-                        .then(|| PathBuf::from(&r.parent_checkpoint)),
                     no_pivot: options.no_pivot_root,
-                }
-            })),
+                })
+            }),
         });
         // Written before runc runs, so that `delete` cleans up whatever this leaves: run
         // for the task, or for its sandbox (the only one containerd runs when a sandbox's
@@ -168,7 +166,7 @@ impl Inner {
             }
             return Err(e);
         }
-        if lock(&c.restore).is_some() {
+        if *lock(&c.restore) != Restore::None {
             // Nothing runs until Start; the task is created with no process (pid 0).
             self.register_init(&c, 0, &r.checkpoint).await;
             log::info!("created task {} from checkpoint {}", c.id, r.checkpoint);
@@ -256,16 +254,31 @@ impl Inner {
                     .await?;
             }
             InitRun::Restore(from) => {
-                if let Err(e) = c.runc.restore(&c.id, &c.bundle, launch, from).await {
-                    let what = format!("restore of task {} from {}", c.id, from.image.display());
-                    return Err(self.criu_failed(&what, e).await);
-                }
+                let what = format!("restore of task {} from {}", c.id, from.image.display());
+                let restored = match c.runc.restore(&c.id, &c.bundle, launch, from).await {
+                    Err(e) => Err(self.criu_failed(&what, e).await),
+                    Ok(()) => match read_pid(&pid_file) {
+                        Ok(pid) => self.adopt_init(c, pid, born, prep).await.map(|e| (pid, e)),
+                        Err(e) => Err(e),
+                    },
+                };
+                // Whatever runc left of a restore that failed (a timed-out runc is killed
+                // before it cleans up; a restored init whose adoption failed still runs).
+                return match restored {
+                    Ok(done) => Ok(done),
+                    Err(e) => {
+                        if let Err(d) = c.runc.delete(&c.id, &c.bundle, true).await {
+                            if !matches!(d, Error::NotFound(_)) {
+                                log::warn!("{what}: clean up: {d}");
+                            }
+                        }
+                        Err(e.within(&what))
+                    }
+                };
             }
         }
         let pid = read_pid(&pid_file)?;
-        if matches!(how, InitRun::Create(_)) {
-            crate::failpoint::hit(crate::failpoint::TASK_CREATE_AFTER_RUNC).await;
-        }
+        crate::failpoint::hit(crate::failpoint::TASK_CREATE_AFTER_RUNC).await;
         let exit = self.adopt_init(c, pid, born, prep).await?;
         Ok((pid, exit))
     }
@@ -400,18 +413,29 @@ impl Inner {
         exec_id: &str,
     ) -> Result<u32> {
         if exec_id.is_empty() {
-            // Taken for the restore's length (Delete meanwhile is refused), given back if
-            // it fails, so that Start can be retried and Delete still knows.
-            let pending = lock(&c.restore).take();
-            let res = match pending {
-                Some(from) => {
+            // Running for the restore's length (Delete meanwhile is refused); a failed
+            // restore is final.
+            let state = std::mem::replace(&mut *lock(&c.restore), Restore::Running);
+            let res = match state {
+                Restore::Pending(from) => {
                     let res = self.restore_init(c, &from).await.map(drop);
-                    if res.is_err() {
-                        *lock(&c.restore) = Some(from);
-                    }
+                    *lock(&c.restore) = if res.is_ok() {
+                        Restore::None
+                    } else {
+                        Restore::Failed
+                    };
                     res
                 }
-                None => c.runc.start(id, &c.bundle).await,
+                Restore::Failed | Restore::Running => {
+                    *lock(&c.restore) = state;
+                    return Err(Error::FailedPrecondition(format!(
+                        "task {id}: its restore from a checkpoint failed; delete it"
+                    )));
+                }
+                Restore::None => {
+                    *lock(&c.restore) = Restore::None;
+                    c.runc.start(id, &c.bundle).await
+                }
             };
             if res.is_ok() && p.transition(State::Running) {
                 self.events.start_(id, p.pid());
@@ -485,7 +509,7 @@ impl Inner {
             }
             return Ok(resp);
         }
-        if p.pid() == 0 && lock(&c.restore).is_none() {
+        if *lock(&c.restore) == Restore::Running {
             return Err(Error::FailedPrecondition(format!(
                 "task {id} is being restored from its checkpoint; delete it once Start returns"
             )));
@@ -494,8 +518,12 @@ impl Inner {
             return Err(Error::NotFound(format!("task {id} is being deleted")));
         }
         c.open_gate();
-        // A task created from a checkpoint and never started has nothing for runc to delete.
-        let never_restored = lock(&c.restore).take().is_some();
+        // A task created from a checkpoint and never restored has no process (runc's
+        // delete below finds nothing, or what a failed restore left).
+        let never_restored = !matches!(
+            std::mem::replace(&mut *lock(&c.restore), Restore::None),
+            Restore::None
+        );
         if never_restored {
             p.set_stopped(Exit {
                 status: 0,
@@ -504,7 +532,7 @@ impl Inner {
         }
         // A container whose processes are all gone needs no runc run to be deleted.
         let removed =
-            never_restored || c.plain_delete && p.exit().is_some() && c.runc.remove_stopped(id);
+            !never_restored && c.plain_delete && p.exit().is_some() && c.runc.remove_stopped(id);
         if !removed {
             if let Err(e) = c.runc.delete(id, &c.bundle, true).await {
                 if !matches!(e, Error::NotFound(_)) {

@@ -285,8 +285,6 @@ pub struct RestoreFrom {
     pub image: PathBuf,
     /// CRIU's work directory (the runtime options' `criu_work_path`), if set.
     pub work: Option<PathBuf>,
-    /// The parent checkpoint of an incremental one, if any.
-    pub parent: Option<PathBuf>,
     pub no_pivot: bool,
 }
 
@@ -312,9 +310,6 @@ impl Runc {
         c.arg("--image-path").arg(&from.image);
         if let Some(w) = &from.work {
             c.arg("--work-path").arg(w);
-        }
-        if let Some(p) = &from.parent {
-            c.arg("--parent-path").arg(p);
         }
         if from.no_pivot {
             c.arg("--no-pivot");

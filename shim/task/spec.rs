@@ -11,9 +11,15 @@ use crate::protos::runc::Options;
 
 pub fn read_pid(file: &Path) -> Result<u32> {
     let text = std::fs::read_to_string(file).context(|| format!("read {}", file.display()))?;
-    text.trim()
-        .parse()
-        .map_err(|e| Error::Internal(format!("pid file {}: {e}", file.display())))
+    match text.trim().parse() {
+        // Pid 0 names no process: signalled, it would be the shim's own process group.
+        Ok(0) => Err(Error::Internal(format!(
+            "pid file {}: pid 0",
+            file.display()
+        ))),
+        Ok(pid) => Ok(pid),
+        Err(e) => Err(Error::Internal(format!("pid file {}: {e}", file.display()))),
+    }
 }
 
 /// runc `Options` from a create request (runc's own type, or CRI's generic TOML body).
