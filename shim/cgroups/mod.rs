@@ -44,13 +44,15 @@ impl Layout {
 
     /// One mount per hierarchy: a hierarchy can be mounted more than once (CRIU mounts
     /// every one in a yard of its own while it restores a container; an administrator may
-    /// mount one elsewhere), and a mount of a subtree (`root` other than `/`) is no
-    /// hierarchy's top. Of the mounts of a hierarchy, the one under `/sys/fs/cgroup` is
-    /// taken, else the first.
+    /// mount one elsewhere). Of the mounts of a hierarchy, the one of its whole tree
+    /// (`root` `/`) under `/sys/fs/cgroup` is taken, else one of its whole tree, else the
+    /// first; and where hierarchies are mounted under `/sys/fs/cgroup`, one mounted only
+    /// elsewhere is none of the host's.
     fn parse(mountinfo: &str) -> Result<Layout> {
-        // Each v1 hierarchy with what tells it apart: its controllers, or a named one's name.
-        let mut v1: Vec<(String, Hierarchy)> = Vec::new();
-        let mut unified: Option<PathBuf> = None;
+        // Each v1 hierarchy with what tells it apart (its controllers, or a named one's
+        // name) and how good its mount is.
+        let mut v1: Vec<(String, u8, Hierarchy)> = Vec::new();
+        let mut unified: Option<(u8, PathBuf)> = None;
         let canonical = |p: &Path| p.starts_with("/sys/fs/cgroup");
         for line in mountinfo.lines() {
             // fields: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
@@ -58,10 +60,9 @@ impl Layout {
                 continue;
             };
             let mut l = left.split(' ');
-            if l.nth(3) != Some("/") {
-                continue;
-            }
+            let whole = l.nth(3) == Some("/");
             let mountpoint = PathBuf::from(unescape_mountinfo(l.next().unwrap_or_default()));
+            let score = u8::from(whole) * 2 + u8::from(whole && canonical(&mountpoint));
             let mut r = right.split(' ');
             let fstype = r.next().unwrap_or_default();
             let superopts = r.nth(1).unwrap_or_default();
@@ -80,13 +81,15 @@ impl Layout {
                         .collect();
                     let name = superopts.split(',').find(|o| o.starts_with("name="));
                     let key = format!("{}{}", controllers.join(","), name.unwrap_or_default());
-                    match v1.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, h)) if !canonical(&h.mountpoint) && canonical(&mountpoint) => {
+                    match v1.iter_mut().find(|(k, _, _)| *k == key) {
+                        Some((_, best, h)) if score > *best => {
+                            *best = score;
                             h.mountpoint = mountpoint;
                         }
                         Some(_) => {}
                         None => v1.push((
                             key,
+                            score,
                             Hierarchy {
                                 mountpoint,
                                 controllers,
@@ -94,17 +97,19 @@ impl Layout {
                         )),
                     }
                 }
-                "cgroup2"
-                    if unified
-                        .as_ref()
-                        .is_none_or(|u| !canonical(u) && canonical(&mountpoint)) =>
-                {
-                    unified = Some(mountpoint);
+                "cgroup2" if unified.as_ref().is_none_or(|(best, _)| score > *best) => {
+                    unified = Some((score, mountpoint));
                 }
                 _ => {}
             }
         }
-        let mut v1: Vec<Hierarchy> = v1.into_iter().map(|(_, h)| h).collect();
+        let any_canonical = v1.iter().any(|(_, s, _)| *s == 3);
+        let mut v1: Vec<Hierarchy> = v1
+            .into_iter()
+            .filter(|(_, s, _)| !any_canonical || *s == 3)
+            .map(|(_, _, h)| h)
+            .collect();
+        let unified = unified.map(|(_, u)| u);
         match (v1.is_empty(), unified) {
             (true, Some(root)) => Ok(Layout::V2(root)),
             (false, unified) => {
