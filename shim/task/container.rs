@@ -11,7 +11,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::record::{self, Record};
 use crate::task::oom::Oom;
 use crate::task::process::Process;
-use crate::task::runc::Runc;
+use crate::task::runc::{RestoreFrom, Runc};
 
 /// The record in a container bundle that lets `delete` clean up after a shim crash.
 pub const TASK_FILE: &str = "cove-task.json";
@@ -68,7 +68,7 @@ pub enum Restore {
     /// Not created from a checkpoint, or restored.
     None,
     /// Start will restore it from there.
-    Pending(super::runc::RestoreFrom),
+    Pending(RestoreFrom),
     /// A Start is restoring it.
     Running,
     /// The restore failed: the task can only be deleted (its stdio was closed with the
@@ -77,6 +77,52 @@ pub enum Restore {
 }
 
 impl Container {
+    /// For the init's Start: the checkpoint to restore it from (its restore is running from
+    /// then on), or None for a task not created from one. A restore that failed is final.
+    pub fn begin_restore(&self) -> Result<Option<RestoreFrom>> {
+        let mut r = crate::lock::lock(&self.restore);
+        match std::mem::replace(&mut *r, Restore::Running) {
+            Restore::Pending(from) => Ok(Some(from)),
+            Restore::None => {
+                *r = Restore::None;
+                Ok(None)
+            }
+            other => {
+                *r = other;
+                Err(Error::FailedPrecondition(format!(
+                    "task {}: its restore from a checkpoint failed; delete it",
+                    self.id
+                )))
+            }
+        }
+    }
+
+    /// The end of the restore [`Container::begin_restore`] began.
+    pub fn end_restore(&self, restored: bool) {
+        *crate::lock::lock(&self.restore) = if restored {
+            Restore::None
+        } else {
+            Restore::Failed
+        };
+    }
+
+    /// For Delete: whether the task was created from a checkpoint and never restored (its
+    /// restore pending, or failed), which it then forgets. Refused while a Start restores it.
+    pub fn abandon_restore(&self) -> Result<bool> {
+        let mut r = crate::lock::lock(&self.restore);
+        match *r {
+            Restore::None => Ok(false),
+            Restore::Running => Err(Error::FailedPrecondition(format!(
+                "task {} is being restored from its checkpoint; delete it once Start returns",
+                self.id
+            ))),
+            Restore::Pending(_) | Restore::Failed => {
+                *r = Restore::None;
+                Ok(true)
+            }
+        }
+    }
+
     pub fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {
         crate::lock::lock(&self.execs)
     }

@@ -413,29 +413,13 @@ impl Inner {
         exec_id: &str,
     ) -> Result<u32> {
         if exec_id.is_empty() {
-            // Running for the restore's length (Delete meanwhile is refused); a failed
-            // restore is final.
-            let state = std::mem::replace(&mut *lock(&c.restore), Restore::Running);
-            let res = match state {
-                Restore::Pending(from) => {
+            let res = match c.begin_restore()? {
+                Some(from) => {
                     let res = self.restore_init(c, &from).await.map(drop);
-                    *lock(&c.restore) = if res.is_ok() {
-                        Restore::None
-                    } else {
-                        Restore::Failed
-                    };
+                    c.end_restore(res.is_ok());
                     res
                 }
-                Restore::Failed | Restore::Running => {
-                    *lock(&c.restore) = state;
-                    return Err(Error::FailedPrecondition(format!(
-                        "task {id}: its restore from a checkpoint failed; delete it"
-                    )));
-                }
-                Restore::None => {
-                    *lock(&c.restore) = Restore::None;
-                    c.runc.start(id, &c.bundle).await
-                }
+                None => c.runc.start(id, &c.bundle).await,
             };
             if res.is_ok() && p.transition(State::Running) {
                 self.events.start_(id, p.pid());
@@ -509,21 +493,13 @@ impl Inner {
             }
             return Ok(resp);
         }
-        if *lock(&c.restore) == Restore::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "task {id} is being restored from its checkpoint; delete it once Start returns"
-            )));
-        }
+        // A task created from a checkpoint and never restored has no process (runc's
+        // delete below finds nothing, or what a failed restore left).
+        let never_restored = c.abandon_restore()?;
         if p.mark_deleted() {
             return Err(Error::NotFound(format!("task {id} is being deleted")));
         }
         c.open_gate();
-        // A task created from a checkpoint and never restored has no process (runc's
-        // delete below finds nothing, or what a failed restore left).
-        let never_restored = !matches!(
-            std::mem::replace(&mut *lock(&c.restore), Restore::None),
-            Restore::None
-        );
         if never_restored {
             p.set_stopped(Exit {
                 status: 0,

@@ -32,6 +32,16 @@ pub struct Launch<'a> {
     pub stdio: Option<[Stdio; 3]>,
 }
 
+/// Where `runc restore` finds a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreFrom {
+    /// The checkpoint's image directory (Task.Create's `checkpoint`).
+    pub image: PathBuf,
+    /// CRIU's work directory (the runtime options' `criu_work_path`), if set.
+    pub work: Option<PathBuf>,
+    pub no_pivot: bool,
+}
+
 impl Runc {
     fn command(&self, log: &Path) -> Command {
         let mut c = Command::new(&self.binary);
@@ -276,19 +286,7 @@ impl Runc {
         .await
         .map(drop)
     }
-}
 
-/// Where `runc restore` finds a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestoreFrom {
-    /// The checkpoint's image directory (Task.Create's `checkpoint`).
-    pub image: PathBuf,
-    /// CRIU's work directory (the runtime options' `criu_work_path`), if set.
-    pub work: Option<PathBuf>,
-    pub no_pivot: bool,
-}
-
-impl Runc {
     /// `runc restore --detach`: the container is recreated from its checkpoint and runs on.
     pub async fn restore(
         &self,
