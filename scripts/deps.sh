@@ -3,6 +3,8 @@
 # containerd 2.x from Debian unstable (the stable release has none), runc, the CNI
 # plugins, busybox-static, util-linux (nsenter), iproute2, protobuf-compiler (for the
 # test clients' generated code), gcc and libc6-dev (for the static test pause binary),
+# CRIU and docker-registry (the distribution registry, run on loopback by the test of
+# CRI's restore, which pulls the checkpoint's base image; its own service is disabled),
 # and Docker for the Docker suite: docker.io and docker-cli 28.x with tini-static from
 # Debian unstable (a `runtimeType` runtime in daemon.json needs Docker 23 or newer; the
 # stable release has 20.10), iptables from stable. The package's own daemon is not
@@ -15,7 +17,7 @@
 set -eu
 [ "$(id -u)" = 0 ] || { echo "deps: run as root" >&2; exit 1; }
 
-want="runc containernetworking-plugins busybox-static util-linux iproute2 protobuf-compiler gcc libc6-dev iptables"
+want="runc containernetworking-plugins busybox-static util-linux iproute2 protobuf-compiler gcc libc6-dev iptables criu docker-registry"
 for extra in "$@"; do
     case $extra in
     vm) want="$want qemu-system-x86 linux-image-amd64 python3-argcomplete python3-requests util-linux-extra kbd file dbus systemd" ;;
@@ -32,6 +34,9 @@ if [ -n "$need" ]; then
     # INITRD=No: the guest boots from virtme-ng's own initramfs.
     INITRD=No DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
 fi
+# The registry package enables a service on :5000; the systemd guest of `make test-vm`
+# boots this root and would start it. Tests run their own on a free loopback port.
+rm -f /etc/systemd/system/multi-user.target.wants/docker-registry.service
 
 # Packages only Debian unstable has: a private apt source derived from this machine's own
 # Debian entry (same mirror, suite sid); the package alone is downloaded and installed
