@@ -53,7 +53,17 @@ impl Error {
         if msg.starts_with(what) {
             return self;
         }
-        let m = format!("{what}: {msg}");
+        self.reworded(format!("{what}: {msg}"))
+    }
+
+    /// The same error with `note` after its message, e.g. where a log says more.
+    pub fn noting(self, note: &str) -> Self {
+        let m = format!("{self} ({note})");
+        self.reworded(m)
+    }
+
+    /// The same code (NOT_FOUND apart, see `within`) with message `m`.
+    fn reworded(self, m: String) -> Self {
         match self {
             Error::NotFound(_) => Error::Unknown(m),
             Error::AlreadyExists(_) => Error::AlreadyExists(m),

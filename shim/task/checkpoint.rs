@@ -2,6 +2,8 @@
 //! run on the host. Restoring (`runc restore`, at the Start of a task created from a
 //! checkpoint) is in `lifecycle.rs`; what it checks of a checkpoint and its errors are here.
 
+use std::path::Path;
+
 use containerd_shim_protos::api::CheckpointTaskRequest;
 use protobuf::Message;
 
@@ -24,9 +26,19 @@ impl Inner {
         })?;
         match c.runc.checkpoint(&r.id, &c.bundle, &args).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(self
-                .criu_failed(&format!("checkpoint of task {}", r.id), e)
-                .await),
+            Err(e) => {
+                let e = self
+                    .criu_failed(&format!("checkpoint of task {}", r.id), e)
+                    .await;
+                let (image, work) = (image_of(&opts, &r.path), &opts.work_path);
+                Err(keep_log(
+                    &c.bundle,
+                    image.as_ref(),
+                    work.as_ref(),
+                    "dump.log",
+                )
+                .await(e))
+            }
         }
     }
 
@@ -59,6 +71,34 @@ impl Inner {
     }
 }
 
+/// Where CRIU's log of a failed checkpoint or restore (`log`: `dump.log`, `restore.log`)
+/// can be read, noted on the error: runc's error says only that CRIU failed. CRIU writes
+/// it to its work directory, the image directory unless containerd named one; an image
+/// directory is containerd's, removed when the call fails, so the log is copied to
+/// `criu-<log>` in the bundle first (where containerd's runc shim keeps it too; it goes
+/// with the bundle at Task.Delete).
+pub(super) async fn keep_log(
+    bundle: &Path,
+    image: &Path,
+    work: &Path,
+    log: &str,
+) -> impl FnOnce(Error) -> Error {
+    let at = if !work.as_os_str().is_empty() {
+        let p = work.join(log);
+        tokio::fs::metadata(&p).await.is_ok().then_some(p)
+    } else {
+        let kept = bundle.join(format!("criu-{log}"));
+        match tokio::fs::copy(image.join(log), &kept).await {
+            Ok(_) => Some(kept),
+            Err(_) => None,
+        }
+    };
+    move |e: Error| match at {
+        Some(p) => e.noting(&format!("CRIU's log: {}", p.display())),
+        None => e,
+    }
+}
+
 /// The files every checkpoint `runc checkpoint` writes holds: CRIU's inventory and runc's
 /// record of the init's descriptors.
 const CHECKPOINT_FILES: [&str; 2] = ["inventory.img", "descriptors.json"];
@@ -85,11 +125,7 @@ pub fn check_image(id: &str, dir: &str) -> Result<()> {
 /// `runc checkpoint`'s arguments for containerd's options and image path; `None` when
 /// neither names an image path.
 fn runc_args(opts: &CheckpointOptions, path: &str) -> Option<Vec<String>> {
-    let image = if opts.image_path.is_empty() {
-        path.to_owned()
-    } else {
-        opts.image_path.clone()
-    };
+    let image = image_of(opts, path).to_owned();
     if image.is_empty() {
         return None;
     }
@@ -114,6 +150,15 @@ fn runc_args(opts: &CheckpointOptions, path: &str) -> Option<Vec<String>> {
         args.extend(["--empty-ns".to_owned(), ns.clone()]);
     }
     Some(args)
+}
+
+/// The image directory of a checkpoint: the options' if they name one, else the request's.
+fn image_of<'a>(opts: &'a CheckpointOptions, path: &'a str) -> &'a str {
+    if opts.image_path.is_empty() {
+        path
+    } else {
+        &opts.image_path
+    }
 }
 
 fn on_path(bin: &str) -> bool {

@@ -3,7 +3,7 @@
 //! checkpoint runs nothing at Create: its Start runs `runc restore`, as containerd's runc
 //! shim does (a restored process runs at once; a created task must not).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use containerd_shim_protos::api::*;
@@ -15,7 +15,7 @@ use super::runc::{Launch, RestoreFrom};
 use super::spec::{
     has_poststop_or_rdt, parse_options, read_pid, shares_pid_namespace, uses_systemd_cgroups,
 };
-use super::{name, oom, stdio, ts, Inner, IO_DRAIN, OOM_FLUSH};
+use super::{checkpoint, name, oom, stdio, ts, Inner, IO_DRAIN, OOM_FLUSH};
 use crate::error::{Error, IoContext, Result};
 use crate::lock::lock;
 use crate::protos::runc::Options;
@@ -267,6 +267,9 @@ impl Inner {
                 return match restored {
                     Ok(done) => Ok(done),
                     Err(e) => {
+                        let work = from.work.as_deref().unwrap_or(Path::new(""));
+                        let e = checkpoint::keep_log(&c.bundle, &from.image, work, "restore.log")
+                            .await(e);
                         if let Err(d) = c.runc.delete(&c.id, &c.bundle, true).await {
                             if !matches!(d, Error::NotFound(_)) {
                                 log::warn!("{what}: clean up: {d}");
