@@ -3,6 +3,10 @@
 //! passes: not on every host (bookworm's CRIU 3.17 fails on kernel 6.18: "vdso: Unexpected
 //! rt vDSO area bounds"), but in the guest kernel of `make test-vm`. Where it does not,
 //! `scripts/test-filter.sh` leaves this suite out and says why; nextest reports it skipped.
+//!
+//! Every path a client takes: `ctr` (checkpoint and restore, and the checkpoints that are
+//! refused), CRI (CheckpointContainer, and containerd 2.1 to 2.3's restore of the archive
+//! into a pod) and Docker (`docker checkpoint create`, `docker start --checkpoint`).
 
 mod common;
 
@@ -152,18 +156,8 @@ async fn a_counter_checkpointed_and_restored_through_ctr_goes_on_as_on_runc() {
     assert_eq!(cove, runc);
 }
 
-/// What a user sees of CRI's CheckpointContainer (kubelet's forensic container checkpoint).
-#[derive(Debug, PartialEq, Eq)]
-struct CriSeen {
-    /// Its result.
-    result: Result<(), String>,
-    /// Which of the entries a restore reads the archive holds: CRIU's images, the
-    /// container's config and spec, its rootfs changes.
-    archive: Vec<&'static str>,
-    /// The container runs on after its checkpoint (with its counter's state).
-    runs_on: bool,
-}
-
+/// The entries of CRI's checkpoint archive a restore reads: CRIU's images, the
+/// container's config and spec, its rootfs changes.
 const ARCHIVE: [&str; 4] = [
     "checkpoint/inventory.img",
     "config.dump",
@@ -171,39 +165,140 @@ const ARCHIVE: [&str; 4] = [
     "rootfs-diff.tar",
 ];
 
-async fn through_cri(cd: &Containerd, handler: &str) -> CriSeen {
-    use k8s_cri::v1::CheckpointContainerRequest;
-    let cfg = cd.pod_config(&format!("ck-{handler}"));
-    let pod = cd.run_pod(&cfg, handler).await;
-    let c = cd
-        .create_container(&pod, &cfg, container_config("counter", COUNTER))
+/// A registry on loopback (Debian's `docker-registry`, the distribution project's), holding
+/// the busybox test image: containerd 2.1's CRI restore pulls the image a checkpoint was
+/// taken from by its digest, as a node does. Stopped when dropped.
+struct Registry {
+    child: std::process::Child,
+    /// The test image's name there, e.g. `127.0.0.1:40123/cove/busybox:latest`.
+    image: String,
+}
+
+impl Registry {
+    async fn start(cd: &Containerd) -> Registry {
+        require(
+            "docker-registry (Debian's package of the distribution registry)",
+            std::process::Command::new("docker-registry")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let root = cd.dir.join("registry");
+        let config = cd.dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                root.display()
+            ),
+        )
+        .expect("write the registry's config");
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(cd.dir.join("registry.log")).expect("registry log"))
+            .spawn()
+            .expect("start docker-registry");
+        let registry = Registry {
+            child,
+            image: format!("127.0.0.1:{port}/cove/busybox:latest"),
+        };
+        eventually("the registry listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
         .await;
+        cd.ctr(&["image", "tag", BUSYBOX, &registry.image]);
+        cd.ctr(&["image", "push", "--plain-http", &registry.image]);
+        cd.ctr(&["image", "rm", &registry.image]);
+        // Pulled through CRI, as kubelet does: the image's reference then has its digest.
+        k8s_cri::v1::image_service_client::ImageServiceClient::new(cd.channel.clone())
+            .pull_image(k8s_cri::v1::PullImageRequest {
+                image: Some(k8s_cri::v1::ImageSpec {
+                    image: registry.image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("PullImage {}: {e}", registry.image));
+        registry
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a user sees of a container restored through CRI from a checkpoint archive.
+#[derive(Debug, PartialEq, Eq)]
+struct CriRestored {
+    /// CheckpointContainer: which of [`ARCHIVE`] its archive holds, and whether the
+    /// container ran on after it.
+    archive: Vec<&'static str>,
+    runs_on: bool,
+    /// CreateContainer with the archive as its image, then StartContainer: their results.
+    create: Result<(), String>,
+    start: Result<(), String>,
+    /// CRI's state of the restored container once started.
+    state: i32,
+    /// The counter's token and a count no lower than before its checkpoint, read by an
+    /// exec in the restored container; and it counts on.
+    same_process: bool,
+    goes_on: bool,
+    /// The restored process is in the pod's network, IPC and UTS namespaces (those its
+    /// checkpointed predecessor was in) and sees the pod's hostname.
+    in_pod_namespaces: bool,
+    /// StopContainer (SIGKILL at once): the exit code CRI reports.
+    exit_code: i32,
+    /// The same archive restored into the pod once it is stopped: CreateContainer's or
+    /// StartContainer's error.
+    into_stopped_pod: Result<(), String>,
+}
+
+async fn restored_through_cri(cd: &Containerd, handler: &str, image: &str) -> CriRestored {
+    use k8s_cri::v1::CheckpointContainerRequest;
+    let cfg = cd.pod_config(&format!("rs-{handler}"));
+    let pod = cd.run_pod(&cfg, handler).await;
+    let mut ccfg = container_config("counter", COUNTER);
+    if let Some(spec) = ccfg.image.as_mut() {
+        spec.image = image.to_owned();
+    }
+    let c = cd.create_container(&pod, &cfg, ccfg.clone()).await;
     cd.start_container(&c).await;
-    let read = || async {
-        let (out, _, _) = cd.exec_sync(&c, &["cat", "/tmp/count"]).await;
+    let read = |id: String| async move {
+        let (out, _, _) = cd.exec_sync(&id, &["cat", "/tmp/count"]).await;
         let (t, n) = out.trim().split_once(' ')?;
         Some((t.to_owned(), n.parse::<u64>().ok()?))
     };
     let mut before = None;
     for _ in 0..100 {
-        before = read().await;
+        before = read(c.clone()).await;
         if before.as_ref().is_some_and(|b| b.1 >= 3) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let (token, n) = before.expect("the counter counts");
-    let location = cd.dir.join(format!("checkpoint-{handler}.tar"));
-    let result = cd
-        .rt()
+    let pid = *cd.tasks().get(&c).expect("the counter's task");
+    let spaces = |pid: u32| ["net", "ipc", "uts"].map(|k| ns_of(pid, k)).to_vec();
+    let pod_spaces = spaces(pid);
+    let location = cd.dir.join(format!("restore-{handler}.tar"));
+    cd.rt()
         .checkpoint_container(CheckpointContainerRequest {
             container_id: c.clone(),
             location: location.to_string_lossy().into_owned(),
             timeout: 300,
         })
         .await
-        .map(drop)
-        .map_err(|e| e.message().to_owned());
+        .unwrap_or_else(|e| panic!("{handler}: CheckpointContainer: {e}"));
     let listing = std::process::Command::new("tar")
         .arg("-tf")
         .arg(&location)
@@ -218,9 +313,13 @@ async fn through_cri(cd: &Containerd, handler: &str) -> CriSeen {
         .into_iter()
         .filter(|e| entries.contains(e))
         .collect();
+    // The checkpointed container runs on (kubelet's checkpoint is forensic).
     let mut runs_on = false;
     for _ in 0..100 {
-        if read().await.is_some_and(|a| a.0 == token && a.1 > n) {
+        if read(c.clone())
+            .await
+            .is_some_and(|a| a.0 == token && a.1 > n)
+        {
             runs_on = true;
             break;
         }
@@ -228,27 +327,426 @@ async fn through_cri(cd: &Containerd, handler: &str) -> CriSeen {
     }
     cd.stop_container(&c, 0).await;
     cd.remove_container(&c).await;
-    cd.stop_pod(&pod).await;
-    cd.remove_pod(&pod).await;
-    let _ = std::fs::remove_file(&location);
-    CriSeen {
-        result,
+
+    // The archive as the image of a new container of the same pod.
+    let mut rcfg = ccfg;
+    if let Some(spec) = rcfg.image.as_mut() {
+        spec.image = location.to_string_lossy().into_owned();
+    }
+    if let Some(m) = rcfg.metadata.as_mut() {
+        m.attempt = 1;
+    }
+    let created = cd
+        .rt()
+        .create_container(k8s_cri::v1::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(rcfg),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+        .map_err(|e| e.message().to_owned());
+    let mut seen = CriRestored {
         archive,
         runs_on,
+        create: created.as_ref().map(drop).map_err(Clone::clone),
+        start: Err("not created".into()),
+        state: -1,
+        same_process: false,
+        goes_on: false,
+        in_pod_namespaces: false,
+        exit_code: -1,
+        into_stopped_pod: Ok(()),
+    };
+    if let Ok(r) = &created {
+        let r = r.clone();
+        seen.start = cd
+            .rt()
+            .start_container(k8s_cri::v1::StartContainerRequest {
+                container_id: r.clone(),
+            })
+            .await
+            .map(drop)
+            .map_err(|e| e.message().to_owned());
+        seen.state = cd.container_status(&r).await.state;
+        if seen.start.is_ok() {
+            let first = read(r.clone()).await;
+            seen.same_process = first.as_ref().is_some_and(|f| f.0 == token && f.1 >= n);
+            for _ in 0..100 {
+                let now = read(r.clone()).await;
+                if now
+                    .as_ref()
+                    .is_some_and(|a| a.0 == token && first.as_ref().is_some_and(|f| a.1 > f.1))
+                {
+                    seen.goes_on = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let (host, _, _) = cd.exec_sync(&r, &["hostname"]).await;
+            seen.in_pod_namespaces = cd.tasks().get(&r).is_some_and(|&p| spaces(p) == pod_spaces)
+                && host.trim() == cfg.hostname;
+            cd.stop_container(&r, 0).await;
+            seen.exit_code = cd.exited(&r).await.exit_code;
+        }
+        cd.remove_container(&r).await;
+    }
+    // A restore into the pod once it is stopped: the user's error, and nothing made.
+    cd.stop_pod(&pod).await;
+    let mut late = container_config("late", COUNTER);
+    if let Some(spec) = late.image.as_mut() {
+        spec.image = location.to_string_lossy().into_owned();
+    }
+    let late = cd
+        .rt()
+        .create_container(k8s_cri::v1::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(late),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .map(|r| r.into_inner().container_id);
+    seen.into_stopped_pod = match late {
+        Err(e) => Err(without_ids(e.message()).replace(handler, "<handler>")),
+        Ok(id) => {
+            let started = cd
+                .rt()
+                .start_container(k8s_cri::v1::StartContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await
+                .map(drop)
+                .map_err(|e| without_ids(e.message()).replace(handler, "<handler>"));
+            cd.remove_container(&id).await;
+            started
+        }
+    };
+    cd.remove_pod(&pod).await;
+    assert_pod_gone(handler, &cfg, &pod, &c);
+    if let Ok(r) = &created {
+        assert_pod_gone(handler, &cfg, &pod, r);
+    }
+    let _ = std::fs::remove_file(&location);
+    seen
+}
+
+/// CRI's CheckpointContainer (kubelet's forensic container checkpoint) of a counter in a
+/// pod writes an archive holding what a restore needs, and the container runs on. Then
+/// CRI's restore (containerd 2.1 to 2.3; deprecated in 2.3, gone in 2.4): the counter is
+/// removed, and a new container of the same pod is
+/// created with the archive as its image. It is the same process, going on from where it
+/// was, in the pod's namespaces; it stops and is removed like any other, and nothing of
+/// the pod is left; a restore into the pod once it is stopped fails and leaves nothing; on
+/// cove as on the runc pod path.
+#[tokio::test]
+async fn a_container_checkpointed_and_restored_through_cri_goes_on_in_its_pod_as_on_runc() {
+    let cd = Containerd::start("crirestore").await;
+    require(
+        "containerd 2.1 to 2.3 (CRI's restore from a checkpoint archive was removed in 2.4)",
+        containerd_at_least(2, 1, 0) && !containerd_at_least(2, 4, 0),
+    );
+    let registry = Registry::start(&cd).await;
+    let runc = restored_through_cri(&cd, "runc", &registry.image).await;
+    let cove = restored_through_cri(&cd, "cove", &registry.image).await;
+    eprintln!("runc: {runc:#?}\ncove: {cove:#?}");
+    assert_eq!(cove.archive, ARCHIVE.to_vec());
+    assert!(cove.runs_on);
+    assert_eq!(cove.create, Ok(()));
+    assert_eq!(cove.start, Ok(()));
+    assert_eq!(
+        cove.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32
+    );
+    assert!(
+        cove.same_process && cove.goes_on && cove.in_pod_namespaces,
+        "{cove:?}"
+    );
+    assert_eq!(cove.exit_code, 137);
+    assert!(cove.into_stopped_pod.is_err(), "{cove:?}");
+    assert_eq!(cove, runc);
+    eventually("cove's shims have exited", || cd.cove_shims().is_empty()).await;
+}
+
+/// What a user sees of a `ctr container checkpoint --task` that cannot be taken.
+#[derive(Debug, PartialEq, Eq)]
+struct Refused {
+    /// ctr's exit code, and whether its error names the reason (CRIU's log, or runc's
+    /// word on the state).
+    code: i32,
+    says_why: bool,
+    /// The task's status afterwards, and whether its counter still counts (after a
+    /// resume, for a paused one).
+    status: String,
+    counts_on: bool,
+    /// Whether the checkpoint image was left in containerd.
+    image_left: bool,
+    /// A failed checkpoint's error names CRIU's log, and it can be read there while the
+    /// task is.
+    log_kept: bool,
+}
+
+/// The CRIU log an error names: cove's `(CRIU's log: PATH)`, runc's shim's `path= PATH`.
+fn named_log(err: &str) -> Option<std::path::PathBuf> {
+    let rest = err
+        .split_once("CRIU's log: ")
+        .or_else(|| err.split_once("path= "))?
+        .1;
+    let path = rest.split([')', ' ', '\n', '"']).next()?;
+    Some(path.into())
+}
+
+/// Starts a counter `id` on runtime `rt`, with a terminal when `tty`.
+async fn counter(cd: &Containerd, rt: &str, id: &str, tty: bool) {
+    if tty {
+        // `ctr run -t` wants a terminal of its own: `script` gives it one.
+        let cmd = format!(
+            "ctr --address {} -n {NS} run -d -t --runtime {rt} {BUSYBOX} {id} sh -c \"$COUNTER\"",
+            cd.sock.display()
+        );
+        let st = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("COUNTER", COUNTER)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .expect("run script");
+        assert!(st.success(), "{rt}: ctr run -t: {st}");
+    } else {
+        cd.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            rt,
+            BUSYBOX,
+            id,
+            "sh",
+            "-c",
+            COUNTER,
+        ]);
+    }
+    eventually(&format!("{id} counts"), || {
+        count(cd, id).is_some_and(|(_, n)| n >= 2)
+    })
+    .await;
+}
+
+/// A checkpoint of counter `id` of runtime `rt` in state `case`: paused, with an exec
+/// running, or as it is (a terminal's); the task is left as it was.
+async fn refused(cd: &Containerd, rt: &str, id: &str, case: &str) -> Refused {
+    let short = if rt == COVE { "cove" } else { "runc" };
+    let image = format!("cove.test/refused-{case}-{short}:latest");
+    let id = id.to_owned();
+    match case {
+        "paused" => {
+            cd.ctr(&["task", "pause", &id]);
+        }
+        "exec" => {
+            cd.ctr(&[
+                "task",
+                "exec",
+                "-d",
+                "--exec-id",
+                "sleeper",
+                &id,
+                "sleep",
+                "1000",
+            ]);
+        }
+        _ => {}
+    }
+    let (code, out, err) = cd.ctr_status(&["container", "checkpoint", "--task", &id, &image]);
+    let text = format!("{out}{err}").to_lowercase();
+    let says_why = ["criu", "dump.log", "paused", "frozen", "tty", "terminal"]
+        .iter()
+        .any(|w| text.contains(w));
+    eprintln!(
+        "{rt} {case}: ctr exit {code}: {}",
+        format!("{out}{err}").trim()
+    );
+    let status = cd
+        .ctr(&["task", "ls"])
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        .unwrap_or_default();
+    if case == "paused" {
+        cd.ctr(&["task", "resume", &id]);
+    }
+    let now = count(cd, &id);
+    let counts_on = within(|| count(cd, &id).is_some_and(|c| Some(&c) != now.as_ref())).await;
+    let image_left = cd.ctr(&["image", "ls", "-q"]).lines().any(|l| l == image);
+    let log_kept = named_log(&err).is_some_and(|p| {
+        std::fs::read_to_string(p).is_ok_and(|t| t.contains("Error") || t.contains("error"))
+    });
+    cd.ctr_status(&["image", "rm", &image]);
+    Refused {
+        code,
+        says_why,
+        status,
+        counts_on,
+        image_left,
+        log_kept,
     }
 }
 
-/// CRI's CheckpointContainer of a counter in a pod writes an archive holding what a
-/// restore needs, and the container runs on; on cove as on the runc pod path.
+/// A checkpoint of a paused task, of a task with an exec running and of a task with a
+/// terminal (CRIU needs `--shell-job` for a terminal, which `ctr` does not ask for): each
+/// ends as on runc's shim (taken, or refused with the reason), the task
+/// runs on, and once it is removed nothing of it is left.
 #[tokio::test]
-async fn a_container_in_a_pod_checkpointed_through_cri_runs_on_as_on_runc() {
-    let cd = Containerd::start("cricheckpoint").await;
-    let runc = through_cri(&cd, "runc").await;
-    let cove = through_cri(&cd, "cove").await;
+async fn checkpoints_of_paused_exec_and_terminal_tasks_end_as_on_runc() {
+    let cd = Containerd::start("refused").await;
+    let mut failed = Vec::new();
+    let mut seen = std::collections::BTreeMap::new();
+    for rt in [RUNC, COVE] {
+        let short = if rt == COVE { "cove" } else { "runc" };
+        // One counter for the paused and the exec case, one with a terminal.
+        let (plain, tty) = (format!("rf-{short}"), format!("rf-tty-{short}"));
+        counter(&cd, rt, &plain, false).await;
+        for case in ["paused", "exec"] {
+            seen.insert((case, rt), refused(&cd, rt, &plain, case).await);
+        }
+        cd.ctr_kill_and_remove(&plain).await;
+        counter(&cd, rt, &tty, true).await;
+        seen.insert(("terminal", rt), refused(&cd, rt, &tty, "terminal").await);
+        cd.ctr_kill_and_remove(&tty).await;
+    }
+    for case in ["paused", "exec", "terminal"] {
+        let (runc, cove) = (&seen[&(case, RUNC)], &seen[&(case, COVE)]);
+        eprintln!("{case}: runc {runc:?}\n{case}: cove {cove:?}");
+        let why = cove.says_why && (cove.log_kept || case == "paused");
+        if cove != runc || !cove.counts_on || (cove.code != 0 && !why) {
+            failed.push(format!("{case}: cove {cove:?}, runc {runc:?}"));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+    eventually("cove's shims have exited", || cd.cove_shims().is_empty()).await;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(!mounts.contains("rf-"), "a task's mount is left");
+}
+
+/// What a user sees of `docker checkpoint create` and `docker start --checkpoint`.
+#[derive(Debug, PartialEq, Eq)]
+struct DockerSeen {
+    /// `docker checkpoint create`: its exit code, and whether the container still runs
+    /// after it.
+    checkpoint: i32,
+    running_after: bool,
+    /// `docker start --checkpoint` of the stopped container: its exit code, whether the
+    /// counter is the checkpointed process going on, and whether `docker exec` works in it.
+    start: i32,
+    same_process: bool,
+    goes_on: bool,
+    exec: bool,
+    /// What is left once the container is removed.
+    left: Vec<String>,
+}
+
+async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &str) -> DockerSeen {
+    let name = format!("ck-{runtime}");
+    // Read through the init's root, its pid from the Engine API: a `docker exec` per poll
+    // takes seconds under emulation.
+    let read = || {
+        let pid = d.inspect(&name, "{{.State.Pid}}");
+        let text = std::fs::read_to_string(format!("/proc/{pid}/root/tmp/count")).ok()?;
+        let (t, n) = text.trim().split_once(' ')?;
+        Some((t.to_owned(), n.parse::<u64>().ok()?))
+    };
+    d.ok(&[
+        "run",
+        "-d",
+        "--pull",
+        "never",
+        "--runtime",
+        runtime,
+        "--name",
+        &name,
+        // Docker restores no container with a network namespace of its own, on any runtime:
+        // it binds the netns of the pid a task created from a checkpoint has before its
+        // Start, which is 0 ("bind-mount /proc/0/ns/net": containerd/containerd#12141).
+        "--network",
+        "host",
+        BUSYBOX,
+        "-c",
+        COUNTER,
+    ]);
+    let id = d.inspect(&name, "{{.Id}}");
+    eventually(&format!("{name} counts"), || {
+        read().is_some_and(|c| c.1 >= 3)
+    })
+    .await;
+    let (token, before) = read().expect("the counter's file");
+    let (checkpoint, _, err) = d.docker(&["checkpoint", "create", &name, "cp1"]);
+    eprintln!(
+        "{runtime}: docker checkpoint create: {checkpoint} {}",
+        err.trim()
+    );
+    let running_after = d.inspect(&name, "{{.State.Running}}") == "true";
+    if running_after {
+        d.ok(&["stop", "-t", "0", &name]);
+    }
+    let (start, _, err) = d.docker(&["start", "--checkpoint", "cp1", &name]);
+    eprintln!(
+        "{runtime}: docker start --checkpoint: {start} {}",
+        err.trim()
+    );
+    let (mut same_process, mut goes_on, mut exec) = (false, false, false);
+    if start == 0 {
+        let first = read();
+        same_process = first
+            .as_ref()
+            .is_some_and(|f| f.0 == token && f.1 >= before);
+        goes_on = within(|| {
+            read().is_some_and(|c| c.0 == token && first.as_ref().is_some_and(|f| c.1 > f.1))
+        })
+        .await;
+        exec = d.docker(&["exec", &name, "echo", "in"]).1.trim() == "in";
+    }
+    d.docker(&["rm", "-f", &name]);
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = d.left_of(cd, runtime, &id);
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    DockerSeen {
+        checkpoint,
+        running_after,
+        start,
+        same_process,
+        goes_on,
+        exec,
+        left,
+    }
+}
+
+/// Docker's checkpoints (experimental mode): `docker checkpoint create`, then `docker start
+/// --checkpoint` of the stopped container restores the counter, which goes on from where
+/// it was; once removed nothing of it is left; on cove as on Docker's runc. One difference
+/// is Docker's, not the shim's: Docker sends checkpoint options (among them "exit after
+/// the checkpoint", its default) only to containerd's runc shim, so a cove container runs
+/// on after `docker checkpoint create`, as one on containerd's runc shim does when sent
+/// none; it is stopped before it is started from the checkpoint. The container is on the
+/// host's network: Docker 28 cannot restore one with a network namespace of its own, on
+/// any runtime.
+#[tokio::test]
+async fn a_counter_checkpointed_and_restored_through_docker_goes_on_as_on_runc() {
+    let cd = Containerd::start("dockercheckpoint").await;
+    let d = common::docker::Dockerd::start_with(&cd, "checkpoint", true);
+    let runc = through_docker(&cd, &d, "runc").await;
+    let cove = through_docker(&cd, &d, "cove").await;
     eprintln!("runc: {runc:#?}\ncove: {cove:#?}");
-    assert_eq!(cove.result, Ok(()));
-    assert_eq!(cove.archive, ARCHIVE.to_vec());
-    assert!(cove.runs_on);
-    assert_eq!(cove, runc);
+    assert_eq!((cove.checkpoint, cove.start), (0, 0), "{cove:?}");
+    assert!(cove.same_process && cove.goes_on && cove.exec, "{cove:?}");
+    assert!(cove.left.is_empty(), "{:?}", cove.left);
+    assert!(!runc.running_after && cove.running_after);
+    assert_eq!(
+        cove,
+        DockerSeen {
+            running_after: true,
+            ..runc
+        }
+    );
     eventually("cove's shims have exited", || cd.cove_shims().is_empty()).await;
 }

@@ -39,14 +39,16 @@ docker:docker_cgroup_behaviour_is_the_same_on_cove_as_on_runc
 # scope is removed first), the crash-at-any-step, hostile-request and retried-delete leak
 # checks, and the shim-alone lifecycle and crashed-shim delete. The systemd leg would run
 # them on the same paths again. And checkpoint and restore (CRIU runs in the guest's
-# kernel, not on every host): through ctr, and CRI's checkpoint of a pod's container, here
-# only for its cost under emulation (the systemd driver's part in it is runc's).
+# kernel, not on every host): through ctr (and the checkpoints refused), and CRI's
+# checkpoint and restore of a pod's container, here only for their cost under emulation
+# (the systemd driver's part in them is runc's; Docker's restore runs it, below).
 cgroupfs_only='
 task_ctr:ctr_run_exec_signal_pause_metrics_and_delete
 task_ctr:a_crashed_shim_leaves_no_container_or_mount_behind
 task_ctr:an_oom_kill_is_reported_when_the_scope_is_gone_before_the_shim_looks
 checkpoint:a_counter_checkpointed_and_restored_through_ctr_goes_on_as_on_runc
-checkpoint:a_container_in_a_pod_checkpointed_through_cri_runs_on_as_on_runc
+checkpoint:a_container_checkpointed_and_restored_through_cri_goes_on_in_its_pod_as_on_runc
+checkpoint:checkpoints_of_paused_exec_and_terminal_tasks_end_as_on_runc
 hostile:delete_after_a_crash_at_any_step_leaves_nothing
 hostile:hostile_requests_get_a_status_and_leak_nothing
 hostile:a_failed_delete_can_be_retried
@@ -58,7 +60,8 @@ ttrpc_sandbox:delete_cleans_up_after_a_crashed_shim
 # PID 1 but not on the driver is proven once, on the configuration most nodes run.
 # The Docker script and live-restore are here too: what they check of Docker does not
 # depend on the driver (the cgroup script above does), and this leg is where their bugs
-# showed.
+# showed. Docker's checkpoint and restore is here too: the one restore under the systemd
+# driver (runc restores the container into a new scope).
 systemd_only='
 cri_e2e:cove_pod_is_ready_in_its_cni_netns_with_its_own_namespaces
 cri_restart:twenty_live_pods_per_handler_come_back_whole_after_a_restart
@@ -70,6 +73,7 @@ cri_compat:a_runtime_options_table_reaches_cove_containers
 cri_compat:host_network_pod_through_cri_since_2_3_0
 docker:docker_behaves_the_same_on_cove_as_on_runc
 docker:containers_outlive_a_dockerd_restart_with_live_restore
+checkpoint:a_counter_checkpointed_and_restored_through_docker_goes_on_as_on_runc
 '
 
 # No leg: what depends on none of these and the host has run (namespace sharing with the

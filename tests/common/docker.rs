@@ -36,6 +36,12 @@ impl Dockerd {
     /// Starts dockerd against `cd`, with the `cove` runtime configured, `live-restore` on,
     /// and the busybox test image loaded.
     pub fn start(cd: &Containerd, tag: &str) -> Dockerd {
+        Dockerd::start_with(cd, tag, false)
+    }
+
+    /// As `start`, with Docker's experimental features on when `experimental` (what
+    /// `docker checkpoint` needs).
+    pub fn start_with(cd: &Containerd, tag: &str, experimental: bool) -> Dockerd {
         require(
             "Debian's docker.io (dockerd and docker in /usr/sbin, /usr/bin)",
             Path::new(DOCKERD).exists() && Path::new(DOCKER).exists(),
@@ -84,6 +90,9 @@ impl Dockerd {
             "runtimes": {"cove": {"runtimeType": "io.containerd.cove.v1"}},
             "live-restore": true,
         });
+        if experimental {
+            daemon["experimental"] = serde_json::json!(true);
+        }
         if systemd_driver() {
             daemon["exec-opts"] = serde_json::json!(["native.cgroupdriver=systemd"]);
         }
