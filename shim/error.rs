@@ -56,10 +56,14 @@ impl Error {
         self.reworded(format!("{what}: {msg}"))
     }
 
-    /// The same error with `note` after its message, e.g. where a log says more.
+    /// The same error, with the same code, and `note` after its message (e.g. where a
+    /// log says more).
     pub fn noting(self, note: &str) -> Self {
         let m = format!("{self} ({note})");
-        self.reworded(m)
+        match self {
+            Error::NotFound(_) => Error::NotFound(m),
+            e => e.reworded(m),
+        }
     }
 
     /// The same code (NOT_FOUND apart, see `within`) with message `m`.
@@ -173,6 +177,25 @@ mod tests {
         for (err, code) in cases {
             let msg = err.to_string();
             assert_eq!(status(err), (code, msg));
+        }
+    }
+
+    #[test]
+    fn a_note_keeps_the_code_and_the_message() {
+        let cases = [
+            Error::NotFound("task t not found".into()),
+            Error::FailedPrecondition("criu cannot run".into()),
+            Error::Unknown("runc: criu failed".into()),
+            Error::DeadlineExceeded("runc restore t did not finish".into()),
+            Error::io("open /x", std::io::Error::from_raw_os_error(libc::EIO)),
+        ];
+        for err in cases {
+            let (code, msg) = (err.code(), err.to_string());
+            let noted = status(err.noting("CRIU's log: /b/criu-restore.log"));
+            assert_eq!(
+                noted,
+                (code, format!("{msg} (CRIU's log: /b/criu-restore.log)"))
+            );
         }
     }
 

@@ -2,7 +2,7 @@
 //! run on the host. Restoring (`runc restore`, at the Start of a task created from a
 //! checkpoint) is in `lifecycle.rs`; what it checks of a checkpoint and its errors are here.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::api::CheckpointTaskRequest;
 use protobuf::Message;
@@ -30,14 +30,13 @@ impl Inner {
                 let e = self
                     .criu_failed(&format!("checkpoint of task {}", r.id), e)
                     .await;
-                let (image, work) = (image_of(&opts, &r.path), &opts.work_path);
-                Err(keep_log(
-                    &c.bundle,
-                    image.as_ref(),
-                    work.as_ref(),
-                    "dump.log",
-                )
-                .await(e))
+                // CRIU's work directory: containerd's, or the image directory (a fresh
+                // one containerd made for this checkpoint).
+                let work = match opts.work_path.as_str() {
+                    "" => image_of(&opts, &r.path),
+                    w => w,
+                };
+                Err(keep_log(&c.bundle, work.as_ref(), "dump.log").await(e))
             }
         }
     }
@@ -73,30 +72,80 @@ impl Inner {
 
 /// Where CRIU's log of a failed checkpoint or restore (`log`: `dump.log`, `restore.log`)
 /// can be read, noted on the error: runc's error says only that CRIU failed. CRIU writes
-/// it to its work directory, the image directory unless containerd named one; an image
-/// directory is containerd's, removed when the call fails, so the log is copied to
-/// `criu-<log>` in the bundle first (where containerd's runc shim keeps it too; it goes
+/// it to its work directory `work`, which containerd may remove when the call fails (an
+/// image directory) or reuse for the next call (its `criu_work_path`), so the log is
+/// copied to `criu-<log>` in the bundle (where containerd's runc shim keeps it too; it goes
 /// with the bundle at Task.Delete).
-pub(super) async fn keep_log(
-    bundle: &Path,
-    image: &Path,
-    work: &Path,
-    log: &str,
-) -> impl FnOnce(Error) -> Error {
-    let at = if !work.as_os_str().is_empty() {
-        let p = work.join(log);
-        tokio::fs::metadata(&p).await.is_ok().then_some(p)
-    } else {
-        let kept = bundle.join(format!("criu-{log}"));
-        match tokio::fs::copy(image.join(log), &kept).await {
-            Ok(_) => Some(kept),
-            Err(_) => None,
-        }
-    };
+pub(super) async fn keep_log(bundle: &Path, work: &Path, log: &str) -> impl FnOnce(Error) -> Error {
+    let (from, kept) = (work.join(log), bundle.join(format!("criu-{log}")));
+    let to = kept.clone();
+    let at = tokio::task::spawn_blocking(move || copy_log(&from, &to))
+        .await
+        .is_ok_and(|r| r.is_ok())
+        .then_some(kept);
     move |e: Error| match at {
         Some(p) => e.noting(&format!("CRIU's log: {}", p.display())),
         None => e,
     }
+}
+
+/// CRIU's work directory for a restore: containerd's `criu_work_path` if it names one,
+/// else a fresh `criu-work` in the bundle (root's alone), whose removal is the caller's.
+/// Never the image directory, which for CRI's restore comes from an archive someone else
+/// wrote: CRIU opens its log there as root, through whatever link the archive put there.
+pub(super) fn restore_work(bundle: &Path, given: Option<&Path>) -> Result<(PathBuf, bool)> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(w) = given {
+        return Ok((w.to_owned(), false));
+    }
+    let dir = bundle.join("criu-work");
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io(format!("remove {}", dir.display()), e))
+        }
+        _ => {}
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    Ok((dir, true))
+}
+
+/// The most of a CRIU log kept: its end (CRIU's verbose logs run to megabytes).
+const LOG_KEPT: u64 = 4 << 20;
+
+/// Copies CRIU's log `from` to `to` (its last [`LOG_KEPT`] bytes: CRIU's errors are at
+/// its end), never through a symbolic link at either end and only from a regular file,
+/// readable by root alone. Nothing else is opened: a device or FIFO is refused unopened.
+fn copy_log(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_a_file = || std::io::Error::other("not a regular file");
+    if !std::fs::symlink_metadata(from)?.is_file() {
+        return Err(not_a_file());
+    }
+    let mut src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(from)?;
+    let meta = src.metadata()?;
+    if !meta.is_file() {
+        return Err(not_a_file());
+    }
+    if meta.len() > LOG_KEPT {
+        src.seek(std::io::SeekFrom::Start(meta.len() - LOG_KEPT))?;
+    }
+    match std::fs::remove_file(to) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)?;
+    std::io::copy(&mut src.take(LOG_KEPT), &mut dst).map(drop)
 }
 
 /// The files every checkpoint `runc checkpoint` writes holds: CRIU's inventory and runc's
@@ -170,6 +219,52 @@ fn on_path(bin: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_criu_log_is_kept_only_from_a_regular_file_never_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("cove-criu-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (log, kept) = (dir.join("restore.log"), dir.join("criu-restore.log"));
+        std::fs::write(&log, "Error (criu/cr-restore.c:1): no\n").unwrap();
+        std::fs::write(&kept, "an earlier one").unwrap();
+        copy_log(&log, &kept).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&kept).unwrap(),
+            "Error (criu/cr-restore.c:1): no\n"
+        );
+        assert_eq!(
+            std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A link to a file elsewhere (an archive's entry) is not followed.
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "host").unwrap();
+        let link = dir.join("dump.log");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert!(copy_log(&link, &dir.join("criu-dump.log")).is_err());
+        assert!(!dir.join("criu-dump.log").exists());
+        // Nor a link where the copy goes.
+        let out = dir.join("criu-out.log");
+        std::os::unix::fs::symlink(&secret, &out).unwrap();
+        copy_log(&log, &out).unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host");
+        // Of a long log, its end is kept (where CRIU says what failed).
+        let long = dir.join("long.log");
+        let mut text = "x".repeat(LOG_KEPT as usize + 100);
+        text.push_str("Error (criu/cr-restore.c:2): the end\n");
+        std::fs::write(&long, &text).unwrap();
+        copy_log(&long, &kept).unwrap();
+        let got = std::fs::read_to_string(&kept).unwrap();
+        assert_eq!(got.len() as u64, LOG_KEPT);
+        assert!(got.ends_with("the end\n"));
+        // A FIFO is not read (it would block).
+        let fifo = dir.join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(copy_log(&fifo, &dir.join("criu-fifo.log")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn checkpoint_options_become_runc_flags() {

@@ -3,7 +3,7 @@
 //! checkpoint runs nothing at Create: its Start runs `runc restore`, as containerd's runc
 //! shim does (a restored process runs at once; a created task must not).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use containerd_shim_protos::api::*;
@@ -255,8 +255,29 @@ impl Inner {
             }
             InitRun::Restore(from) => {
                 let what = format!("restore of task {} from {}", c.id, from.image.display());
-                let restored = match c.runc.restore(&c.id, &c.bundle, launch, from).await {
-                    Err(e) => Err(self.criu_failed(&what, e).await),
+                let (work, own) = checkpoint::restore_work(&c.bundle, from.work.as_deref())
+                    .map_err(|e| e.within(&what))?;
+                let from = RestoreFrom {
+                    work: Some(work.clone()),
+                    ..from.clone()
+                };
+                let ran = c.runc.restore(&c.id, &c.bundle, launch, &from).await;
+                let ran = match ran {
+                    Err(e) => {
+                        let e = self.criu_failed(&what, e).await;
+                        Err(checkpoint::keep_log(&c.bundle, &work, "restore.log").await(
+                            e,
+                        ))
+                    }
+                    Ok(()) => Ok(()),
+                };
+                if own {
+                    if let Err(e) = std::fs::remove_dir_all(&work) {
+                        log::warn!("{what}: remove {}: {e}", work.display());
+                    }
+                }
+                let restored = match ran {
+                    Err(e) => Err(e),
                     Ok(()) => match read_pid(&pid_file) {
                         Ok(pid) => self.adopt_init(c, pid, born, prep).await.map(|e| (pid, e)),
                         Err(e) => Err(e),
@@ -267,9 +288,6 @@ impl Inner {
                 return match restored {
                     Ok(done) => Ok(done),
                     Err(e) => {
-                        let work = from.work.as_deref().unwrap_or(Path::new(""));
-                        let e = checkpoint::keep_log(&c.bundle, &from.image, work, "restore.log")
-                            .await(e);
                         if let Err(d) = c.runc.delete(&c.id, &c.bundle, true).await {
                             if !matches!(d, Error::NotFound(_)) {
                                 log::warn!("{what}: clean up: {d}");
