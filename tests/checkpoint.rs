@@ -58,6 +58,14 @@ fn count(cd: &Containerd, id: &str) -> Option<(String, u64)> {
     Some((token.to_owned(), n.parse().ok()?))
 }
 
+/// The status `ctr task ls` shows for task `id` (RUNNING, PAUSED, ...).
+fn task_status(cd: &Containerd, id: &str) -> Option<String> {
+    cd.ctr(&["task", "ls"])
+        .lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+}
+
 async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
     let short = if rt == COVE { "cove" } else { "runc" };
     let (id, restored, image) = (
@@ -65,17 +73,7 @@ async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
         format!("ck-{short}-restored"),
         format!("cove.test/checkpoint-{short}:latest"),
     );
-    cd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        rt,
-        BUSYBOX,
-        &id,
-        "sh",
-        "-c",
-        COUNTER,
-    ]);
+    counter(cd, rt, &id, false).await;
     eventually(&format!("{id} counts"), || {
         count(cd, &id).is_some_and(|(_, n)| n >= 3)
     })
@@ -89,12 +87,7 @@ async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
 
     let (rcode, _, rerr) = cd.ctr_status(&["container", "restore", "--live", &restored, &image]);
     assert!(rcode == 0 || rt == COVE, "{rt}: restore: {rerr}");
-    let status = cd
-        .ctr(&["task", "ls"])
-        .lines()
-        .find(|l| l.starts_with(&restored))
-        .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
-        .unwrap_or_else(|| format!("no task ({rerr})"));
+    let status = task_status(cd, &restored).unwrap_or_else(|| format!("no task ({rerr})"));
     let (mut same_process, mut goes_on) = (false, false);
     if status == "RUNNING" {
         eventually(&format!("{restored} writes its count"), || {
@@ -608,12 +601,7 @@ async fn refused(cd: &Containerd, rt: &str, id: &str, case: &str) -> Refused {
         "{rt} {case}: ctr exit {code}: {}",
         format!("{out}{err}").trim()
     );
-    let status = cd
-        .ctr(&["task", "ls"])
-        .lines()
-        .find(|l| l.starts_with(&id))
-        .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
-        .unwrap_or_default();
+    let status = task_status(cd, &id).unwrap_or_default();
     if case == "paused" {
         cd.ctr(&["task", "resume", &id]);
     }
