@@ -490,15 +490,42 @@ state = "{d}/state"
     /// Kills a `ctr run` task with SIGKILL, waits until it is stopped, and removes it and
     /// its container.
     pub async fn ctr_kill_and_remove(&self, id: &str) {
+        let pid = self.tasks().get(id).copied();
         self.ctr(&["task", "kill", "-s", "KILL", id]);
-        eventually(&format!("{id} stops"), || {
-            self.ctr(&["task", "ls"])
-                .lines()
-                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
-        })
-        .await;
+        match pid {
+            Some(pid) => self.stopped(id, pid).await,
+            None => self.ctr_stopped(id).await,
+        }
         self.ctr(&["task", "delete", id]);
         self.ctr(&["container", "rm", id]);
+    }
+
+    /// Waits until task `id`, whose process was `pid`, shows STOPPED: first until the
+    /// process is gone (read in /proc, cheaply), then in `ctr task ls`.
+    pub async fn stopped(&self, id: &str, pid: u32) {
+        eventually_every(
+            &format!("{id}'s process {pid} is gone"),
+            Duration::from_millis(10),
+            Duration::from_secs(120),
+            || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        )
+        .await;
+        self.ctr_stopped(id).await;
+    }
+
+    /// Waits until `ctr task ls` shows task `id` STOPPED.
+    pub async fn ctr_stopped(&self, id: &str) {
+        eventually_every(
+            &format!("{id} stops"),
+            CTR_POLL,
+            Duration::from_secs(120),
+            || {
+                self.ctr(&["task", "ls"])
+                    .lines()
+                    .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+            },
+        )
+        .await;
     }
 
     /// containerd's runc shims (v2) of this containerd: their command lines name its socket.
@@ -679,16 +706,23 @@ state = "{d}/state"
             .unwrap()
     }
 
-    /// Waits until the container has exited and returns its status.
+    /// Waits until the container has exited and returns its status. CRI shows a container
+    /// as exited only once containerd has deleted its task, and containerd retries a
+    /// Delete that ran past its 10 s deadline: under emulation, runc's shim took over a
+    /// minute to delete an OOM-killed container in a systemd scope. The bound is for a
+    /// wedged runtime, not a slow one.
     pub async fn exited(&self, id: &str) -> ContainerStatus {
-        for _ in 0..1000 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        loop {
             let st = self.container_status(id).await;
             if st.state == ContainerState::ContainerExited as i32 {
                 return st;
             }
+            if std::time::Instant::now() > deadline {
+                panic!("container {id} never exited\n{}", self.log_tail());
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("container {id} never exited");
     }
 
     pub async fn exec_sync(&self, id: &str, cmd: &[&str]) -> (String, String, i32) {
@@ -965,6 +999,27 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("never happened: {what}");
+}
+
+/// How often a poll that runs `ctr` looks: every run starts a Go binary, which under
+/// emulation takes seconds, so a tighter poll would crowd out what it waits for.
+pub const CTR_POLL: Duration = Duration::from_millis(250);
+
+/// Polls `f` every `every` until it holds; panics after `bound`, which is for a wedged
+/// runtime, not a slow one.
+pub async fn eventually_every(
+    what: &str,
+    every: Duration,
+    bound: Duration,
+    mut f: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + bound;
+    while !f() {
+        if std::time::Instant::now() > deadline {
+            panic!("never happened within {bound:?}: {what}");
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 impl Drop for Containerd {
