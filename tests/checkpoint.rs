@@ -51,11 +51,18 @@ struct Seen {
     shims_left: usize,
 }
 
-fn count(cd: &Containerd, id: &str) -> Option<(String, u64)> {
-    let pid = *cd.tasks().get(id)?;
+/// The counter's token and count, read through the root of its process `pid`. Polls read
+/// here, never through `ctr` or an exec: each of those starts a Go binary, which under
+/// emulation takes seconds and would crowd out what the poll waits for.
+fn count(pid: u32) -> Option<(String, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/root/tmp/count")).ok()?;
     let (token, n) = text.trim().split_once(' ')?;
     Some((token.to_owned(), n.parse().ok()?))
+}
+
+/// The pid of task `id` (one `ctr task ls`).
+fn pid_of(cd: &Containerd, id: &str) -> Option<u32> {
+    cd.tasks().get(id).copied()
 }
 
 /// The status `ctr task ls` shows for task `id` (RUNNING, PAUSED, ...).
@@ -73,45 +80,41 @@ async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
         format!("ck-{short}-restored"),
         format!("cove.test/checkpoint-{short}:latest"),
     );
-    counter(cd, rt, &id, false).await;
+    let pid = counter(cd, rt, &id, false).await;
     eventually(&format!("{id} counts"), || {
-        count(cd, &id).is_some_and(|(_, n)| n >= 3)
+        count(pid).is_some_and(|(_, n)| n >= 3)
     })
     .await;
-    let (token, before) = count(cd, &id).expect("the counter's file");
+    let (token, before) = count(pid).expect("the counter's file");
     let (code, _, err) = cd.ctr_status(&["container", "checkpoint", "--task", &id, &image]);
     assert!(code == 0 || rt == COVE, "{rt}: checkpoint: {err}");
-    let after = count(cd, &id);
-    let ran_on = within(|| count(cd, &id).is_some_and(|c| Some(&c) != after.as_ref())).await;
+    let after = count(pid);
+    let ran_on = within(|| count(pid).is_some_and(|c| Some(&c) != after.as_ref())).await;
     cd.ctr_kill_and_remove(&id).await;
 
     let (rcode, _, rerr) = cd.ctr_status(&["container", "restore", "--live", &restored, &image]);
     assert!(rcode == 0 || rt == COVE, "{rt}: restore: {rerr}");
     let status = task_status(cd, &restored).unwrap_or_else(|| format!("no task ({rerr})"));
     let (mut same_process, mut goes_on) = (false, false);
-    if status == "RUNNING" {
+    let rpid = pid_of(cd, &restored);
+    if let (true, Some(rpid)) = (status == "RUNNING", rpid) {
         eventually(&format!("{restored} writes its count"), || {
-            count(cd, &restored).is_some()
+            count(rpid).is_some()
         })
         .await;
         // The count it was checkpointed at is at least the one read before.
-        let first = count(cd, &restored).expect("the restored counter's file");
+        let first = count(rpid).expect("the restored counter's file");
         same_process = first.0 == token && first.1 >= before;
         eventually(&format!("{restored} counts on"), || {
-            count(cd, &restored).is_some_and(|c| c.1 > first.1)
+            count(rpid).is_some_and(|c| c.1 > first.1)
         })
         .await;
-        goes_on = count(cd, &restored).is_some_and(|c| c.0 == token);
+        goes_on = count(rpid).is_some_and(|c| c.0 == token);
     }
     let mut killed = String::new();
-    if cd.tasks().contains_key(&restored) {
+    if let Some(rpid) = rpid {
         cd.ctr(&["task", "kill", "-s", "KILL", &restored]);
-        eventually(&format!("{restored} stops"), || {
-            cd.ctr(&["task", "ls"])
-                .lines()
-                .any(|l| l.starts_with(&restored) && l.contains("STOPPED"))
-        })
-        .await;
+        cd.stopped(&restored, rpid).await;
         // ctr says the exit code of a task that did not exit 0.
         let (_, out, err) = cd.ctr_status(&["task", "delete", &restored]);
         killed = format!("{out}{err}")
@@ -269,21 +272,12 @@ async fn restored_through_cri(cd: &Containerd, handler: &str, image: &str) -> Cr
     }
     let c = cd.create_container(&pod, &cfg, ccfg).await;
     cd.start_container(&c).await;
-    let read = |id: String| async move {
-        let (out, _, _) = cd.exec_sync(&id, &["cat", "/tmp/count"]).await;
-        let (t, n) = out.trim().split_once(' ')?;
-        Some((t.to_owned(), n.parse::<u64>().ok()?))
-    };
-    let mut before = None;
-    for _ in 0..100 {
-        before = read(c.clone()).await;
-        if before.as_ref().is_some_and(|b| b.1 >= 3) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let (token, n) = before.expect("the counter counts");
-    let pid = *cd.tasks().get(&c).expect("the counter's task");
+    let pid = pid_of(cd, &c).expect("the counter's task");
+    eventually("the counter counts", || {
+        count(pid).is_some_and(|b| b.1 >= 3)
+    })
+    .await;
+    let (token, n) = count(pid).expect("the counter's file");
     let spaces = |pid: u32| ["net", "ipc", "uts"].map(|k| ns_of(pid, k)).to_vec();
     let pod_spaces = spaces(pid);
     let location = cd.dir.join(format!("restore-{handler}.tar"));
@@ -310,17 +304,7 @@ async fn restored_through_cri(cd: &Containerd, handler: &str, image: &str) -> Cr
         .filter(|e| entries.contains(e))
         .collect();
     // The checkpointed container runs on (kubelet's checkpoint is forensic).
-    let mut runs_on = false;
-    for _ in 0..100 {
-        if read(c.clone())
-            .await
-            .is_some_and(|a| a.0 == token && a.1 > n)
-        {
-            runs_on = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let runs_on = within(|| count(pid).is_some_and(|a| a.0 == token && a.1 > n)).await;
     cd.stop_container(&c, 0).await;
     cd.remove_container(&c).await;
 
@@ -342,33 +326,24 @@ async fn restored_through_cri(cd: &Containerd, handler: &str, image: &str) -> Cr
     if let Some(r) = &created {
         let r = r.clone();
         seen.state = cd.container_status(&r).await.state;
-        if seen.restore.is_ok() {
+        if let (Ok(()), Some(rpid)) = (&seen.restore, pid_of(cd, &r)) {
             // The file may still hold the checkpoint's (from the archive's rootfs changes):
             // judged is the first value the restored counter writes.
-            let stale = read(r.clone()).await;
+            let stale = count(rpid);
             let mut next = None;
-            for _ in 0..100 {
-                next = read(r.clone()).await.filter(|c| Some(c) != stale.as_ref());
-                if next.is_some() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+            within(|| {
+                next = count(rpid).filter(|c| Some(c) != stale.as_ref());
+                next.is_some()
+            })
+            .await;
             seen.same_process = next.as_ref().is_some_and(|f| f.0 == token && f.1 >= n);
-            for _ in 0..100 {
-                let now = read(r.clone()).await;
-                if now
-                    .as_ref()
+            seen.goes_on = within(|| {
+                count(rpid)
                     .is_some_and(|a| a.0 == token && next.as_ref().is_some_and(|f| a.1 > f.1))
-                {
-                    seen.goes_on = true;
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+            })
+            .await;
             let (host, _, _) = cd.exec_sync(&r, &["hostname"]).await;
-            seen.in_pod_namespaces = cd.tasks().get(&r).is_some_and(|&p| spaces(p) == pod_spaces)
-                && host.trim() == cfg.hostname;
+            seen.in_pod_namespaces = spaces(rpid) == pod_spaces && host.trim() == cfg.hostname;
             cd.stop_container(&r, 0).await;
             seen.exit_code = cd.exited(&r).await.exit_code;
         }
@@ -534,8 +509,8 @@ fn named_log(err: &str) -> Option<std::path::PathBuf> {
     Some(path.into())
 }
 
-/// Starts a counter `id` on runtime `rt`, with a terminal when `tty`.
-async fn counter(cd: &Containerd, rt: &str, id: &str, tty: bool) {
+/// Starts a counter `id` on runtime `rt`, with a terminal when `tty`: its pid.
+async fn counter(cd: &Containerd, rt: &str, id: &str, tty: bool) -> u32 {
     if tty {
         // `ctr run -t` wants a terminal of its own: `script` gives it one.
         let cmd = format!(
@@ -562,15 +537,17 @@ async fn counter(cd: &Containerd, rt: &str, id: &str, tty: bool) {
             COUNTER,
         ]);
     }
+    let pid = pid_of(cd, id).unwrap_or_else(|| panic!("{rt}: no task {id}"));
     eventually(&format!("{id} counts"), || {
-        count(cd, id).is_some_and(|(_, n)| n >= 2)
+        count(pid).is_some_and(|(_, n)| n >= 2)
     })
     .await;
+    pid
 }
 
 /// A checkpoint of counter `id` of runtime `rt` in state `case`: paused, with an exec
 /// running, or as it is (a terminal's); the task is left as it was.
-async fn refused(cd: &Containerd, rt: &str, id: &str, case: &str) -> Refused {
+async fn refused(cd: &Containerd, rt: &str, id: &str, pid: u32, case: &str) -> Refused {
     let short = if rt == COVE { "cove" } else { "runc" };
     let image = format!("cove.test/refused-{case}-{short}:latest");
     let id = id.to_owned();
@@ -605,8 +582,8 @@ async fn refused(cd: &Containerd, rt: &str, id: &str, case: &str) -> Refused {
     if case == "paused" {
         cd.ctr(&["task", "resume", &id]);
     }
-    let now = count(cd, &id);
-    let counts_on = within(|| count(cd, &id).is_some_and(|c| Some(&c) != now.as_ref())).await;
+    let now = count(pid);
+    let counts_on = within(|| count(pid).is_some_and(|c| Some(&c) != now.as_ref())).await;
     let image_left = cd.ctr(&["image", "ls", "-q"]).lines().any(|l| l == image);
     let log_kept = named_log(&err).is_some_and(|p| {
         std::fs::read_to_string(p).is_ok_and(|t| t.contains("Error") || t.contains("error"))
@@ -635,13 +612,16 @@ async fn checkpoints_of_paused_exec_and_terminal_tasks_end_as_on_runc() {
         let short = if rt == COVE { "cove" } else { "runc" };
         // One counter for the paused and the exec case, one with a terminal.
         let (plain, tty) = (format!("rf-{short}"), format!("rf-tty-{short}"));
-        counter(&cd, rt, &plain, false).await;
+        let pid = counter(&cd, rt, &plain, false).await;
         for case in ["paused", "exec"] {
-            seen.insert((case, rt), refused(&cd, rt, &plain, case).await);
+            seen.insert((case, rt), refused(&cd, rt, &plain, pid, case).await);
         }
         cd.ctr_kill_and_remove(&plain).await;
-        counter(&cd, rt, &tty, true).await;
-        seen.insert(("terminal", rt), refused(&cd, rt, &tty, "terminal").await);
+        let pid = counter(&cd, rt, &tty, true).await;
+        seen.insert(
+            ("terminal", rt),
+            refused(&cd, rt, &tty, pid, "terminal").await,
+        );
         cd.ctr_kill_and_remove(&tty).await;
     }
     for case in ["paused", "exec", "terminal"] {
@@ -677,13 +657,12 @@ struct DockerSeen {
 
 async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &str) -> DockerSeen {
     let name = format!("ck-{runtime}");
-    // Read through the init's root, its pid from the Engine API: a `docker exec` per poll
-    // takes seconds under emulation.
-    let read = || {
-        let pid = d.inspect(&name, "{{.State.Pid}}");
-        let text = std::fs::read_to_string(format!("/proc/{pid}/root/tmp/count")).ok()?;
-        let (t, n) = text.trim().split_once(' ')?;
-        Some((t.to_owned(), n.parse::<u64>().ok()?))
+    // Read through the init's root, its pid from the Engine API once per start: a `docker
+    // exec` per poll takes seconds under emulation.
+    let pid = || {
+        d.inspect(&name, "{{.State.Pid}}")
+            .parse::<u32>()
+            .unwrap_or(0)
     };
     d.ok(&[
         "run",
@@ -704,11 +683,12 @@ async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &
         COUNTER,
     ]);
     let id = d.inspect(&name, "{{.Id}}");
+    let first = pid();
     eventually(&format!("{name} counts"), || {
-        read().is_some_and(|c| c.1 >= 3)
+        count(first).is_some_and(|c| c.1 >= 3)
     })
     .await;
-    let (token, before) = read().expect("the counter's file");
+    let (token, before) = count(first).expect("the counter's file");
     let (checkpoint, _, err) = d.docker(&["checkpoint", "create", &name, "cp1"]);
     eprintln!(
         "{runtime}: docker checkpoint create: {checkpoint} {}",
@@ -728,16 +708,18 @@ async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &
         // The file may still hold what was written before the stop (for cove, whose
         // container ran on after its checkpoint, a count past the checkpoint's): judged is
         // the first value the restored counter writes.
-        let stale = read();
+        let restored = pid();
+        let stale = count(restored);
         let mut next = None;
         within(|| {
-            next = read().filter(|c| Some(c) != stale.as_ref());
+            next = count(restored).filter(|c| Some(c) != stale.as_ref());
             next.is_some()
         })
         .await;
         same_process = next.as_ref().is_some_and(|f| f.0 == token && f.1 >= before);
         goes_on = within(|| {
-            read().is_some_and(|c| c.0 == token && next.as_ref().is_some_and(|f| c.1 > f.1))
+            count(restored)
+                .is_some_and(|c| c.0 == token && next.as_ref().is_some_and(|f| c.1 > f.1))
         })
         .await;
         exec = d.docker(&["exec", &name, "echo", "in"]).1.trim() == "in";

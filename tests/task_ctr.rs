@@ -107,7 +107,7 @@ async fn ctr_run_exec_signal_pause_metrics_and_delete() {
 
     // sleep is PID 1 of its own pid namespace, where SIGTERM has no default action.
     cd.ctr(&["task", "kill", "-s", "KILL", "svc"]);
-    eventually("svc stops", || cd.ctr(&["task", "ls"]).contains("STOPPED")).await;
+    cd.ctr_stopped("svc").await;
     let (code, _, err) = cd.ctr_status(&["task", "delete", "svc"]);
     assert_eq!(code, 0, "{err}");
     assert!(
