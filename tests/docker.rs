@@ -218,7 +218,7 @@ fn exercise(mut s: Script) -> Seen {
     );
     // Resized once the script has looked at its size (not before: it would never see the
     // terminal unsized).
-    let term_logs = || d.docker(&["logs", &term]).1.replace('\r', "");
+    let term_logs = || d.stdout_of(&term).replace('\r', "");
     poll_until(|| term_logs().contains("unsized"));
     let code_init = d
         .api("POST", &format!("/containers/{term}/resize?h=30&w=90"))
@@ -258,7 +258,7 @@ fn exercise(mut s: Script) -> Seen {
     let exec_stdin_closed = (code, out);
 
     d.ok(&["kill", "-s", "USR1", &app]);
-    let usr1 = poll_until(|| d.docker(&["logs", &app]).1.contains("got-usr1"));
+    let usr1 = poll_until(|| d.stdout_of(&app).contains("got-usr1"));
     let kill_usr1 = (d.inspect(&app, "{{.State.Status}}"), usr1);
 
     let stop_grace = GRACE.to_string();
@@ -763,7 +763,7 @@ fn containers_outlive_a_dockerd_restart_with_live_restore() {
         let same_pid = d.inspect(name, "{{.State.Pid}}") == pids[i];
         let status = d.inspect(name, "{{.State.Status}}");
         let (code, out, _) = d.docker(&["exec", name, "echo", "after"]);
-        let logs_go_on = poll_until(|| last_tick(&d.docker(&["logs", name]).1) > ticks[i] + 5);
+        let logs_go_on = poll_until(|| last_tick(&d.stdout_of(name)) > ticks[i] + 5);
         d.ok(&["stop", "-t", &GRACE.to_string(), name]);
         let stop = (
             d.inspect(name, "{{.State.ExitCode}}"),

@@ -253,6 +253,12 @@ impl Dockerd {
     /// `METHOD path` on the Engine API, for what the CLI has no command for (resizing a
     /// detached terminal, an exec's state): the HTTP status code and the body.
     pub fn api(&self, method: &str, path: &str) -> (u16, String) {
+        let (code, body) = self.api_bytes(method, path);
+        (code, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// `METHOD path` on the Engine API: the HTTP status code and the body's bytes.
+    fn api_bytes(&self, method: &str, path: &str) -> (u16, Vec<u8>) {
         use std::io::{Read, Write};
         let mut s = std::os::unix::net::UnixStream::connect(&self.sock).expect("dockerd socket");
         write!(
@@ -260,18 +266,41 @@ impl Dockerd {
             "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n"
         )
         .unwrap();
-        let mut reply = String::new();
-        let _ = s.read_to_string(&mut reply);
-        let code = reply
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let split = reply.windows(4).position(|w| w == b"\r\n\r\n");
+        let head = String::from_utf8_lossy(&reply[..split.unwrap_or(reply.len())]).into_owned();
+        let code = head
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("{method} {path}: {reply}"));
-        let body = reply
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        (code, body.to_string())
+            .unwrap_or_else(|| panic!("{method} {path}: {head}"));
+        let body = split.map(|at| reply[at + 4..].to_vec()).unwrap_or_default();
+        (code, body)
+    }
+
+    /// What `docker logs NAME` prints on its stdout (the container's stdout; with a
+    /// terminal, everything), read from the Engine API: for polls, where a CLI run per look
+    /// (seconds under emulation) would crowd out what the poll waits for.
+    pub fn stdout_of(&self, name: &str) -> String {
+        let tty = self.inspect(name, "{{.Config.Tty}}") == "true";
+        let (code, body) = self.api_bytes("GET", &format!("/containers/{name}/logs?stdout=1"));
+        assert_eq!(code, 200, "logs of {name}\n{}", self.log_tail());
+        if tty {
+            return String::from_utf8_lossy(&body).into_owned();
+        }
+        // Without a terminal the stream is framed: a stream byte, three zeros, a
+        // big-endian length, then that many bytes.
+        let (mut out, mut rest) = (Vec::new(), &body[..]);
+        while rest.len() >= 8 {
+            let n = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+            let end = (8 + n).min(rest.len());
+            if rest[0] == 1 {
+                out.extend_from_slice(&rest[8..end]);
+            }
+            rest = &rest[end..];
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// `docker inspect -f FORMAT NAME` of a container, read from the Engine API's
