@@ -991,15 +991,14 @@ pub fn rss_pss(pid: i32) -> (u64, u64) {
 }
 
 /// Polls for a state reached asynchronously; bounded, not a timing assertion.
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
+pub async fn eventually(what: &str, f: impl FnMut() -> bool) {
+    eventually_every(what, Duration::from_millis(10), EVENTUALLY, f).await
 }
+
+/// How long [`eventually`] waits: for a wedged runtime, not a slow one. Under emulation,
+/// with two tests at a time, containerd took over 10 s to notice a killed shim and clean
+/// up after it.
+pub const EVENTUALLY: Duration = Duration::from_secs(120);
 
 /// How often a poll that runs `ctr` looks: every run starts a Go binary, which under
 /// emulation takes seconds, so a tighter poll would crowd out what it waits for.
