@@ -44,9 +44,11 @@ if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
 fi
 mkdir -p /run/netns /tmp/home
 export HOME=/tmp/home PATH=/usr/local/bin:/root/.cargo/bin:/usr/sbin:/usr/bin:/sbin:/bin
-# The runc the host's containerd pins, when run.sh found one (scripts/runc.sh).
+# The runc the host's containerd pins, when run.sh found one (scripts/runc.sh); with
+# COVE_VM_CONTAINERD, that containerd build and the runc it pins.
 [ -x "$out/runc/runc" ] && export PATH="$out/runc:$PATH"
 echo "guest: $(runc --version | head -1) ($(command -v runc))"
+echo "guest: $(containerd --version) ($(command -v containerd))"
 # The shim binary run.sh was given (make's static one), else the tests' own build.
 bin=$(cat "$out/cove-bin" 2>/dev/null || true)
 [ -n "$bin" ] && export COVE_BIN="$bin"

@@ -4,7 +4,9 @@
 # read-only. Two legs: `cgroupfs` (virtme-ng's init; cove and runc use cgroupfs) and
 # `systemd` (systemd is PID 1 and both use the systemd cgroup driver).
 # Builds on the host; the guest writes only to tmpfs and to one directory under /var/tmp.
-# Usage: run.sh [LEG...]; COVE_VM_TESTS=<filter> runs only the tests nextest's -E selects.
+# Usage: run.sh [LEG...]; COVE_VM_TESTS=<filter> runs only the tests nextest's -E selects;
+# COVE_VM_CONTAINERD=<version> runs them against that containerd build from CONTAINERD_DIR
+# (default ../shared/containerd) and the runc it pins, instead of the host's containerd.
 set -eu
 cd "$(dirname "$0")/../.."
 checkout=$(pwd)
@@ -34,7 +36,15 @@ for leg in $legs; do
     # The shim binary under test (`make test-vm` sets COVE_BIN to the static one): the
     # checkout is visible in the guest at the same path.
     printf '%s\n' "${COVE_BIN:-}" > "$out/cove-bin"
-    runc_dir=$(scripts/runc.sh)
+    # With COVE_VM_CONTAINERD, that containerd's binaries go there too.
+    if [ -n "${COVE_VM_CONTAINERD:-}" ]; then
+        bindir=$("${CONTAINERD_DIR:-../shared/containerd}/install.sh" "$COVE_VM_CONTAINERD" /var/tmp/cove-matrix)
+        mkdir -p "$out/runc"
+        for b in containerd ctr containerd-shim-runc-v2; do cp "$bindir/$b" "$out/runc/$b"; done
+        runc_dir=$(scripts/runc.sh "$COVE_VM_CONTAINERD")
+    else
+        runc_dir=$(scripts/runc.sh)
+    fi
     if [ -n "$runc_dir" ]; then
         mkdir -p "$out/runc" && cp "$runc_dir/runc" "$out/runc/runc"
     fi

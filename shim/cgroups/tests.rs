@@ -381,9 +381,11 @@ async fn removing_a_busy_cgroup_lets_other_tasks_run() {
     let rel = PathBuf::from(format!("/cove-unit-busy-{}", std::process::id()));
     let made = layout.create(&rel).unwrap();
     let dirs = layout.dirs(&rel);
-    // A process that stays in the cgroup a little while, then exits by itself.
+    // A process that stays in the cgroup until it is killed once removal has begun (a
+    // container's last process, exiting as its cgroup is removed). Killed, not timed: under
+    // emulation a process meant to live 0.2 s outlived the removal's retries.
     let script = format!(
-        "for d in {}; do echo $$ > $d/cgroup.procs; done; exec sleep 0.2",
+        "for d in {}; do echo $$ > $d/cgroup.procs; done; exec sleep 1000",
         dirs.iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
@@ -403,15 +405,18 @@ async fn removing_a_busy_cgroup_lets_other_tasks_run() {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    let victim = nix::unistd::Pid::from_raw(sh.id() as i32);
     let reaper = std::thread::spawn(move || sh.wait());
     // On this single-threaded runtime, a ticker only advances while removal waits
-    // without blocking the thread.
+    // without blocking the thread; its first tick kills the process.
     let ticks = std::sync::Arc::new(AtomicUsize::new(0));
     let t = ticks.clone();
     let ticker = tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            t.fetch_add(1, Ordering::SeqCst);
+            if t.fetch_add(1, Ordering::SeqCst) == 0 {
+                let _ = nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGKILL);
+            }
         }
     });
     let busy_at_start = std::fs::read_to_string(&procs).is_ok_and(|t| !t.trim().is_empty());
