@@ -447,7 +447,13 @@ async fn restore_into(
 /// cove as on the runc pod path.
 #[tokio::test]
 async fn a_container_checkpointed_and_restored_through_cri_goes_on_in_its_pod_as_on_runc() {
-    let cd = Containerd::start("crirestore").await;
+    // containerd 2.2.7 and 2.3 turn CRI's restore off unless this is set (2.1 has no
+    // such switch, and ignores the key).
+    let cd = Containerd::start_with_runtime(
+        "crirestore",
+        "enable_experimental_restore_via_create = true",
+    )
+    .await;
     require(
         "containerd 2.1 to 2.3 (CRI's restore from a checkpoint archive was removed in 2.4)",
         containerd_at_least(2, 1, 0) && !containerd_at_least(2, 4, 0),
