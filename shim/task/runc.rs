@@ -65,7 +65,7 @@ impl Runc {
         stdio: Option<[Stdio; 3]>,
         what: &str,
     ) -> Result<Vec<u8>> {
-        self.run_within(cmd, log, stdio, what, Bound::Call).await
+        self.run_within(cmd, log, stdio, what, CALL_TIMEOUT).await
     }
 
     async fn run_within(
@@ -74,14 +74,10 @@ impl Runc {
         log: &Path,
         stdio: Option<[Stdio; 3]>,
         what: &str,
-        bound: Bound,
+        limit: std::time::Duration,
     ) -> Result<Vec<u8>> {
         let before = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-        let ran = match bound {
-            Bound::Call => run_command_within(&self.reaper, cmd, stdio, CALL_TIMEOUT).await,
-            Bound::Criu => run_group_within(&self.reaper, cmd, stdio, CHECKPOINT_TIMEOUT).await,
-        };
-        let out = match ran {
+        let out = match run_command_within(&self.reaper, cmd, stdio, limit).await {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return Err(Error::DeadlineExceeded(format!(
                     "{what}: {} {e}",
@@ -280,9 +276,15 @@ impl Runc {
         let log = bundle.join("log.json");
         let mut c = self.command(&log);
         c.arg("checkpoint").args(args).arg(id);
-        self.run_within(c, &log, None, &format!("checkpoint {id}"), Bound::Criu)
-            .await
-            .map(drop)
+        self.run_within(
+            c,
+            &log,
+            None,
+            &format!("checkpoint {id}"),
+            CHECKPOINT_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 
     /// `runc restore --detach`: the container is recreated from its checkpoint and runs on.
@@ -311,18 +313,16 @@ impl Runc {
             c.arg("--no-pivot");
         }
         c.arg(id).current_dir(bundle);
-        self.run_within(c, &log, l.stdio, &format!("restore {id}"), Bound::Criu)
-            .await
-            .map(drop)
+        self.run_within(
+            c,
+            &log,
+            l.stdio,
+            &format!("restore {id}"),
+            CHECKPOINT_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
-}
-
-/// How long a runc call may take, and what is killed when it has not finished by then.
-enum Bound {
-    /// [`CALL_TIMEOUT`]; runc alone.
-    Call,
-    /// [`CHECKPOINT_TIMEOUT`]; runc and CRIU (its child), as one process group.
-    Criu,
 }
 
 pub struct Output {
@@ -355,33 +355,9 @@ pub async fn run_command(
 /// `TimedOut`.
 pub async fn run_command_within(
     reaper: &Reaper,
-    cmd: Command,
-    stdio: Option<[Stdio; 3]>,
-    limit: std::time::Duration,
-) -> std::io::Result<Output> {
-    run_bounded(reaper, cmd, stdio, limit, false).await
-}
-
-/// [`run_command_within`] with the command in a process group of its own, all of which is
-/// killed at `limit`: for runc's checkpoint and restore, whose CRIU (runc's child) would
-/// otherwise go on dumping or restoring after runc is killed. What CRIU restores leaves
-/// the group as it takes the sessions and groups it had when checkpointed.
-pub async fn run_group_within(
-    reaper: &Reaper,
     mut cmd: Command,
     stdio: Option<[Stdio; 3]>,
     limit: std::time::Duration,
-) -> std::io::Result<Output> {
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    run_bounded(reaper, cmd, stdio, limit, true).await
-}
-
-async fn run_bounded(
-    reaper: &Reaper,
-    mut cmd: Command,
-    stdio: Option<[Stdio; 3]>,
-    limit: std::time::Duration,
-    group: bool,
 ) -> std::io::Result<Output> {
     let captured = stdio.is_none();
     match stdio {
@@ -425,15 +401,6 @@ async fn run_bounded(
     match finished {
         Ok(out) => out,
         Err(_) => {
-            if group {
-                // The group is named by the leader's pid, which the kernel does not hand
-                // out again while the group has a member; the leader has not been seen
-                // to exit.
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
             match &pidfd {
                 Some(fd) => {
                     let _ = crate::sys::pidfd_send_signal(
@@ -507,45 +474,6 @@ fn last_error_in<R: std::io::Read + std::io::Seek>(log: &mut R, from: u64) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// At its bound, a call run as a group is killed with everything it started: a CRIU
-    /// under a killed runc must not go on writing.
-    #[tokio::test]
-    async fn a_bounded_group_call_is_killed_with_its_children() {
-        let reaper = Reaper::start().unwrap();
-        let dir = std::env::temp_dir().join(format!("cove-runc-group-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = dir.join("child");
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("sleep 1000 & echo $! > \"$0\"; wait")
-            .arg(&child);
-        let out = run_group_within(&reaper, cmd, None, std::time::Duration::from_secs(2)).await;
-        assert_eq!(
-            out.err().map(|e| e.kind()),
-            Some(std::io::ErrorKind::TimedOut)
-        );
-        let pid: i32 = std::fs::read_to_string(&child)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // Gone, or a zombie its new parent has not reaped yet.
-        let alive = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                s.rsplit_once(") ")
-                    .is_some_and(|(_, r)| !r.starts_with('Z'))
-            })
-        };
-        for _ in 0..500 {
-            if !alive() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(!alive(), "the call's child {pid} outlived it");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 
     #[test]
     fn the_last_error_after_the_offset_is_reported() {
