@@ -45,7 +45,13 @@ struct Seen {
     /// before the checkpoint; and it counts on.
     same_process: bool,
     goes_on: bool,
-    /// `ctr task kill -s KILL` of the restored task: the exit code `ctr task delete` says.
+    /// `ctr task checkpoint --exit --image-path DIR --work-path DIR` of the restored task
+    /// (runc's CheckpointOptions as containerd passes them): its exit code, whether CRIU's
+    /// images are in the image path and its log in the work path, and whether the task
+    /// stopped after it.
+    direct: (i32, bool, bool, bool),
+    /// The exit code `ctr task delete` says of the restored task then (a `ctr task kill
+    /// -s KILL` first, had it run on).
     killed: String,
     /// Shims of this runtime left once everything is removed.
     shims_left: usize,
@@ -111,9 +117,34 @@ async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
         .await;
         goes_on = count(rpid).is_some_and(|c| c.0 == token);
     }
+    let (images, work) = (
+        cd.dir.join(format!("{short}-images")),
+        cd.dir.join(format!("{short}-work")),
+    );
+    let mut direct = (-1, false, false, false);
     let mut killed = String::new();
     if let Some(rpid) = rpid {
-        cd.ctr(&["task", "kill", "-s", "KILL", &restored]);
+        let (code, _, err) = cd.ctr_status(&[
+            "task",
+            "checkpoint",
+            "--exit",
+            "--image-path",
+            &images.to_string_lossy(),
+            "--work-path",
+            &work.to_string_lossy(),
+            &restored,
+        ]);
+        eprintln!("{rt}: ctr task checkpoint --exit: {code} {}", err.trim());
+        let stopped = within(|| !std::path::Path::new(&format!("/proc/{rpid}")).exists()).await;
+        direct = (
+            code,
+            images.join("inventory.img").is_file(),
+            work.join("dump.log").is_file(),
+            stopped,
+        );
+        if !stopped {
+            cd.ctr_status(&["task", "kill", "-s", "KILL", &restored]);
+        }
         cd.stopped(&restored, rpid).await;
         // ctr says the exit code of a task that did not exit 0.
         let (_, out, err) = cd.ctr_status(&["task", "delete", &restored]);
@@ -130,6 +161,7 @@ async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
         restore: (rcode, status),
         same_process,
         goes_on,
+        direct,
         killed,
         shims_left: if shims_gone { 0 } else { cd.cove_shims().len() },
     }
@@ -137,7 +169,9 @@ async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
 
 /// `ctr container checkpoint --task` of a running counter, then `ctr container restore
 /// --live` into a new container: the restored counter is the same process, going on from
-/// where it was, and is killed and removed like any other; on cove as on runc's shim.
+/// where it was. Then `ctr task checkpoint --exit` with an image and a work path of its
+/// own: CRIU's images and log land there, the task stops (SIGKILLed by CRIU, its exit
+/// reported like any other), and it is removed; on cove as on runc's shim.
 #[tokio::test]
 async fn a_counter_checkpointed_and_restored_through_ctr_goes_on_as_on_runc() {
     let cd = Containerd::start("checkpoint").await;
@@ -147,6 +181,7 @@ async fn a_counter_checkpointed_and_restored_through_ctr_goes_on_as_on_runc() {
     assert_eq!(cove.checkpoint, (0, true));
     assert_eq!(cove.restore, (0, "RUNNING".to_string()));
     assert!(cove.same_process && cove.goes_on, "{cove:?}");
+    assert_eq!(cove.direct, (0, true, true, true));
     assert_eq!(cove.killed, "137");
     assert_eq!(cove.shims_left, 0);
     assert_eq!(cove, runc);
