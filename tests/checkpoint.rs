@@ -68,15 +68,21 @@ fn count(pid: u32) -> Option<(String, u64)> {
 
 /// The pid of task `id` (one `ctr task ls`).
 fn pid_of(cd: &Containerd, id: &str) -> Option<u32> {
-    cd.tasks().get(id).copied()
+    task_row(cd, id).map(|(pid, _)| pid)
 }
 
 /// The status `ctr task ls` shows for task `id` (RUNNING, PAUSED, ...).
 fn task_status(cd: &Containerd, id: &str) -> Option<String> {
-    cd.ctr(&["task", "ls"])
-        .lines()
-        .find(|l| l.starts_with(id))
-        .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+    task_row(cd, id).map(|(_, status)| status)
+}
+
+/// Task `id`'s pid and status, from one `ctr task ls` (its columns: TASK PID STATUS).
+fn task_row(cd: &Containerd, id: &str) -> Option<(u32, String)> {
+    cd.ctr(&["task", "ls"]).lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next()? == id).then_some(())?;
+        Some((f.next()?.parse().ok()?, f.next()?.to_owned()))
+    })
 }
 
 async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
@@ -100,9 +106,10 @@ async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
 
     let (rcode, _, rerr) = cd.ctr_status(&["container", "restore", "--live", &restored, &image]);
     assert!(rcode == 0 || rt == COVE, "{rt}: restore: {rerr}");
-    let status = task_status(cd, &restored).unwrap_or_else(|| format!("no task ({rerr})"));
+    let row = task_row(cd, &restored);
+    let rpid = row.as_ref().map(|(pid, _)| *pid);
+    let status = row.map_or_else(|| format!("no task ({rerr})"), |(_, status)| status);
     let (mut same_process, mut goes_on) = (false, false);
-    let rpid = pid_of(cd, &restored);
     if let (true, Some(rpid)) = (status == "RUNNING", rpid) {
         eventually(&format!("{restored} writes its count"), || {
             count(rpid).is_some()
@@ -135,7 +142,7 @@ async fn through_ctr(cd: &Containerd, rt: &str) -> Seen {
             &restored,
         ]);
         eprintln!("{rt}: ctr task checkpoint --exit: {code} {}", err.trim());
-        let stopped = within(|| !std::path::Path::new(&format!("/proc/{rpid}")).exists()).await;
+        let stopped = within(|| !alive(rpid)).await;
         direct = (
             code,
             images.join("inventory.img").is_file(),

@@ -503,28 +503,17 @@ state = "{d}/state"
     /// Waits until task `id`, whose process was `pid`, shows STOPPED: first until the
     /// process is gone (read in /proc, cheaply), then in `ctr task ls`.
     pub async fn stopped(&self, id: &str, pid: u32) {
-        eventually_every(
-            &format!("{id}'s process {pid} is gone"),
-            Duration::from_millis(10),
-            Duration::from_secs(120),
-            || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        )
-        .await;
+        eventually(&format!("{id}'s process {pid} is gone"), || !alive(pid)).await;
         self.ctr_stopped(id).await;
     }
 
     /// Waits until `ctr task ls` shows task `id` STOPPED.
     pub async fn ctr_stopped(&self, id: &str) {
-        eventually_every(
-            &format!("{id} stops"),
-            CTR_POLL,
-            Duration::from_secs(120),
-            || {
-                self.ctr(&["task", "ls"])
-                    .lines()
-                    .any(|l| l.starts_with(id) && l.contains("STOPPED"))
-            },
-        )
+        eventually_every(&format!("{id} stops"), CTR_POLL, EVENTUALLY, || {
+            self.ctr(&["task", "ls"])
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+        })
         .await;
     }
 
