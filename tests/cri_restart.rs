@@ -34,13 +34,13 @@ fn quitter(marker: &str) -> ContainerConfig {
 
 /// Waits for the process whose command line holds `marker`.
 async fn pid_of(marker: &str) -> i32 {
-    for _ in 0..500 {
-        if let Some(p) = pids_with(marker).first() {
-            return *p;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{marker} never started");
+    let mut pid = None;
+    eventually(&format!("{marker} starts"), || {
+        pid = pids_with(marker).first().copied();
+        pid.is_some()
+    })
+    .await;
+    pid.unwrap_or_default()
 }
 
 #[tokio::test]

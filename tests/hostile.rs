@@ -6,10 +6,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::shim::{create_req, ctx, pod_options, Shim};
-use common::{alive, cgroup_exists, eventually, inheritable_fds};
+use common::{
+    alive, cgroup_exists, eventually, inheritable_fds, Backoff, EVENTUALLY, POLL_FIRST, POLL_MAX,
+};
 use containerd_shim_protos::api::{
     CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, StartRequest, StateRequest,
     Status, WaitRequest,
@@ -36,6 +38,14 @@ fn deadline_passed<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> bool {
         Err(ttrpc::Error::Others(m)) => m.contains("deadline"),
         _ => false,
     }
+}
+
+/// A bounded poll's deadline (for a wedged shim, not a slow one) and its intervals.
+fn poll() -> (Instant, Backoff) {
+    (
+        Instant::now() + EVENTUALLY,
+        Backoff::new(POLL_FIRST, POLL_MAX),
+    )
 }
 
 fn short_ctx(ms: u64) -> ttrpc::context::Context {
@@ -193,13 +203,14 @@ async fn requests_abandoned_at_their_deadline_finish_and_leave_nothing() {
     let mut status = SandboxStatusRequest::new();
     status.sandbox_id = shim.id.clone();
     let mut pid = 0;
-    for _ in 0..500 {
+    let (deadline, mut every) = poll();
+    while Instant::now() < deadline {
         let s = sb.sandbox_status(ctx(), &status).await.unwrap();
         if s.state == "SANDBOX_READY" {
             pid = s.pid;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(every.next()).await;
     }
     assert!(pid > 0 && alive(pid), "the abandoned StartSandbox finished");
     assert_eq!(
@@ -218,12 +229,13 @@ async fn requests_abandoned_at_their_deadline_finish_and_leave_nothing() {
     let mut state = StateRequest::new();
     state.id = "c1".into();
     let mut created = false;
-    for _ in 0..500 {
+    let (deadline, mut every) = poll();
+    while Instant::now() < deadline {
         if task.state(ctx(), &state).await.is_ok() {
             created = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(every.next()).await;
     }
     assert!(created, "the abandoned Task.Create finished");
     assert_eq!(
@@ -431,12 +443,13 @@ async fn hostile_requests_get_a_status_and_leak_nothing() {
     let mut fds_after = 0;
     // Exits drain their output for a moment and the event forwarder reconnects now and
     // then: wait (bounded) for the count to settle.
-    for _ in 0..500 {
+    let (deadline, mut every) = poll();
+    while Instant::now() < deadline {
         fds_after = open_fds(server);
         if fds_after <= fds_before {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every.next()).await;
     }
     assert!(
         fds_after <= fds_before,

@@ -54,6 +54,9 @@ bin=$(cat "$out/cove-bin" 2>/dev/null || true)
 [ -n "$bin" ] && export COVE_BIN="$bin"
 echo "guest: shim ${COVE_BIN:-built by cargo for the tests}"
 export COVE_TEST_CGROUP_DRIVER="$driver"
+# The harness's seeded containerd roots (the test images, imported once per leg) go where
+# the guest can write, not into the read-only checkout's target/.
+export COVE_E2E_SEEDS=/tmp/cove-seeds
 # Under emulation the restart test runs with 2 pods per handler (20 on the host): what
 # the guest adds is a restart on cgroup v2 and under systemd, which two pods show as well as
 # twenty; the host run covers the numbers (5 took about 4 minutes per leg here).

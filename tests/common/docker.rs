@@ -393,16 +393,21 @@ impl Dockerd {
     }
 }
 
-/// Polls `f` until it holds: bounded (a minute, for guests under emulation), not a timing
-/// assertion. Returns whether it came to hold; the caller asserts what it observed.
+/// Polls `f` until it holds, at the intervals of a [`Backoff`]: bounded (a minute, for
+/// guests under emulation), not a timing assertion. Returns whether it came to hold; the
+/// caller asserts what it observed.
 pub fn poll_until(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..3000 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut every = Backoff::new(POLL_FIRST, POLL_MAX);
+    loop {
         if f() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(every.next());
     }
-    false
 }
 
 fn output(cmd: &mut Command) -> Out {

@@ -241,6 +241,145 @@ fn images_dir() -> PathBuf {
     dir
 }
 
+/// The first `bin` on PATH.
+fn on_path(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// `cp -a from to`: a tree with its modes, owners, times and extended attributes.
+fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        st.success(),
+        "cp -a {} {} failed",
+        from.display(),
+        to.display()
+    );
+}
+
+/// A containerd root holding the test images (busybox and pause, in namespace `NS`,
+/// unpacked for overlayfs), which each harness copies as its own root before it starts.
+///
+/// Importing the archives costs a harness seconds (under the VM legs' emulation about 15 s,
+/// more than containerd's start), so it is done once per containerd build and image build
+/// (the key: the containerd on PATH and both archives, by path, size and time) by a
+/// containerd without CRI, stopped before the root is used. CRI, starting on a copy, takes
+/// the images in as it takes in pulled images after a restart (its image check labels them
+/// as its own and pins the pause image). Seeds live in `$COVE_E2E_SEEDS`, by default the
+/// checkout's `target/seeds`, beside the image archives; the VM legs, whose checkout is
+/// read-only, point it into the guest's /tmp. Concurrent tests build a seed once: the first
+/// takes a lock, the others wait on it, and a seed appears only complete (renamed into
+/// place).
+async fn seeded_root() -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let images = images_dir();
+    let containerd =
+        on_path("containerd").unwrap_or_else(|| panic!("cannot run: containerd on PATH"));
+    let mut key = std::hash::DefaultHasher::new();
+    for f in [
+        containerd.clone(),
+        images.join("busybox.tar"),
+        images.join("pause.tar"),
+    ] {
+        let f = f.canonicalize().unwrap_or(f);
+        let m = std::fs::metadata(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        (&f, m.len(), m.mtime(), m.mtime_nsec()).hash(&mut key);
+    }
+    let seeds = std::env::var_os("COVE_E2E_SEEDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/seeds"));
+    std::fs::create_dir_all(&seeds).unwrap_or_else(|e| panic!("{}: {e}", seeds.display()));
+    let seed = seeds.join(format!("{:016x}", key.finish()));
+    if seed.is_dir() {
+        return seed.join("root");
+    }
+    let lock = std::fs::File::create(seeds.join("lock")).expect("the seeds' lock file");
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock the seeds");
+    if seed.is_dir() {
+        return seed.join("root");
+    }
+    // The seed's root is built where the seed will be (its file system); its sockets and
+    // state in a short directory of their own (a socket path has 108 bytes at most).
+    let tmp = seeds.join(format!("{:016x}.tmp", key.finish()));
+    let run = PathBuf::from(format!("/tmp/cove-seed-{}", std::process::id()));
+    for d in [&tmp, &run] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let sock = run.join("containerd.sock");
+    std::fs::write(
+        run.join("config.toml"),
+        format!(
+            r#"version = 3
+root = "{root}"
+state = "{run}/state"
+disabled_plugins = ['io.containerd.grpc.v1.cri', 'io.containerd.cri.v1.images', 'io.containerd.cri.v1.runtime', 'io.containerd.podsandbox.controller.v1.podsandbox', 'io.containerd.nri.v1.nri']
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+"#,
+            root = tmp.join("root").display(),
+            run = run.display(),
+            sock = sock.display(),
+        ),
+    )
+    .unwrap();
+    let mut child = spawn_containerd(&run, "info");
+    let log = || std::fs::read_to_string(run.join("containerd.log")).unwrap_or_default();
+    let mut up = false;
+    for _ in 0..6000 {
+        if let Ok(ch) = containerd_client::connect(&sock).await {
+            let mut v = containerd_client::services::v1::version_client::VersionClient::new(ch);
+            if v.version(()).await.is_ok() {
+                up = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the seed's containerd did not come up; log:\n{}", log());
+    for img in ["busybox.tar", "pause.tar"] {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&sock)
+            .args(["-n", NS, "images", "import", "--local"])
+            .arg(images.join(img))
+            .output()
+            .expect("run ctr");
+        assert!(
+            out.status.success(),
+            "seeding: ctr images import {img}: {}; log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            log()
+        );
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let st = child.wait().expect("wait for the seed's containerd");
+    assert!(
+        st.success(),
+        "the seed's containerd ended with {st}; log:\n{}",
+        log()
+    );
+    let _ = std::fs::remove_dir_all(&run);
+    std::fs::rename(&tmp, &seed).expect("put the seed in place");
+    seed.join("root")
+}
+
 impl Containerd {
     /// Starts a private containerd named after `tag` (unique per test), logging at debug.
     pub async fn start(tag: &str) -> Containerd {
@@ -354,6 +493,8 @@ state = "{d}/state"
             runtime_toml = runtime_toml,
         ) + &metrics_cfg;
         std::fs::write(dir.join("config.toml"), cfg).unwrap();
+        // The test images, imported and unpacked: a copy of a seeded root.
+        copy_tree(&seeded_root().await, &dir.join("root"));
         // `--runtime io.containerd.cove.v1` resolves to containerd-shim-cove-v1 on PATH.
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         std::os::unix::fs::symlink(cove_bin(), dir.join("bin/containerd-shim-cove-v1")).unwrap();
@@ -378,15 +519,6 @@ state = "{d}/state"
             channel: Channel::from_static("http://[::]:50051").connect_lazy(),
         };
         c.channel = c.wait_ready().await;
-        let images = images_dir();
-        for img in ["busybox.tar", "pause.tar"] {
-            c.ctr(&[
-                "images",
-                "import",
-                "--local",
-                images.join(img).to_str().unwrap(),
-            ]);
-        }
         c
     }
 
@@ -509,11 +641,16 @@ state = "{d}/state"
 
     /// Waits until `ctr task ls` shows task `id` STOPPED.
     pub async fn ctr_stopped(&self, id: &str) {
-        eventually_every(&format!("{id} stops"), CTR_POLL, EVENTUALLY, || {
-            self.ctr(&["task", "ls"])
-                .lines()
-                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
-        })
+        eventually_every(
+            &format!("{id} stops"),
+            Backoff::every(CTR_POLL),
+            EVENTUALLY,
+            || {
+                self.ctr(&["task", "ls"])
+                    .lines()
+                    .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+            },
+        )
         .await;
     }
 
@@ -702,6 +839,7 @@ state = "{d}/state"
     /// wedged runtime, not a slow one.
     pub async fn exited(&self, id: &str) -> ContainerStatus {
         let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        let mut every = Backoff::new(POLL_FIRST, POLL_MAX);
         loop {
             let st = self.container_status(id).await;
             if st.state == ContainerState::ContainerExited as i32 {
@@ -710,7 +848,7 @@ state = "{d}/state"
             if std::time::Instant::now() > deadline {
                 panic!("container {id} never exited\n{}", self.log_tail());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(every.next()).await;
         }
     }
 
@@ -981,7 +1119,40 @@ pub fn rss_pss(pid: i32) -> (u64, u64) {
 
 /// Polls for a state reached asynchronously; bounded, not a timing assertion.
 pub async fn eventually(what: &str, f: impl FnMut() -> bool) {
-    eventually_every(what, Duration::from_millis(10), EVENTUALLY, f).await
+    eventually_every(what, Backoff::new(POLL_FIRST, POLL_MAX), EVENTUALLY, f).await
+}
+
+/// A poll's first interval, and the most it grows to (see [`Backoff`]).
+pub const POLL_FIRST: Duration = Duration::from_millis(5);
+pub const POLL_MAX: Duration = Duration::from_millis(200);
+
+/// The intervals of a poll: from `first`, half as long again each time, up to `max`. A
+/// condition that holds soon is seen soon; one that takes long costs a few looks a second.
+/// A look costs what it waits for CPU time: a scan of /proc, a CRI or Engine API call
+/// (milliseconds each under the VM legs' emulation, where a 10 ms poll of a shim's exit
+/// took a core from the shim and the test beside it).
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff { next: first, max }
+    }
+
+    /// A poll at one fixed interval.
+    pub fn every(interval: Duration) -> Backoff {
+        Backoff::new(interval, interval)
+    }
+
+    /// The interval before the next look.
+    pub fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 3 / 2).min(self.max);
+        d
+    }
 }
 
 /// How long [`eventually`] waits: for a wedged runtime, not a slow one. Under emulation,
@@ -993,11 +1164,11 @@ pub const EVENTUALLY: Duration = Duration::from_secs(120);
 /// emulation takes seconds, so a tighter poll would crowd out what it waits for.
 pub const CTR_POLL: Duration = Duration::from_millis(250);
 
-/// Polls `f` every `every` until it holds; panics after `bound`, which is for a wedged
-/// runtime, not a slow one.
+/// Polls `f` at the intervals of `every` until it holds; panics after `bound`, which is for
+/// a wedged runtime, not a slow one.
 pub async fn eventually_every(
     what: &str,
-    every: Duration,
+    mut every: Backoff,
     bound: Duration,
     mut f: impl FnMut() -> bool,
 ) {
@@ -1006,7 +1177,7 @@ pub async fn eventually_every(
         if std::time::Instant::now() > deadline {
             panic!("never happened within {bound:?}: {what}");
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(every.next()).await;
     }
 }
 
