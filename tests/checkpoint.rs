@@ -744,7 +744,7 @@ async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &
     );
     let running_after = d.inspect(&name, "{{.State.Running}}") == "true";
     if running_after {
-        d.ok(&["stop", "-t", "0", &name]);
+        d.post(&format!("/containers/{name}/stop?t=0"));
     }
     let (start, _, err) = d.docker(&["start", "--checkpoint", "cp1", &name]);
     eprintln!(
@@ -770,9 +770,9 @@ async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &
                 .is_some_and(|c| c.0 == token && next.as_ref().is_some_and(|f| c.1 > f.1))
         })
         .await;
-        exec = d.docker(&["exec", &name, "echo", "in"]).1.trim() == "in";
+        exec = d.exec(&name, &["echo", "in"]).1.trim() == "in";
     }
-    d.docker(&["rm", "-f", &name]);
+    d.remove(&name);
     let mut left = Vec::new();
     for _ in 0..100 {
         left = d.left_of(cd, runtime, &id);
