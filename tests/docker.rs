@@ -58,9 +58,10 @@ struct Seen {
 /// What a Docker user sees where the cgroup driver is part of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CgroupSeen {
-    /// `.State.Status` while paused, then after unpause; and whether a paused container's
-    /// processes are frozen (a counter does not advance).
-    pause: (String, String, bool),
+    /// `.State.Status` while paused, then after unpause; whether a paused container's
+    /// processes are frozen (a counter does not advance), and thawed after unpause (it
+    /// advances again).
+    pause: (String, String, bool, bool),
     /// `docker stats --no-stream`: PIDs, memory limit, whether usage is above zero.
     stats: (String, String, bool),
     /// `docker update --memory`: Docker's record, and the limit seen inside.
@@ -345,7 +346,13 @@ fn exercise_cgroups(mut s: Script) -> CgroupSeen {
     std::thread::sleep(Duration::from_millis(300));
     let frozen = before == read_n() && !before.is_empty();
     d.post(&format!("/containers/{counter}/unpause"));
-    let pause = (paused, d.inspect(&counter, "{{.State.Status}}"), frozen);
+    let thawed = poll_until(|| read_n() != before);
+    let pause = (
+        paused,
+        d.inspect(&counter, "{{.State.Status}}"),
+        frozen,
+        thawed,
+    );
     // Killed now, not at the end: its loop forks twenty times a second, which under
     // emulation costs what the rest of the script needs.
     d.post(&format!("/containers/{counter}/kill"));
@@ -636,7 +643,7 @@ fn docker_cgroup_behaviour_is_the_same_on_cove_as_on_runc() {
     cove.events = events_of(&events, "cove");
     eprintln!("cove: {cove:#?}");
 
-    assert_eq!(cove.pause, ("paused".into(), "running".into(), true));
+    assert_eq!(cove.pause, ("paused".into(), "running".into(), true, true));
     assert_eq!(cove.stats.0, "1");
     assert_eq!(cove.stats.1, "32MiB");
     assert!(cove.stats.2, "memory usage reported: {:?}", cove.stats);
@@ -774,7 +781,9 @@ fn containers_outlive_a_dockerd_restart_with_live_restore() {
             d.inspect(name, "{{.State.ExitCode}}"),
             d.stdout_of(name).contains("bye"),
         );
-        d.remove(name);
+        // `docker rm` (not forced): the container has stopped.
+        let (rm, body) = d.api("DELETE", &format!("/containers/{name}"));
+        assert_eq!(rm, 204, "docker rm {name}: {body}");
         poll_until(|| d.shims(&cd, r).is_empty());
         let shims_left = d.shims(&cd, r).len();
         seen.push(Restored {

@@ -285,6 +285,8 @@ async fn seeded_root() -> PathBuf {
     let containerd =
         on_path("containerd").unwrap_or_else(|| panic!("cannot run: containerd on PATH"));
     let mut key = std::hash::DefaultHasher::new();
+    // What the seed holds and how it is made: change it with the seeding below.
+    "busybox+pause in k8s.io, overlayfs, ctr import --local, v1".hash(&mut key);
     for f in [
         containerd.clone(),
         images.join("busybox.tar"),
@@ -336,20 +338,37 @@ disabled_plugins = ['io.containerd.grpc.v1.cri', 'io.containerd.cri.v1.images', 
         ),
     )
     .unwrap();
-    let mut child = spawn_containerd(&run, "info");
+    /// The seed's containerd, stopped (SIGTERM, and SIGKILL if that fails) when seeding
+    /// ends, also when it fails.
+    struct Seeder(Child);
+    impl Drop for Seeder {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut child = Seeder(spawn_containerd(&run, "info"));
     let log = || std::fs::read_to_string(run.join("containerd.log")).unwrap_or_default();
-    let mut up = false;
-    for _ in 0..6000 {
+    let deadline = std::time::Instant::now() + EVENTUALLY;
+    loop {
         if let Ok(ch) = containerd_client::connect(&sock).await {
             let mut v = containerd_client::services::v1::version_client::VersionClient::new(ch);
             if v.version(()).await.is_ok() {
-                up = true;
                 break;
             }
         }
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!("the seed's containerd ended with {st}; log:\n{}", log());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the seed's containerd did not come up; log:\n{}",
+            log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(up, "the seed's containerd did not come up; log:\n{}", log());
     for img in ["busybox.tar", "pause.tar"] {
         let out = Command::new("ctr")
             .arg("--address")
@@ -366,15 +385,17 @@ disabled_plugins = ['io.containerd.grpc.v1.cri', 'io.containerd.cri.v1.images', 
         );
     }
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let st = child.wait().expect("wait for the seed's containerd");
+    let st = child.0.wait().expect("wait for the seed's containerd");
     assert!(
         st.success(),
         "the seed's containerd ended with {st}; log:\n{}",
         log()
     );
+    // The server's identity (written when ctr asked for it) is each containerd's own.
+    let _ = std::fs::remove_dir_all(tmp.join("root/io.containerd.grpc.v1.introspection"));
     let _ = std::fs::remove_dir_all(&run);
     std::fs::rename(&tmp, &seed).expect("put the seed in place");
     seed.join("root")
