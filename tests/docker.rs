@@ -228,16 +228,13 @@ fn exercise(mut s: Script) -> Seen {
     let init_sizes = term_logs();
     // `docker exec -d -t`.
     let script = format!("({UNTIL_RESIZED}) > /tmp/sizes");
-    let (code, body) = d.api_json(
-        "POST",
-        &format!("/containers/{term}/exec"),
+    let id = d.exec_create(
+        &term,
         &serde_json::json!({"Tty": true, "Cmd": ["sh", "-c", script]}),
     );
-    assert_eq!(code, 201, "exec in {term}: {body}");
-    let id: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     let (code, body) = d.api_json(
         "POST",
-        &format!("/exec/{}/start", id["Id"].as_str().unwrap_or_default()),
+        &format!("/exec/{id}/start"),
         &serde_json::json!({"Detach": true, "Tty": true}),
     );
     assert_eq!(code, 200, "exec start in {term}: {body}");

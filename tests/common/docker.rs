@@ -264,17 +264,31 @@ impl Dockerd {
 
     /// `METHOD path` on the Engine API: the HTTP status code and the body's bytes.
     fn api_bytes(&self, method: &str, path: &str) -> (u16, Vec<u8>) {
-        self.request(method, path, None).unwrap_or_else(|| {
-            panic!("{method} {path}: no reply from dockerd (none, none in time, or not HTTP)")
-        })
+        self.answer(method, path, None)
     }
 
     /// `METHOD path` with a JSON body on the Engine API: the status code and the body.
     pub fn api_json(&self, method: &str, path: &str, body: &serde_json::Value) -> (u16, String) {
-        let (code, reply) = self.request(method, path, Some(body)).unwrap_or_else(|| {
-            panic!("{method} {path}: no reply from dockerd (none, none in time, or not HTTP)")
-        });
+        let (code, reply) = self.answer(method, path, Some(body));
         (code, String::from_utf8_lossy(&reply).into_owned())
+    }
+
+    /// [`Dockerd::request`], which must get a reply.
+    fn answer(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, Vec<u8>) {
+        self.request(method, path, body).unwrap_or_else(|| {
+            panic!("{method} {path}: no reply from dockerd (none, none in time, or not HTTP)")
+        })
+    }
+
+    /// `POST /containers/NAME/exec` of `config` (what `docker exec` sends: the command,
+    /// what is attached, whether it has a terminal): the new exec's id.
+    pub fn exec_create(&self, name: &str, config: &serde_json::Value) -> String {
+        let (code, body) = self.api_json("POST", &format!("/containers/{name}/exec"), config);
+        assert_eq!(code, 201, "exec in {name}: {body}\n{}", self.log_tail());
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["Id"].as_str().map(String::from))
+            .unwrap_or_else(|| panic!("exec in {name}: {body}"))
     }
 
     /// One HTTP/1.0 request on dockerd's socket (the connection ends with the reply, also
@@ -344,24 +358,16 @@ impl Dockerd {
     /// `docker exec NAME CMD...` (no terminal, no stdin) through the Engine API: the exit
     /// code and what the command wrote to its stdout.
     pub fn exec(&self, name: &str, cmd: &[&str]) -> (i32, String) {
-        let (code, body) = self.api_json(
-            "POST",
-            &format!("/containers/{name}/exec"),
+        let id = self.exec_create(
+            name,
             &serde_json::json!({"AttachStdout": true, "AttachStderr": true, "Cmd": cmd}),
         );
-        assert_eq!(code, 201, "exec in {name}: {body}\n{}", self.log_tail());
-        let id = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["Id"].as_str().map(String::from))
-            .unwrap_or_else(|| panic!("exec in {name}: {body}"));
         // Attached: the stream ends when the command has ended and its output is copied.
-        let (code, out) = self
-            .request(
-                "POST",
-                &format!("/exec/{id}/start"),
-                Some(&serde_json::json!({"Detach": false, "Tty": false})),
-            )
-            .unwrap_or_else(|| panic!("exec start in {name}: dockerd does not answer"));
+        let (code, out) = self.answer(
+            "POST",
+            &format!("/exec/{id}/start"),
+            Some(&serde_json::json!({"Detach": false, "Tty": false})),
+        );
         assert_eq!(code, 200, "exec start in {name}\n{}", self.log_tail());
         let mut exit = -1;
         let ended = poll_until(|| {
