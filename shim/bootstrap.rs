@@ -145,7 +145,7 @@ fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Re
     // The server is this process forked, not the binary exec'd again (as containerd's Go
     // shims must): `start` has one thread and no runtime yet, so the child may go on as
     // the server, and an exec and a start-up are saved on every pod's start.
-    let child = match crate::sys::fork().context(|| "fork the shim server".into())? {
+    let child = match crate::sys::fork(None).context(|| "fork the shim server".into())? {
         crate::sys::Forked::Child => {
             drop(ready_rd);
             become_server(flags, address, ttrpc_address, listener, ready_wr)

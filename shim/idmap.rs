@@ -57,15 +57,30 @@ impl Mappings {
         std::fs::write(format!("/proc/{pid}/gid_map"), proc_format(&self.gids))?;
         std::fs::write(format!("/proc/{pid}/uid_map"), proc_format(&self.uids))
     }
+
+    /// [`Mappings::write_for`] through `proc`, a descriptor of a `/proc` directory.
+    pub fn write_for_at(&self, proc: BorrowedFd<'_>, pid: i32) -> std::io::Result<()> {
+        use std::io::Write;
+        let w = nix::fcntl::OFlag::O_WRONLY;
+        let gids = proc_format(&self.gids);
+        sys::open_at(proc, &format!("{pid}/gid_map"), w)?.write_all(gids.as_bytes())?;
+        let uids = proc_format(&self.uids);
+        sys::open_at(proc, &format!("{pid}/uid_map"), w)?.write_all(uids.as_bytes())
+    }
 }
 
 impl Mappings {
     /// Whether the caller's own user namespace has exactly these mappings (its
     /// `/proc/self/uid_map` and `gid_map`, read from inside it).
-    pub fn check_own(&self) -> std::result::Result<(), String> {
+    pub fn check_own(&self, proc: BorrowedFd<'_>) -> std::result::Result<(), String> {
+        use std::io::Read;
         for (file, want) in [("uid_map", &self.uids), ("gid_map", &self.gids)] {
-            let path = format!("/proc/self/{file}");
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+            let path = format!("self/{file}");
+            let mut text = String::new();
+            sys::open_at(proc, &path, nix::fcntl::OFlag::O_RDONLY)
+                .map_err(std::io::Error::from)
+                .and_then(|mut f| f.read_to_string(&mut text))
+                .map_err(|e| format!("/proc/{path}: {e}"))?;
             let mut got: Vec<Vec<&str>> = text
                 .lines()
                 .map(|l| l.split_whitespace().collect())

@@ -11,7 +11,10 @@
 //!   bisection, and the shim logs a warning. CRI with `restrict_oom_score_adj` clamps the
 //!   pause container to containerd's own score for the same reason.
 
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
+
+use nix::fcntl::OFlag;
 
 /// What CRI gives the pause container (containerd `internal/cri/server`,
 /// `defaultSandboxOOMAdj`).
@@ -58,6 +61,36 @@ pub fn adjust_shim(pid: u32) -> std::io::Result<i32> {
 /// the lowest score above it that it accepts. Returns the score now in force.
 pub fn lower_own_towards(target: i32) -> std::io::Result<i32> {
     lower_towards(target, read(None)?, |s| write(None, s).is_ok())
+}
+
+/// [`read`], through `proc`, a descriptor of a `/proc` directory (the pause helper's way:
+/// `/proc` is not in its mount namespace).
+pub fn read_at(proc: BorrowedFd<'_>, pid: Option<u32>) -> std::io::Result<i32> {
+    use std::io::Read;
+    let mut text = String::new();
+    crate::sys::open_at(proc, &rel(pid), OFlag::O_RDONLY)?.read_to_string(&mut text)?;
+    text.trim()
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// [`lower_own_towards`], through `proc` (see [`read_at`]).
+pub fn lower_own_towards_at(proc: BorrowedFd<'_>, target: i32) -> std::io::Result<i32> {
+    use std::io::Write;
+    let accept = |s: i32| {
+        crate::sys::open_at(proc, &rel(None), OFlag::O_WRONLY)
+            .map_err(std::io::Error::from)
+            .and_then(|mut f| f.write_all(s.to_string().as_bytes()))
+            .is_ok()
+    };
+    lower_towards(target, read_at(proc, None)?, accept)
+}
+
+fn rel(pid: Option<u32>) -> String {
+    match pid {
+        Some(p) => format!("{p}/oom_score_adj"),
+        None => "self/oom_score_adj".into(),
+    }
 }
 
 /// The bisection behind [`lower_own_towards`]: `accept(s)` sets score `s` and says whether

@@ -1,29 +1,38 @@
 //! What the pause process is, and how it is locked down before any container of its pod
-//! can see it. Two halves, on either side of one exec:
+//! can see it. The pause is cloned from the pause helper, and the helper is made clean and
+//! confined once, when the shim starts, on either side of one exec:
 //!
-//! - [`prepare_and_exec`] runs in the freshly forked pause (still root, already in the pod's
-//!   namespaces and cgroup): a new mount namespace in which nothing propagates to or from
-//!   the host, a new cgroup namespace rooted at the pause's cgroup, a small tmpfs mounted
-//!   on `/tmp` of that namespace holding one file, a read-only, nosuid bind mount of the shim
-//!   binary; then the exec of that file with the argv [`PAUSE_ARGV0`] and no environment.
+//! - [`start_helper`] runs in the helper the shim server has just forked (still root, in
+//!   the host's namespaces): a new mount namespace in which nothing propagates to or from
+//!   the host, a small tmpfs mounted on `/tmp` of that namespace holding one file, a
+//!   read-only, nosuid bind mount of the shim binary on it, a descriptor of the host's
+//!   `/proc`; then the exec of that file with the argv [`PAUSE_ARGV0`] and no environment.
 //!   The exec replaces the shim's memory, argv and environment (which `/proc/1/{cmdline,
-//!   environ,mem}` would show) and makes `/proc/1/exe` a file on a read-only mount, so
-//!   even a container that may ptrace the pause cannot chmod or write the host's binary
-//!   through it.
-//! - [`exec_main`] is the re-exec'd binary: it pivots into the tmpfs, detaches the host's
+//!   environ,mem}` of a pause would show) and makes the executable a file on a read-only
+//!   mount, so even a container that may ptrace the pause cannot chmod or write the host's
+//!   binary through `/proc/1/exe`.
+//! - [`exec_main`] is the re-exec'd helper: it pivots into the tmpfs, detaches the host's
 //!   whole tree and the binary's bind mount, removes the file, makes the root read-only,
-//!   drops to uid/gid 65535 with no groups and no capabilities (bounding and ambient sets
-//!   too), sets no_new_privs, becomes not dumpable, installs its seccomp filter and only
-//!   then says it is ready. It is PID 1 of the pod: it reaps orphans and exits on
-//!   SIGTERM, SIGINT or SIGHUP.
+//!   puts every signal handler back to its default, compiles the pause's seccomp filter,
+//!   and serves the shim's requests. The host's files are out of its reach but for
+//!   `/proc`, through its descriptor, and what a request passes it (the pod's network
+//!   namespace, its cgroups).
+//! - [`become_pause`] runs in each pause the helper clones, once it has joined the pod's
+//!   cgroups and namespaces: its own mount namespace (a copy of the helper's: the empty
+//!   read-only root alone) and cgroup namespace, no descriptor but its readiness pipe, uid
+//!   and gid 65535 with no groups and no capabilities (bounding and ambient sets too),
+//!   no_new_privs, not dumpable, the seccomp filter; only then does it say it is ready.
+//!   It is PID 1 of the pod: it reaps orphans and exits on SIGTERM, SIGINT or SIGHUP.
 //!
-//! Nothing of the host is left in its mount namespace: `/proc/1/root` and `/proc/1/cwd`
-//! are an empty read-only tmpfs, `/proc/1/mountinfo` has that one line.
+//! Nothing of the host is left in a pause's mount namespace: `/proc/1/root` and
+//! `/proc/1/cwd` are an empty read-only tmpfs, `/proc/1/mountinfo` has that one line. Its
+//! memory is the helper's: the binary's, what the standard library's start-up left, and
+//! the requests the helper read (the pod's hostname, sysctls and id mappings).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -40,37 +49,42 @@ pub const PAUSE_ARGV0: &str = "cove-pause";
 pub const PAUSE_UID: u32 = 65535;
 pub const PAUSE_GID: u32 = 65535;
 
-/// The descriptors the re-exec'd pause finds: its readiness pipe and the directory its
-/// root is mounted on. 0-2 are an empty pipe (the standard library of the new image
-/// expects them open) and are closed at once.
-const READY_FD: i32 = 3;
+/// The descriptors the re-exec'd helper finds: its request socket, the directory its root
+/// is mounted on and the host's `/proc`. 0-2 are an empty pipe (the standard library of
+/// the new image expects them open); each pause closes them.
+const HELPER_FD: i32 = 3;
 const ROOT_FD: i32 = 4;
-/// The binary's name inside the pause's root, while it is mounted there.
+const PROC_FD: i32 = 5;
+/// The pause's readiness pipe, the one descriptor it keeps.
+const READY_FD: i32 = 3;
+/// The binary's name inside the helper's root, while it is mounted there.
 const EXE_NAME: &str = "pause";
-/// The pause's root: one inode for the file above, a few pages at most, no device nodes,
-/// no setuid, nothing to execute once the binary is gone.
+/// The helper's (and so the pause's) root: one inode for the file above, a few pages at
+/// most, no device nodes, no setuid, nothing to execute once the binary is gone.
 const ROOT_OPTIONS: &str = "size=4k,nr_inodes=4,mode=0555";
 
-/// Runs in the forked pause before it execs itself (never returns; exits 1 on failure,
-/// which the setup child reports as a pause that died during setup).
-pub(super) fn prepare_and_exec(ready: OwnedFd, root: &Path) -> ! {
-    match prepare(root) {
-        Ok((exe, root_dir, empty)) => sys::exec_alone(
+/// Runs in the freshly forked helper: confines and execs it (never returns). A helper that
+/// cannot be made so answers every request with the reason.
+pub(super) fn start_helper(stream: OwnedFd) -> ! {
+    let _ = nix::unistd::setsid();
+    match prepare() {
+        Ok((exe, root_dir, proc_dir, empty)) => sys::exec_alone(
             &exe,
             &[c"cove-pause"],
             &[
                 (empty.as_fd(), 0),
                 (empty.as_fd(), 1),
                 (empty.as_fd(), 2),
-                (ready.as_fd(), READY_FD),
+                (stream.as_fd(), HELPER_FD),
                 (root_dir.as_fd(), ROOT_FD),
+                (proc_dir.as_fd(), PROC_FD),
             ],
         ),
-        Err(e) => fail(ready, &e),
+        Err(e) => sys::run_alone_with(stream, HELPER_FD, true, e, super::refuse_requests),
     }
 }
 
-/// Tells the setup child why the pause could not be made, and exits.
+/// Tells the helper (or setup child) why the pause could not be made, and exits.
 pub(super) fn fail(ready: OwnedFd, why: &str) -> ! {
     let _ = File::from(ready).write_all(why.as_bytes());
     sys::exit_now(1)
@@ -109,15 +123,19 @@ const DYNAMIC_REFUSED: &str = "this containerd-shim-cove-v1 is dynamically linke
 /// sandbox directory.
 const NEUTRAL_MOUNT_POINT: &str = "/tmp";
 
-fn prepare(sandbox_dir: &Path) -> Result<(std::ffi::CString, OwnedFd, OwnedFd), String> {
+type Prepared = (std::ffi::CString, OwnedFd, OwnedFd, OwnedFd);
+
+fn prepare() -> Result<Prepared, String> {
     if !STATIC {
         return Err(DYNAMIC_REFUSED.into());
     }
     let neutral = Path::new(NEUTRAL_MOUNT_POINT);
+    let cwd;
     let root = if neutral.is_dir() {
         neutral
     } else {
-        sandbox_dir
+        cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+        &cwd
     };
     // The binary by path: a bind mount's source must be in the caller's mount namespace,
     // and this process's executable is still held through the host's.
@@ -130,8 +148,7 @@ fn prepare(sandbox_dir: &Path) -> Result<(std::ffi::CString, OwnedFd, OwnedFd), 
         ));
     }
     let want = nix::sys::stat::stat("/proc/self/exe").step("stat /proc/self/exe")?;
-    nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP)
-        .step("unshare mount and cgroup namespaces")?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).step("unshare the mount namespace")?;
     // Nothing mounted from here on reaches the host, nor the other way round.
     mount(
         None::<&str>,
@@ -202,47 +219,48 @@ fn prepare(sandbox_dir: &Path) -> Result<(std::ffi::CString, OwnedFd, OwnedFd), 
             .map(OwnedFd::from)
             .map_err(|e| format!("open {}: {e}", root.display()))?
     };
+    let proc_dir = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
+            .open("/proc")
+            .map(OwnedFd::from)
+            .map_err(|e| format!("open /proc: {e}"))?
+    };
     let (empty, writer) = nix::unistd::pipe().step("pipe")?;
     drop(writer);
     // Exec'd through the root's descriptor (placed at ROOT_FD by then), so that the
     // filename the kernel keeps on the new stack (AT_EXECFN) names no host path.
     let exe = std::ffi::CString::new(format!("/proc/self/fd/{ROOT_FD}/{EXE_NAME}"))
         .map_err(|_| "exec path".to_string())?;
-    Ok((exe, root_dir, empty))
+    Ok((exe, root_dir, proc_dir, empty))
 }
 
-/// The re-exec'd pause: `main` calls this when its argv is exactly [`PAUSE_ARGV0`].
+/// The re-exec'd helper: `main` calls this when its argv is exactly [`PAUSE_ARGV0`].
 pub fn exec_main() -> ! {
-    // fd 3 was placed, inheritable, by `prepare_and_exec` for this process alone.
-    let Some(ready) = sys::adopt_inherited(READY_FD) else {
+    // fds 3-5 were placed, inheritable, by `start_helper` for this process alone.
+    let Some(stream) = sys::adopt_inherited(HELPER_FD) else {
         sys::exit_now(1)
     };
-    if let Err(e) = confine() {
-        fail(ready, &e);
-    }
-    let waited = waited_signals();
-    let prog = match seccomp_program() {
-        Ok(p) => p,
-        Err(e) => fail(ready, &format!("seccomp filter: {e}")),
+    let (root, proc) = (sys::adopt_inherited(ROOT_FD), sys::adopt_inherited(PROC_FD));
+    let made = match (root, proc) {
+        (Some(root), Some(proc)) => confine_helper(root).and_then(|()| {
+            let filter = seccomp_program().map_err(|e| format!("seccomp filter: {e}"))?;
+            Ok(super::Helper { proc, filter })
+        }),
+        _ => Err("the helper was not given its root and /proc".into()),
     };
-    // From here on only the calls the filter allows: one write and a close of fd 3, made
-    // directly (std's descriptor types may check a descriptor with fcntl on drop).
-    if seccompiler::apply_filter(&prog).is_err() || nix::unistd::write(&ready, b"1") != Ok(1) {
-        sys::exit_now(1);
-    }
-    let _ = nix::unistd::close(ready.into_raw_fd());
-    loop {
-        match waited.wait() {
-            Ok(Signal::SIGCHLD) => reap_orphans(),
-            Ok(_) => sys::exit_now(0),
-            Err(_) => continue,
-        }
+    match made {
+        Ok(helper) => super::serve_requests(stream, helper),
+        Err(e) => super::refuse_requests(stream, e),
     }
 }
 
-fn confine() -> Result<(), String> {
-    // Into the tmpfs, with the host's tree detached behind us.
-    nix::unistd::fchdir(ROOT_FD).step("enter the pause root")?;
+/// The helper, once exec'd: into the tmpfs, with the host's tree detached behind it.
+fn confine_helper(root: OwnedFd) -> Result<(), String> {
+    nix::unistd::fchdir(root.as_raw_fd()).step("enter the pause root")?;
+    drop(root);
     nix::unistd::pivot_root(".", ".").step("pivot_root")?;
     umount2(".", MntFlags::MNT_DETACH).step("detach the host's tree")?;
     nix::unistd::chdir("/").step("chdir /")?;
@@ -262,11 +280,48 @@ fn confine() -> Result<(), String> {
         None::<&str>,
     )
     .step("make the pause root read-only")?;
-    for fd in [0, 1, 2, ROOT_FD] {
-        let _ = nix::unistd::close(fd);
+    // Inherited by every pause: in a pid namespace's init a default action is ignored for
+    // signals sent from inside the namespace, so no signal from a container reaches a
+    // handler (the standard library installs some for SIGSEGV and SIGBUS).
+    sys::reset_signal_handlers().step("reset signal handlers")?;
+    nix::sys::prctl::set_name(c"cove-helper").step("set the name")?;
+    Ok(())
+}
+
+/// Runs in a pause once it is in the pod's cgroups and namespaces (never returns; exits 1
+/// on failure, which its maker reports as a pause that died during setup): its own mount
+/// and cgroup namespaces, then nothing but the readiness pipe.
+pub(super) fn become_pause(ready: OwnedFd, filter: &seccompiler::BpfProgram) -> ! {
+    // The cgroup namespace is rooted at the cgroup it has just joined.
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP) {
+        fail(ready, &format!("unshare mount and cgroup namespaces: {e}"));
     }
-    // Identity: the bounding set needs CAP_SETPCAP, so it goes while the process is root;
-    // the uid change then clears the permitted and effective sets, and capset makes sure.
+    sys::run_alone_with(ready, READY_FD, false, filter.clone(), pause_main)
+}
+
+fn pause_main(ready: OwnedFd, filter: seccompiler::BpfProgram) -> ! {
+    if let Err(e) = drop_identity() {
+        fail(ready, &e);
+    }
+    let waited = waited_signals();
+    // From here on only the calls the filter allows: one write and a close of fd 3, made
+    // directly (std's descriptor types may check a descriptor with fcntl on drop).
+    if seccompiler::apply_filter(&filter).is_err() || nix::unistd::write(&ready, b"1") != Ok(1) {
+        sys::exit_now(1);
+    }
+    let _ = nix::unistd::close(ready.into_raw_fd());
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGCHLD) => reap_orphans(),
+            Ok(_) => sys::exit_now(0),
+            Err(_) => continue,
+        }
+    }
+}
+
+fn drop_identity() -> Result<(), String> {
+    // The bounding set needs CAP_SETPCAP, so it goes while the process is root; the uid
+    // change then clears the permitted and effective sets, and capset makes sure.
     sys::drop_bounding_and_ambient_capabilities().step("drop the bounding set")?;
     nix::unistd::setgroups(&[]).step("setgroups")?;
     let (uid, gid) = (Uid::from_raw(PAUSE_UID), Gid::from_raw(PAUSE_GID));
@@ -276,7 +331,6 @@ fn confine() -> Result<(), String> {
     nix::sys::prctl::set_no_new_privs().step("no_new_privs")?;
     nix::sys::prctl::set_dumpable(false).step("not dumpable")?;
     nix::sys::prctl::set_name(c"cove-pause").step("set the name")?;
-    sys::reset_signal_handlers().step("reset signal handlers")?;
     Ok(())
 }
 
@@ -368,7 +422,7 @@ mod tests {
     #[cfg(not(target_feature = "crt-static"))]
     #[test]
     fn a_dynamically_linked_shim_makes_no_pause() {
-        let refused = prepare(Path::new("/nonexistent")).map(drop).unwrap_err();
+        let refused = prepare().map(drop).unwrap_err();
         assert_eq!(refused, DYNAMIC_REFUSED);
         assert!(refused.contains("map_files"));
     }

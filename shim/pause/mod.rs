@@ -18,9 +18,8 @@
 //! reap.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
@@ -36,10 +35,8 @@ pub use confine::{exec_main, PAUSE_ARGV0, PAUSE_GID, PAUSE_UID};
 /// The process name the pause process shows in `ps -o comm` and `/proc/PID/comm`.
 pub const PAUSE_COMM: &str = "cove-pause";
 
-/// What the pause process must look like: the request the shim sends the helper, one JSON
-/// line each (the same binary on both ends, so the message needs no version).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// What the pause process must look like, as the sandbox asks for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PauseConfig {
     /// Network namespace to join; `None` keeps the shim's (the host's).
     pub netns: Option<PathBuf>,
@@ -55,9 +52,52 @@ pub struct PauseConfig {
     /// The pod's user namespace (`hostUsers: false`): the pause is created in a new one
     /// with these mappings; `None` keeps the host's.
     pub userns: Option<crate::idmap::Mappings>,
-    /// Where the pause's empty root is mounted inside its own mount namespace on a host
-    /// without `/tmp` (the sandbox's bundle): nothing is mounted there in the host's.
-    pub root: PathBuf,
+}
+
+/// The request the shim sends the helper: one message on their socket, with the
+/// descriptors it names (the network namespace, then each cgroup v1 `tasks` file opened
+/// for writing, then the cgroup v2 directory), which the shim opened for it: the helper
+/// has no path to the host's files. One binary on both ends: no version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    new_uts: bool,
+    new_ipc: bool,
+    new_pid: bool,
+    hostname: Option<String>,
+    sysctls: Vec<(String, String)>,
+    userns: Option<crate::idmap::Mappings>,
+    netns: bool,
+    v1_cgroups: usize,
+    v2_cgroup: bool,
+}
+
+/// The descriptors that came with a [`Request`].
+struct Passed {
+    netns: Option<OwnedFd>,
+    /// cgroup v1 `tasks` files, open for writing: the single-threaded process that moves
+    /// writes 0 to each, which spares the kernel the global threadgroup lock (and its RCU
+    /// grace period) that `cgroup.procs` takes; a process it clones inherits them.
+    v1: Vec<OwnedFd>,
+    /// The cgroup v2 directory, for the pause to be born in it (clone3 CLONE_INTO_CGROUP).
+    v2: Option<OwnedFd>,
+}
+
+impl Passed {
+    fn split(req: &Request, fds: Vec<OwnedFd>) -> std::result::Result<Passed, String> {
+        let want = usize::from(req.netns) + req.v1_cgroups + usize::from(req.v2_cgroup);
+        if fds.len() != want {
+            return Err(format!(
+                "bad pause request: {} descriptors for {want}",
+                fds.len()
+            ));
+        }
+        let mut it = fds.into_iter();
+        let netns = if req.netns { it.next() } else { None };
+        let v1 = it.by_ref().take(req.v1_cgroups).collect();
+        let v2 = if req.v2_cgroup { it.next() } else { None };
+        Ok(Passed { netns, v1, v2 })
+    }
 }
 
 /// A pause process as the helper made it.
@@ -82,22 +122,33 @@ enum Reply {
     Error(String),
 }
 
+/// The longest request (its sysctls, mostly) and reply on the helper's socket.
+const MESSAGE_MAX: usize = 64 * 1024;
+
 /// The shim's end of a freshly forked pause helper.
 pub struct HelperHandle {
-    stream: UnixStream,
+    sock: OwnedFd,
     pid: i32,
 }
 
-/// Forks the pause helper. Must be called while the process is single-threaded.
+/// Forks the pause helper, which makes itself a clean, confined process (see
+/// `confine.rs`) while the shim goes on starting. Must be called while the process is
+/// single-threaded.
 pub fn fork_helper() -> std::io::Result<HelperHandle> {
-    let (ours, theirs) = UnixStream::pair()?;
-    match sys::fork()? {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    match sys::fork(None)? {
         Forked::Child => {
             drop(ours);
-            helper_main(theirs)
+            confine::start_helper(theirs)
         }
         Forked::Parent(pid) => Ok(HelperHandle {
-            stream: ours,
+            sock: ours,
             pid: pid.as_raw(),
         }),
     }
@@ -109,21 +160,20 @@ pub struct PauseSpawner {
 }
 
 struct Conn {
-    reader: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
-    writer: tokio::net::unix::OwnedWriteHalf,
+    sock: tokio::io::unix::AsyncFd<OwnedFd>,
     pid: i32,
 }
 
 impl PauseSpawner {
     /// Wraps a helper handle; needs a tokio runtime.
     pub fn new(handle: HelperHandle) -> std::io::Result<Self> {
-        handle.stream.set_nonblocking(true)?;
-        let stream = tokio::net::UnixStream::from_std(handle.stream)?;
-        let (r, w) = stream.into_split();
+        nix::fcntl::fcntl(
+            handle.sock.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
         Ok(PauseSpawner {
             conn: tokio::sync::Mutex::new(Some(Conn {
-                reader: tokio::io::BufReader::new(r),
-                writer: w,
+                sock: sys::async_fd(handle.sock)?,
                 pid: handle.pid,
             })),
         })
@@ -131,28 +181,44 @@ impl PauseSpawner {
 
     /// Creates a pause process.
     pub async fn spawn(&self, cfg: &PauseConfig) -> Result<Started> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let mut guard = self.conn.lock().await;
         let conn = guard.as_mut().ok_or_else(|| {
             Error::FailedPrecondition("this shim has already created its pause process".into())
         })?;
-        let mut req = serde_json::to_string(cfg)
-            .map_err(|e| Error::Internal(format!("encode pause request: {e}")))?;
-        req.push('\n');
+        let (req, fds) = request(cfg)?;
         let helper = conn.pid;
         let lost = |e: std::io::Error| Error::io(format!("pause helper (pid {helper})"), e);
-        let mut line = String::new();
         let asked = tokio::time::timeout(HELPER_TIMEOUT, async {
-            conn.writer.write_all(req.as_bytes()).await.map_err(lost)?;
-            conn.reader.read_line(&mut line).await.map_err(lost)
+            let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            loop {
+                let mut ready = conn.sock.writable().await.map_err(lost)?;
+                let sent = ready.try_io(|s| {
+                    sys::send_with_fds(s.as_fd(), &req, &fds).map_err(std::io::Error::from)
+                });
+                if let Ok(sent) = sent {
+                    sent.map_err(lost)?;
+                    break;
+                }
+            }
+            let mut buf = vec![0u8; MESSAGE_MAX];
+            loop {
+                let mut ready = conn.sock.readable().await.map_err(lost)?;
+                let got = ready.try_io(|s| {
+                    sys::recv_with_fds(s.as_fd(), &mut buf).map_err(std::io::Error::from)
+                });
+                if let Ok(got) = got {
+                    let (n, _) = got.map_err(lost)?;
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+            }
         })
         .await;
-        let read = match asked {
+        let line = match asked {
             Ok(r) => r?,
             Err(_) => {
                 // Its setup child bounds its own wait for the pause; a helper that still
-                // has not answered is stuck (a netns path that never opens): it goes, and
-                // this shim makes no more pauses.
+                // has not answered is stuck: it goes, and this shim makes no more pauses.
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(helper),
                     nix::sys::signal::Signal::SIGKILL,
@@ -164,12 +230,12 @@ impl PauseSpawner {
                 )));
             }
         };
-        if read == 0 {
+        if line.is_empty() {
             return Err(Error::Internal(format!(
                 "pause helper (pid {helper}) exited without answering"
             )));
         }
-        match serde_json::from_str::<Reply>(&line) {
+        match serde_json::from_slice::<Reply>(&line) {
             Ok(Reply::Started(p)) if p.pid > 0 => Ok(p),
             Ok(Reply::Started(p)) => Err(Error::Internal(format!(
                 "pause helper returned pid {}",
@@ -180,7 +246,8 @@ impl PauseSpawner {
             )),
             Ok(Reply::Error(msg)) => Err(Error::Internal(format!("create pause process: {msg}"))),
             Err(e) => Err(Error::Internal(format!(
-                "pause helper answered {line:?}: {e}"
+                "pause helper answered {:?}: {e}",
+                String::from_utf8_lossy(&line)
             ))),
         }
     }
@@ -196,63 +263,143 @@ impl PauseSpawner {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Everything below runs in the forked helper, its setup child or the pause process: plain
-// single-threaded processes with no async runtime.
-
-/// The helper's descriptor for its request stream after it tidies its fd table.
-const HELPER_FD: i32 = 3;
-
-fn helper_main(stream: UnixStream) -> ! {
-    // Keep only stdio and the request stream: the helper must not hold the shim's
-    // listening socket, its readiness pipe or the log fifo open.
-    sys::run_alone(stream.into(), HELPER_FD, serve_requests)
+/// The helper's request for `cfg`, and the descriptors it names, opened here.
+fn request(cfg: &PauseConfig) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut fds = Vec::new();
+    if let Some(p) = &cfg.netns {
+        let f = open_netns(p).map_err(|e| {
+            Error::Internal(format!(
+                "create pause process: open netns {}: {e}",
+                p.display()
+            ))
+        })?;
+        fds.push(OwnedFd::from(f));
+    }
+    let (mut v1, mut v2) = (Vec::new(), None);
+    for dir in &cfg.cgroups {
+        let failed = |e: std::io::Error| {
+            Error::Internal(format!(
+                "create pause process: open cgroup {}: {e}",
+                dir.display()
+            ))
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("tasks"))
+        {
+            Ok(f) => v1.push(OwnedFd::from(f)),
+            // cgroup v2 has no such file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && v2.is_none() => {
+                let d = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY)
+                    .open(dir)
+                    .map_err(failed)?;
+                v2 = Some(OwnedFd::from(d));
+            }
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    let req = Request {
+        new_uts: cfg.new_uts,
+        new_ipc: cfg.new_ipc,
+        new_pid: cfg.new_pid,
+        hostname: cfg.hostname.clone(),
+        sysctls: cfg.sysctls.clone(),
+        userns: cfg.userns.clone(),
+        netns: cfg.netns.is_some(),
+        v1_cgroups: v1.len(),
+        v2_cgroup: v2.is_some(),
+    };
+    fds.extend(v1);
+    fds.extend(v2);
+    let text = serde_json::to_vec(&req)
+        .map_err(|e| Error::Internal(format!("encode pause request: {e}")))?;
+    if text.len() > MESSAGE_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "the pod's sysctls and hostname take {} bytes; at most {MESSAGE_MAX} are accepted",
+            text.len()
+        )));
+    }
+    Ok((text, fds))
 }
 
-fn serve_requests(stream: OwnedFd) -> ! {
-    let stream = UnixStream::from(stream);
+// ---------------------------------------------------------------------------------------
+// Everything below runs in the helper, its setup child or the pause process: plain
+// single-threaded processes with no async runtime. The helper is exec'd afresh and
+// confined (`confine.rs`) before it reads a request; it reaches `/proc` through the
+// descriptor it was given, and the host's other files only through what a request passes.
+
+/// What the confined helper holds for the pauses it makes.
+pub(crate) struct Helper {
+    /// The host's `/proc` (the pause's `oom_score_adj`, sysctls, a user namespace's maps).
+    proc: OwnedFd,
+    /// The pause's seccomp filter, compiled once.
+    filter: seccompiler::BpfProgram,
+}
+
+/// The helper's loop: one request, one pause, one reply, until the shim closes its end.
+fn serve_requests(stream: OwnedFd, helper: Helper) -> ! {
     let _ = nix::unistd::setsid();
-    let mut reader = BufReader::new(&stream);
-    let mut writer = &stream;
-    let mut line = String::new();
+    let mut buf = vec![0u8; MESSAGE_MAX];
     loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => sys::exit_now(0),
-            Ok(_) => {}
-        }
-        let reply = match serde_json::from_str::<PauseConfig>(&line) {
-            Ok(cfg) => match create_pause(&cfg) {
-                Ok(p) => Reply::Started(p),
-                Err(e) => Reply::Error(e),
+        let reply = match sys::recv_with_fds(stream.as_fd(), &mut buf) {
+            Ok((0, _)) => sys::exit_now(0),
+            Ok((n, fds)) => match serde_json::from_slice::<Request>(&buf[..n]) {
+                Ok(req) => match Passed::split(&req, fds)
+                    .and_then(|passed| create_pause(&req, passed, &helper))
+                {
+                    Ok(p) => Reply::Started(p),
+                    Err(e) => Reply::Error(e),
+                },
+                Err(e) => Reply::Error(format!("bad pause request: {e}")),
             },
-            Err(e) => Reply::Error(format!("bad pause request: {e}")),
+            Err(nix::Error::EINTR) => continue,
+            Err(nix::Error::EMSGSIZE) => Reply::Error("pause request too long".into()),
+            Err(_) => sys::exit_now(0),
         };
-        let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{}".into());
-        out.push('\n');
-        if writer.write_all(out.as_bytes()).is_err() {
-            sys::exit_now(0);
+        answer(&stream, &reply);
+    }
+}
+
+/// The helper's loop when it could not confine itself: every request gets `why`.
+fn refuse_requests(stream: OwnedFd, why: String) -> ! {
+    let mut buf = vec![0u8; MESSAGE_MAX];
+    loop {
+        match sys::recv_with_fds(stream.as_fd(), &mut buf) {
+            Ok((0, _)) => sys::exit_now(0),
+            Err(nix::Error::EINTR) => continue,
+            Err(nix::Error::EMSGSIZE) | Ok(_) => answer(&stream, &Reply::Error(why.clone())),
+            Err(_) => sys::exit_now(0),
         }
     }
 }
 
-/// Runs in the helper: forks the setup child and reports the pause process it created.
-fn create_pause(cfg: &PauseConfig) -> std::result::Result<Started, String> {
-    let netns = match &cfg.netns {
-        Some(p) => Some(open_netns(p).map_err(|e| format!("open netns {}: {e}", p.display()))?),
-        None => None,
-    };
-    if cfg.userns.is_none() {
-        match clone_pause_directly(cfg, netns.as_ref()) {
+fn answer(stream: &OwnedFd, reply: &Reply) {
+    let out = serde_json::to_vec(reply).unwrap_or_else(|_| b"{}".to_vec());
+    if sys::send_with_fds(stream.as_fd(), &out, &[]).is_err() {
+        sys::exit_now(0);
+    }
+}
+
+/// Runs in the helper: makes the pause process and reports it.
+fn create_pause(
+    req: &Request,
+    passed: Passed,
+    helper: &Helper,
+) -> std::result::Result<Started, String> {
+    if req.userns.is_none() {
+        match clone_pause_directly(req, &passed, helper) {
             Direct::Done(result) => return result,
             Direct::Unsupported => {}
         }
     }
     let (rd, wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    match sys::fork().map_err(|e| format!("fork: {e}"))? {
+    match sys::fork(Some(helper.proc.as_fd())).map_err(|e| format!("fork: {e}"))? {
         Forked::Child => {
             drop(rd);
-            let result = setup_and_fork_pause(cfg, netns.as_ref());
+            let result = setup_and_fork_pause(req, &passed, helper);
             let msg = match &result {
                 Ok(p) => format!("ok {} {}", p.pid, p.oom_score_adj),
                 Err(e) => format!("err {e}"),
@@ -301,21 +448,20 @@ enum Direct {
 /// child of the shim (`CLONE_PARENT`), so that no setup child is forked and reaped on the
 /// way. The pause then does, as its first steps, what the setup child would have done
 /// before cloning it (join its v1 cgroups and the pod's network namespace, lower its OOM
-/// score): it is still the host's root, in the host's mount namespace, and not yet
-/// visible to any container. Its exit is the shim's to reap, as it is once a setup child
-/// has gone; the helper only waits (bounded) for its readiness, and kills it when it
-/// does not come.
-fn clone_pause_directly(cfg: &PauseConfig, netns: Option<&File>) -> Direct {
-    let (v1_dirs, v2_dir) = match split_cgroups(&cfg.cgroups) {
-        Ok(split) => split,
-        Err(e) => return Direct::Done(Err(e)),
-    };
+/// score): it is still the host's root, and not yet visible to any container. Its exit is
+/// the shim's to reap, as it is once a setup child has gone; the helper only waits
+/// (bounded) for its readiness, and kills it when it does not come.
+fn clone_pause_directly(req: &Request, passed: &Passed, helper: &Helper) -> Direct {
     let (ready_rd, ready_wr) = match nix::unistd::pipe() {
         Ok(p) => p,
         Err(e) => return Direct::Done(Err(format!("pipe: {e}"))),
     };
-    let flags = pod_namespaces(cfg) | CloneFlags::CLONE_PARENT;
-    let forked = match sys::fork_with(flags, v2_dir.as_ref().map(|(_, fd)| fd.as_fd())) {
+    let flags = pod_namespaces(req) | CloneFlags::CLONE_PARENT;
+    let forked = match sys::fork_with(
+        Some(helper.proc.as_fd()),
+        flags,
+        passed.v2.as_ref().map(|fd| fd.as_fd()),
+    ) {
         Err(nix::Error::ENOSYS | nix::Error::EINVAL | nix::Error::E2BIG) => {
             return Direct::Unsupported
         }
@@ -325,16 +471,17 @@ fn clone_pause_directly(cfg: &PauseConfig, netns: Option<&File>) -> Direct {
     match forked {
         Forked::Child => {
             drop(ready_rd);
-            match first_steps(&v1_dirs, netns).and_then(|()| enter_pod(cfg, None)) {
-                Ok(()) => confine::prepare_and_exec(ready_wr, &cfg.root),
+            match first_steps(passed, helper).and_then(|()| enter_pod(req, None, helper)) {
+                Ok(()) => confine::become_pause(ready_wr, &helper.filter),
                 Err(e) => confine::fail(ready_wr, &e),
             }
         }
         Forked::Parent(pid) => {
             drop(ready_wr);
             Direct::Done(await_ready(pid, ready_rd, false).and_then(|()| {
-                let oom_score_adj = crate::oom_score::read(Some(pid.as_raw() as u32))
-                    .map_err(|e| format!("pause process {pid}: read its oom_score_adj: {e}"))?;
+                let oom_score_adj =
+                    crate::oom_score::read_at(helper.proc.as_fd(), Some(pid.as_raw() as u32))
+                        .map_err(|e| format!("pause process {pid}: read its oom_score_adj: {e}"))?;
                 Ok(Started {
                     pid: pid.as_raw(),
                     oom_score_adj,
@@ -347,58 +494,40 @@ fn clone_pause_directly(cfg: &PauseConfig, netns: Option<&File>) -> Direct {
 /// The direct path's pause, first: into its v1 cgroups (through `tasks`, as the setup
 /// child does) and the pod's network namespace, and its OOM score lowered (inherited by
 /// nothing: it is PID 1 and has no children yet).
-fn first_steps(v1_dirs: &[&PathBuf], netns: Option<&File>) -> std::result::Result<(), String> {
-    join_v1(v1_dirs)?;
-    if let Some(ns) = netns {
+fn first_steps(passed: &Passed, helper: &Helper) -> std::result::Result<(), String> {
+    join_v1(&passed.v1)?;
+    if let Some(ns) = &passed.netns {
         nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("join network namespace: {e}"))?;
     }
-    crate::oom_score::lower_own_towards(crate::oom_score::PAUSE_SCORE)
+    crate::oom_score::lower_own_towards_at(helper.proc.as_fd(), crate::oom_score::PAUSE_SCORE)
         .map(drop)
         .map_err(|e| format!("set oom_score_adj: {e}"))
 }
 
-/// The pause's cgroup directories by version. cgroup v1: the single-threaded process
-/// that moves writes 0 to each `tasks` ([`join_v1`]), which spares the kernel the global
-/// threadgroup lock (and its RCU grace period) that `cgroup.procs` takes; a process it
-/// clones inherits them. cgroup v2 has no such file: its directory is opened, for the
-/// pause to be born in it (clone3 CLONE_INTO_CGROUP).
-type SplitCgroups<'a> = (Vec<&'a PathBuf>, Option<(&'a PathBuf, OwnedFd)>);
-
-fn split_cgroups(dirs: &[PathBuf]) -> std::result::Result<SplitCgroups<'_>, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut v1 = Vec::new();
-    let mut v2 = None;
-    for dir in dirs {
-        if dir.join("tasks").exists() {
-            v1.push(dir);
-        } else {
-            let fd = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY)
-                .open(dir)
-                .map_err(|e| format!("open cgroup {}: {e}", dir.display()))?;
-            v2 = Some((dir, OwnedFd::from(fd)));
-        }
-    }
-    Ok((v1, v2))
-}
-
-/// Moves the calling (single-threaded) process into v1 cgroup directories `dirs`.
-fn join_v1(dirs: &[&PathBuf]) -> std::result::Result<(), String> {
-    for dir in dirs {
-        std::fs::write(dir.join("tasks"), "0")
-            .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
+/// Moves the calling (single-threaded) process into the v1 cgroups whose `tasks` files
+/// `tasks` are.
+fn join_v1(tasks: &[OwnedFd]) -> std::result::Result<(), String> {
+    for (i, fd) in tasks.iter().enumerate() {
+        nix::unistd::write(fd, b"0").map_err(|e| format!("join cgroup v1 hierarchy {i}: {e}"))?;
     }
     Ok(())
 }
 
+/// Moves the calling process into the cgroup v2 directory `dir` through `cgroup.procs`.
+fn join_procs(dir: &OwnedFd) -> std::result::Result<(), String> {
+    sys::open_at(dir.as_fd(), "cgroup.procs", nix::fcntl::OFlag::O_WRONLY)
+        .map_err(std::io::Error::from)
+        .and_then(|mut f| f.write_all(b"0"))
+        .map_err(|e| format!("join cgroup v2: {e}"))
+}
+
 /// The namespaces the pause is cloned into, other than a user namespace.
-fn pod_namespaces(cfg: &PauseConfig) -> CloneFlags {
+fn pod_namespaces(req: &Request) -> CloneFlags {
     let mut flags = CloneFlags::empty();
-    flags.set(CloneFlags::CLONE_NEWUTS, cfg.new_uts);
-    flags.set(CloneFlags::CLONE_NEWIPC, cfg.new_ipc);
-    flags.set(CloneFlags::CLONE_NEWPID, cfg.new_pid);
+    flags.set(CloneFlags::CLONE_NEWUTS, req.new_uts);
+    flags.set(CloneFlags::CLONE_NEWIPC, req.new_ipc);
+    flags.set(CloneFlags::CLONE_NEWPID, req.new_pid);
     flags
 }
 
@@ -458,44 +587,46 @@ fn await_ready(
 /// the pause, and as long again for everything before it.
 const HELPER_TIMEOUT: std::time::Duration = PAUSE_READY_TIMEOUT.saturating_mul(2);
 
-/// How long the setup child waits for the pause to confine itself and say it is ready (an
-/// exec and a few dozen system calls; seconds under emulation).
+/// How long the setup child waits for the pause to confine itself and say it is ready (a
+/// few dozen system calls; seconds under emulation).
 const PAUSE_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs in the setup child: enters the pod's namespaces and cgroup, forks the pause process.
 fn setup_and_fork_pause(
-    cfg: &PauseConfig,
-    netns: Option<&File>,
+    req: &Request,
+    passed: &Passed,
+    helper: &Helper,
 ) -> std::result::Result<Started, String> {
+    let proc = helper.proc.as_fd();
     // The pause inherits the v1 cgroups this child joins, and is born in the v2 one.
-    let (v1_dirs, mut v2_dir) = split_cgroups(&cfg.cgroups)?;
-    join_v1(&v1_dirs)?;
-    if let Some(ns) = netns {
+    let mut v2_dir = passed.v2.as_ref();
+    join_v1(&passed.v1)?;
+    if let Some(ns) = &passed.netns {
         // Joined while still the host's root: a network namespace CRI made inside a user
         // namespace of its own is not one the pod's user namespace may enter.
         nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("join network namespace: {e}"))?;
     }
-    let join_procs = |dir: &PathBuf| {
-        std::fs::write(dir.join("cgroup.procs"), "0")
-            .map_err(|e| format!("join cgroup {}: {e}", dir.display()))
-    };
-    let mut flags = pod_namespaces(cfg);
+    let mut flags = pod_namespaces(req);
     // The pod's user namespace is made in the same clone, so that it owns the UTS, IPC
     // and PID namespaces (and the mount and cgroup ones the pause makes next).
-    flags.set(CloneFlags::CLONE_NEWUSER, cfg.userns.is_some());
-    // Inherited by the pause across its clone and exec.
-    let oom_score_adj = crate::oom_score::lower_own_towards(crate::oom_score::PAUSE_SCORE)
+    flags.set(CloneFlags::CLONE_NEWUSER, req.userns.is_some());
+    // Inherited by the pause across its clone.
+    let oom_score_adj = crate::oom_score::lower_own_towards_at(proc, crate::oom_score::PAUSE_SCORE)
         .map_err(|e| format!("set oom_score_adj: {e}"))?;
     // CRI creates a user-namespaced pod's network namespace inside a user namespace with
     // the pod's mappings: that one is the pod's (as the runc pod path's pause container
     // joins it), so that the pod's root owns its network namespace (sysfs, net sysctls).
     // Joined last: this process is no longer the host's root afterwards.
-    if let (Some(maps), Some(ns)) = (&cfg.userns, netns) {
+    if let (Some(maps), Some(ns)) = (&req.userns, &passed.netns) {
         let owner = sys::owning_user_namespace(ns.as_fd())
             .map_err(|e| format!("the network namespace's user namespace: {e}"))?;
-        let host = nix::sys::stat::stat("/proc/self/ns/user")
-            .map_err(|e| format!("stat /proc/self/ns/user: {e}"))?;
+        let host = nix::sys::stat::fstatat(
+            Some(proc.as_raw_fd()),
+            "self/ns/user",
+            nix::fcntl::AtFlags::empty(),
+        )
+        .map_err(|e| format!("stat /proc/self/ns/user: {e}"))?;
         let same = |fd: &OwnedFd| {
             nix::sys::stat::fstat(fd.as_raw_fd())
                 .map(|st| (st.st_dev, st.st_ino) == (host.st_dev, host.st_ino))
@@ -517,7 +648,7 @@ fn setup_and_fork_pause(
                      {creator})"
                 ));
             }
-            if let Some((dir, _)) = v2_dir.take() {
+            if let Some(dir) = v2_dir.take() {
                 join_procs(dir)?;
             }
             // Nothing of this process is readable through /proc by the pod once it is in
@@ -525,7 +656,7 @@ fn setup_and_fork_pause(
             nix::sys::prctl::set_dumpable(false).map_err(|e| format!("not dumpable: {e}"))?;
             nix::sched::setns(owner.as_fd(), CloneFlags::CLONE_NEWUSER)
                 .map_err(|e| format!("join the network namespace's user namespace: {e}"))?;
-            maps.check_own().map_err(|e| {
+            maps.check_own(proc).map_err(|e| {
                 format!("the pod's network namespace belongs to another user namespace: {e}")
             })?;
             flags.remove(CloneFlags::CLONE_NEWUSER);
@@ -534,26 +665,26 @@ fn setup_and_fork_pause(
     let (ready_rd, ready_wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     // The pause waits on this until its user namespace is mapped (EOF: go on).
     let (mapped_rd, mapped_wr) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let forked = match &v2_dir {
-        Some((dir, fd)) => match sys::fork_with(flags, Some(fd.as_fd())) {
+    let forked = match v2_dir {
+        Some(dir) => match sys::fork_with(Some(proc), flags, Some(dir.as_fd())) {
             Err(nix::Error::EINVAL | nix::Error::E2BIG) => {
                 join_procs(dir)?;
-                sys::fork_with(flags, None)
+                sys::fork_with(Some(proc), flags, None)
             }
             r => r,
         },
-        None => sys::fork_with(flags, None),
+        None => sys::fork_with(Some(proc), flags, None),
     };
     // No clone3 (Linux before 5.3): unshare, then fork. A user namespace needs clone3.
     let forked = match forked {
-        Err(nix::Error::ENOSYS) if cfg.userns.is_none() => {
-            if let Some((dir, _)) = &v2_dir {
+        Err(nix::Error::ENOSYS) if req.userns.is_none() => {
+            if let Some(dir) = v2_dir {
                 join_procs(dir)?;
             }
             if !flags.is_empty() {
                 nix::sched::unshare(flags).map_err(|e| format!("unshare {flags:?}: {e}"))?;
             }
-            sys::fork()
+            sys::fork(Some(proc))
         }
         r => r,
     };
@@ -561,16 +692,16 @@ fn setup_and_fork_pause(
         Forked::Child => {
             drop(ready_rd);
             drop(mapped_wr);
-            match enter_pod(cfg, Some(mapped_rd)) {
-                Ok(()) => confine::prepare_and_exec(ready_wr, &cfg.root),
+            match enter_pod(req, Some(mapped_rd), helper) {
+                Ok(()) => confine::become_pause(ready_wr, &helper.filter),
                 Err(e) => confine::fail(ready_wr, &e),
             }
         }
         Forked::Parent(pid) => {
             drop(ready_wr);
             drop(mapped_rd);
-            if let (Some(maps), true) = (&cfg.userns, flags.contains(CloneFlags::CLONE_NEWUSER)) {
-                if let Err(e) = maps.write_for(pid.as_raw()) {
+            if let (Some(maps), true) = (&req.userns, flags.contains(CloneFlags::CLONE_NEWUSER)) {
+                if let Err(e) = maps.write_for_at(proc, pid.as_raw()) {
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                     let _ = waitpid(pid, None);
                     return Err(format!("map the pod's user namespace: {e}"));
@@ -592,8 +723,12 @@ fn setup_and_fork_pause(
 /// mapped, it becomes root there, then sets the pod's hostname and sysctls, with the
 /// kernel's checks for that namespace (a sysctl that needs the host's is refused, as on
 /// the runc pod path, where the pause container's init writes them).
-fn enter_pod(cfg: &PauseConfig, mapped: Option<OwnedFd>) -> std::result::Result<(), String> {
-    if let (Some(_), Some(mapped)) = (&cfg.userns, &mapped) {
+fn enter_pod(
+    req: &Request,
+    mapped: Option<OwnedFd>,
+    helper: &Helper,
+) -> std::result::Result<(), String> {
+    if let (Some(_), Some(mapped)) = (&req.userns, &mapped) {
         let mut b = [0u8; 1];
         // EOF once the setup process wrote the maps (it kills this process if it could not).
         loop {
@@ -612,17 +747,23 @@ fn enter_pod(cfg: &PauseConfig, mapped: Option<OwnedFd>) -> std::result::Result<
             .map_err(|e| format!("become root in the pod's user namespace (uid): {e}"))?;
     }
     drop(mapped);
-    if let Some(h) = &cfg.hostname {
+    if let Some(h) = &req.hostname {
         nix::unistd::sethostname(h).map_err(|e| format!("set hostname {h:?}: {e}"))?;
     }
-    for (key, value) in &cfg.sysctls {
-        let path = sysctl_path(key);
-        if let Err(e) = std::fs::write(&path, value) {
+    for (key, value) in &req.sysctls {
+        let written = sys::open_at(
+            helper.proc.as_fd(),
+            &sysctl_path(key),
+            nix::fcntl::OFlag::O_WRONLY,
+        )
+        .map_err(std::io::Error::from)
+        .and_then(|mut f| f.write_all(value.as_bytes()));
+        if let Err(e) = written {
             use std::io::ErrorKind::{NotFound, PermissionDenied};
             // The kernel hides some network sysctls (net.core.somaxconn, for one) from a
             // network namespace a user namespace owns, and refuses others to it.
             return Err(match e.kind() {
-                PermissionDenied | NotFound if cfg.userns.is_some() => format!(
+                PermissionDenied | NotFound if req.userns.is_some() => format!(
                     "{REFUSED_INPUT}set sysctl {key}={value}: {e}: a user-namespaced pod may \
                      not set it (it needs the host's user namespace)"
                 ),
@@ -643,14 +784,15 @@ pub fn open_netns(path: &std::path::Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// `/proc/sys` path of a sysctl written with dots (`net.ipv4.ip_forward`) or slashes.
-pub fn sysctl_path(key: &str) -> PathBuf {
+/// The path under `/proc` of a sysctl written with dots (`net.ipv4.ip_forward`) or
+/// slashes (names are checked when the sandbox is created: `sandbox/config.rs`).
+pub fn sysctl_path(key: &str) -> String {
     let rel = if key.contains('/') {
         key.to_owned()
     } else {
         key.replace('.', "/")
     };
-    PathBuf::from("/proc/sys").join(rel)
+    format!("sys/{rel}")
 }
 
 #[cfg(test)]
@@ -659,14 +801,12 @@ mod tests {
 
     #[test]
     fn request_and_reply_round_trip_and_bad_ones_fail() {
-        let cfg = PauseConfig {
-            netns: Some("/var/run/netns/cni-1".into()),
+        let req = Request {
             new_uts: true,
             new_ipc: true,
             new_pid: false,
             hostname: Some("web-0".into()),
             sysctls: vec![("net.ipv4.ip_forward".into(), "1".into())],
-            cgroups: vec!["/sys/fs/cgroup/memory/p".into()],
             userns: Some(crate::idmap::Mappings {
                 uids: vec![crate::idmap::Extent {
                     inside: 0,
@@ -675,13 +815,15 @@ mod tests {
                 }],
                 gids: vec![],
             }),
-            root: "/run/containerd/b".into(),
+            netns: true,
+            v1_cgroups: 2,
+            v2_cgroup: true,
         };
-        let line = serde_json::to_string(&cfg).unwrap();
-        assert_eq!(serde_json::from_str::<PauseConfig>(&line).unwrap(), cfg);
-        assert!(serde_json::from_str::<PauseConfig>("{not json").is_err());
+        let line = serde_json::to_string(&req).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), req);
+        assert!(serde_json::from_str::<Request>("{not json").is_err());
         // A wrong type is an error, not an absent field.
-        assert!(serde_json::from_str::<PauseConfig>(r#"{"new_uts":"yes"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"new_uts":"yes"}"#).is_err());
         let started = Started {
             pid: 42,
             oom_score_adj: -998,
@@ -693,14 +835,32 @@ mod tests {
     }
 
     #[test]
+    fn passed_descriptors_must_match_the_request() {
+        let fd = || OwnedFd::from(File::open("/dev/null").unwrap());
+        let req = Request {
+            netns: true,
+            v1_cgroups: 2,
+            v2_cgroup: true,
+            ..Default::default()
+        };
+        let p = Passed::split(&req, (0..4).map(|_| fd()).collect()).unwrap();
+        assert!(p.netns.is_some() && p.v2.is_some());
+        assert_eq!(p.v1.len(), 2);
+        for n in [0, 3, 5] {
+            let e = Passed::split(&req, (0..n).map(|_| fd()).collect()).err();
+            assert_eq!(e, Some(format!("bad pause request: {n} descriptors for 4")));
+        }
+    }
+
+    #[test]
     fn sysctl_names_map_to_proc_sys() {
         assert_eq!(
             sysctl_path("net.ipv4.ip_forward"),
-            PathBuf::from("/proc/sys/net/ipv4/ip_forward")
+            "sys/net/ipv4/ip_forward"
         );
         assert_eq!(
             sysctl_path("net/ipv4/conf/eth0.100/forwarding"),
-            PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/forwarding")
+            "sys/net/ipv4/conf/eth0.100/forwarding"
         );
     }
 }

@@ -398,7 +398,6 @@ impl Manager {
             sysctls: spec.sysctls.clone(),
             cgroups: pause_dirs,
             userns: spec.userns.clone(),
-            root: sb.bundle.clone(),
         };
         if let Some(sd) = &systemd {
             // The helper goes into the pod's scope, so that the pause is born in it and

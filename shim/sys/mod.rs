@@ -14,6 +14,7 @@ pub use idmap::{
     MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
 };
 
+use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::unistd::Pid;
@@ -24,11 +25,25 @@ pub enum Forked {
     Child,
 }
 
-/// How many threads the calling process has.
-pub fn thread_count() -> nix::Result<usize> {
-    let dir = std::fs::read_dir("/proc/self/task")
-        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-    Ok(dir.count())
+/// How many threads the calling process has, read from `/proc`, or through `proc`, a
+/// descriptor of a `/proc` directory (the pause helper has no `/proc` of its own).
+pub fn thread_count(proc: Option<BorrowedFd<'_>>) -> nix::Result<usize> {
+    use std::io::Read;
+    let mut status = String::new();
+    let mut file = match proc {
+        Some(p) => open_at(p, "self/status", nix::fcntl::OFlag::O_RDONLY)?,
+        None => File::open("/proc/self/status").map_err(io_errno)?,
+    };
+    file.read_to_string(&mut status).map_err(io_errno)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or(nix::Error::EIO)
+}
+
+fn io_errno(e: std::io::Error) -> nix::Error {
+    nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Forks the calling process, which must have exactly one thread: a child forked from a
@@ -37,8 +52,8 @@ pub fn thread_count() -> nix::Result<usize> {
 ///
 /// cove forks only before its async runtime starts, and inside the pause helper, which
 /// never starts threads; the child may then allocate and use the standard library freely.
-pub fn fork() -> nix::Result<Forked> {
-    if thread_count()? != 1 {
+pub fn fork(proc: Option<BorrowedFd<'_>>) -> nix::Result<Forked> {
+    if thread_count(proc)? != 1 {
         return Err(nix::Error::EDEADLK);
     }
     // SAFETY: the process has one thread (checked above), the precondition of
@@ -50,10 +65,11 @@ pub fn fork() -> nix::Result<Forked> {
 /// `CLONE_NEWUSER` the others are owned by the new user namespace) and, when `cgroup` is
 /// given, born in that cgroup v2 directory (see [`clone_into`]). Same precondition check.
 pub fn fork_with(
+    proc: Option<BorrowedFd<'_>>,
     namespaces: nix::sched::CloneFlags,
     cgroup: Option<BorrowedFd<'_>>,
 ) -> nix::Result<Forked> {
-    if thread_count()? != 1 {
+    if thread_count(proc)? != 1 {
         return Err(nix::Error::EDEADLK);
     }
     // SAFETY: the process has one thread (checked above).
@@ -603,4 +619,103 @@ pub fn reset_signal_handlers() -> nix::Result<()> {
         unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) }?;
     }
     Ok(())
+}
+
+/// Opens `path`, relative to directory `dir` (openat(2)), as a file. The pause helper
+/// reaches `/proc` only this way: its own root is an empty tmpfs.
+pub fn open_at(dir: BorrowedFd<'_>, path: &str, flags: nix::fcntl::OFlag) -> nix::Result<File> {
+    use std::os::fd::FromRawFd;
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        path,
+        flags | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: openat just returned this descriptor to us alone.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// The most descriptors one message to or from the pause helper carries.
+pub const MAX_PASSED_FDS: usize = 32;
+
+/// Receives one message (a SOCK_SEQPACKET record) into `buf` with the descriptors sent
+/// along (SCM_RIGHTS, close-on-exec). Returns its length (0: the peer is gone) and the
+/// descriptors; a record longer than `buf` is EMSGSIZE.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_PASSED_FDS]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(got) = c {
+            for fd in got {
+                // SAFETY: the kernel just installed `fd` in our table for us alone.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    if msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
+    {
+        return Err(nix::Error::EMSGSIZE);
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Sends `data` as one message with `fds` (SCM_RIGHTS).
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> nix::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [std::io::IoSlice::new(data)];
+    let cmsgs = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsgs };
+    let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    if sent != data.len() {
+        return Err(nix::Error::EMSGSIZE);
+    }
+    Ok(())
+}
+
+/// [`run_alone`] with state for `main` (which owns no descriptor), and descriptors 0-2
+/// closed too when `stdio` is false: what the pause process calls once it has used
+/// everything its helper handed it, so that it keeps nothing but its readiness pipe.
+pub fn run_alone_with<T>(
+    keep: OwnedFd,
+    at: RawFd,
+    stdio: bool,
+    state: T,
+    main: fn(OwnedFd, T) -> !,
+) -> ! {
+    if keep.as_raw_fd() != at {
+        if nix::unistd::dup2(keep.as_raw_fd(), at).is_err() {
+            exit_now(1);
+        }
+        drop(keep);
+    } else {
+        std::mem::forget(keep);
+    }
+    // SAFETY: as in run_alone: this function never returns, so no frame of the caller
+    // (and no owner of a descriptor closed here) runs again; `state` owns no descriptor.
+    if unsafe { close_fds_from(at + 1) }.is_err() {
+        exit_now(1);
+    }
+    if !stdio {
+        for fd in 0..at.min(3) {
+            // SAFETY: as above; the standard descriptors have no owner in cove's code.
+            let _ = unsafe { libc::close(fd) };
+        }
+    }
+    // SAFETY: `at` was just made a duplicate that nothing owns, adopted once, here.
+    match unsafe { adopt_inherited_fd(at) } {
+        Some(fd) => main(fd, state),
+        None => exit_now(1),
+    }
 }
