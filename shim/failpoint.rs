@@ -12,8 +12,9 @@ use std::time::Duration;
 
 /// The failpoints, in the order a request reaches them.
 pub const START_SANDBOX_BEFORE_PAUSE: &str = "start-sandbox:before-pause";
-/// The pause process and the pod files (the shm mount too) exist; none of them is recorded
-/// yet.
+/// The pause process has been cloned (it may still be confining itself: a pause whose
+/// shim is gone before it is ready cannot say so, and exits) and the pod files (the shm
+/// mount too) exist; none of them is recorded yet.
 pub const START_SANDBOX_SPAWNED: &str = "start-sandbox:spawned";
 pub const START_SANDBOX_AFTER_PAUSE: &str = "start-sandbox:after-pause";
 pub const TASK_CREATE_BEFORE_RUNC: &str = "task-create:before-runc";

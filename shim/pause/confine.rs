@@ -247,7 +247,14 @@ pub fn exec_main() -> ! {
     let made = match (root, proc) {
         (Some(root), Some(proc)) => confine_helper(root).and_then(|()| {
             let filter = seccomp_program().map_err(|e| format!("seccomp filter: {e}"))?;
-            Ok(super::Helper { proc, filter })
+            let oom_score_adj =
+                crate::oom_score::lower_own_towards_at(proc.as_fd(), crate::oom_score::PAUSE_SCORE)
+                    .map_err(|e| format!("set oom_score_adj: {e}"))?;
+            Ok(super::Helper {
+                proc,
+                filter,
+                oom_score_adj,
+            })
         }),
         _ => Err("the helper was not given its root and /proc".into()),
     };
@@ -291,22 +298,30 @@ fn confine_helper(root: OwnedFd) -> Result<(), String> {
 /// Runs in a pause once it is in the pod's cgroups and namespaces (never returns; exits 1
 /// on failure, which its maker reports as a pause that died during setup): its own mount
 /// and cgroup namespaces, then nothing but the readiness pipe.
-pub(super) fn become_pause(ready: OwnedFd, filter: &seccompiler::BpfProgram) -> ! {
+pub(super) fn become_pause(
+    ready: OwnedFd,
+    filter: &seccompiler::BpfProgram,
+    oom_score_adj: i32,
+) -> ! {
     // The cgroup namespace is rooted at the cgroup it has just joined.
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP) {
         fail(ready, &format!("unshare mount and cgroup namespaces: {e}"));
     }
-    sys::run_alone_with(ready, READY_FD, false, filter.clone(), pause_main)
+    // Written in one piece once it is confined: readiness and the OOM score it runs with.
+    let said = format!("1 {oom_score_adj}").into_bytes();
+    sys::run_alone_with(ready, READY_FD, false, (filter.clone(), said), pause_main)
 }
 
-fn pause_main(ready: OwnedFd, filter: seccompiler::BpfProgram) -> ! {
+fn pause_main(ready: OwnedFd, (filter, said): (seccompiler::BpfProgram, Vec<u8>)) -> ! {
     if let Err(e) = drop_identity() {
         fail(ready, &e);
     }
     let waited = waited_signals();
     // From here on only the calls the filter allows: one write and a close of fd 3, made
     // directly (std's descriptor types may check a descriptor with fcntl on drop).
-    if seccompiler::apply_filter(&filter).is_err() || nix::unistd::write(&ready, b"1") != Ok(1) {
+    if seccompiler::apply_filter(&filter).is_err()
+        || nix::unistd::write(&ready, &said) != Ok(said.len())
+    {
         sys::exit_now(1);
     }
     let _ = nix::unistd::close(ready.into_raw_fd());

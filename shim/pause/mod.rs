@@ -118,8 +118,126 @@ const REFUSED_INPUT: &str = "[refused] ";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Reply {
+    /// Made and confined (by a setup child, which waited for it).
     Started(Started),
+    /// Cloned: the message carries the read end of the pause's readiness pipe, and the
+    /// shim waits for it (so that the reply and the shim's record of the pid overlap with
+    /// the pause's confinement).
+    Cloned {
+        pid: i32,
+    },
     Error(String),
+}
+
+/// A pause process the helper has made: its pid, and whether it is confined yet.
+pub struct Spawned {
+    pub pid: i32,
+    state: Readiness,
+}
+
+enum Readiness {
+    /// Ready, with its `oom_score_adj`.
+    Ready(i32),
+    /// The read end of its readiness pipe.
+    Pending(OwnedFd),
+}
+
+impl Spawned {
+    /// Waits until the pause has confined itself (at most [`PAUSE_READY_TIMEOUT`]; a pause
+    /// that is not ready by then is killed), or has said why it could not.
+    pub async fn ready(self) -> Result<Started> {
+        let pid = self.pid;
+        let fd = match self.state {
+            Readiness::Ready(oom_score_adj) => return Ok(Started { pid, oom_score_adj }),
+            Readiness::Pending(fd) => fd,
+        };
+        let kill = || {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        };
+        let read = tokio::time::timeout(PAUSE_READY_TIMEOUT, read_readiness(fd)).await;
+        match read {
+            Ok(Ok(said)) => parse_ready(pid, &said),
+            Ok(Err(e)) => {
+                kill();
+                Err(Error::io(format!("pause process {pid}: readiness pipe"), e))
+            }
+            Err(_) => {
+                // The shim's child: its reaper collects it.
+                kill();
+                Err(Error::DeadlineExceeded(format!(
+                    "create pause process: pause process {pid} was not ready within {}s; killed",
+                    PAUSE_READY_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+}
+
+/// What a pause wrote on its readiness pipe: `1 <oom_score_adj>` once it is confined (one
+/// write), or why it could not be made, then EOF.
+async fn read_readiness(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let fd = sys::async_fd(fd)?;
+    let mut said = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let mut ready = fd.readable().await?;
+        let got = ready
+            .try_io(|f| nix::unistd::read(f.as_raw_fd(), &mut buf).map_err(std::io::Error::from));
+        match got {
+            Ok(Ok(0)) => return Ok(said),
+            Ok(Ok(n)) => {
+                said.extend_from_slice(&buf[..n]);
+                if said.starts_with(b"1 ") || said.len() > 4096 {
+                    return Ok(said);
+                }
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+fn parse_ready(pid: i32, said: &[u8]) -> Result<Started> {
+    if let Some(score) = said.strip_prefix(b"1 ") {
+        return std::str::from_utf8(score)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(|oom_score_adj| Started { pid, oom_score_adj })
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "create pause process: pause process {pid} said {:?}",
+                    String::from_utf8_lossy(said)
+                ))
+            });
+    }
+    if said.is_empty() {
+        return Err(helper_error(format!(
+            "pause process {pid} died during setup"
+        )));
+    }
+    Err(helper_error(format!(
+        "pause process {pid}: {}",
+        String::from_utf8_lossy(said)
+    )))
+}
+
+/// The error for a pause the helper could not make, by its text.
+fn helper_error(msg: String) -> Error {
+    if msg.contains(REFUSED_INPUT) {
+        Error::InvalidArgument(format!(
+            "create pause process: {}",
+            msg.replace(REFUSED_INPUT, "")
+        ))
+    } else {
+        Error::Internal(format!("create pause process: {msg}"))
+    }
 }
 
 /// The longest request (its sysctls, mostly) and reply on the helper's socket.
@@ -179,8 +297,8 @@ impl PauseSpawner {
         })
     }
 
-    /// Creates a pause process.
-    pub async fn spawn(&self, cfg: &PauseConfig) -> Result<Started> {
+    /// Creates a pause process; [`Spawned::ready`] waits until it is confined.
+    pub async fn spawn(&self, cfg: &PauseConfig) -> Result<Spawned> {
         let mut guard = self.conn.lock().await;
         let conn = guard.as_mut().ok_or_else(|| {
             Error::FailedPrecondition("this shim has already created its pause process".into())
@@ -207,14 +325,14 @@ impl PauseSpawner {
                     sys::recv_with_fds(s.as_fd(), &mut buf).map_err(std::io::Error::from)
                 });
                 if let Ok(got) = got {
-                    let (n, _) = got.map_err(lost)?;
+                    let (n, fds) = got.map_err(lost)?;
                     buf.truncate(n);
-                    return Ok(buf);
+                    return Ok((buf, fds));
                 }
             }
         })
         .await;
-        let line = match asked {
+        let (line, mut fds) = match asked {
             Ok(r) => r?,
             Err(_) => {
                 // Its setup child bounds its own wait for the pause; a helper that still
@@ -236,15 +354,28 @@ impl PauseSpawner {
             )));
         }
         match serde_json::from_slice::<Reply>(&line) {
-            Ok(Reply::Started(p)) if p.pid > 0 => Ok(p),
-            Ok(Reply::Started(p)) => Err(Error::Internal(format!(
-                "pause helper returned pid {}",
-                p.pid
-            ))),
-            Ok(Reply::Error(msg)) if msg.contains(REFUSED_INPUT) => Err(Error::InvalidArgument(
-                format!("create pause process: {}", msg.replace(REFUSED_INPUT, "")),
-            )),
-            Ok(Reply::Error(msg)) => Err(Error::Internal(format!("create pause process: {msg}"))),
+            Ok(Reply::Started(p)) if p.pid > 0 => Ok(Spawned {
+                pid: p.pid,
+                state: Readiness::Ready(p.oom_score_adj),
+            }),
+            Ok(Reply::Cloned { pid }) if pid > 0 && fds.len() == 1 => Ok(Spawned {
+                pid,
+                state: Readiness::Pending(fds.remove(0)),
+            }),
+            Ok(Reply::Cloned { pid }) if pid > 0 => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                Err(Error::Internal(format!(
+                    "pause helper sent {} descriptors with pause {pid}; killed",
+                    fds.len()
+                )))
+            }
+            Ok(Reply::Started(Started { pid, .. }) | Reply::Cloned { pid }) => {
+                Err(Error::Internal(format!("pause helper returned pid {pid}")))
+            }
+            Ok(Reply::Error(msg)) => Err(helper_error(msg)),
             Err(e) => Err(Error::Internal(format!(
                 "pause helper answered {:?}: {e}",
                 String::from_utf8_lossy(&line)
@@ -337,6 +468,10 @@ pub(crate) struct Helper {
     proc: OwnedFd,
     /// The pause's seccomp filter, compiled once.
     filter: seccompiler::BpfProgram,
+    /// The helper's own `oom_score_adj`, lowered once towards the pause's
+    /// ([`crate::oom_score::PAUSE_SCORE`]; without CAP_SYS_RESOURCE that is a bisection of
+    /// a dozen writes), which every pause inherits.
+    oom_score_adj: i32,
 }
 
 /// The helper's loop: one request, one pause, one reply, until the shim closes its end.
@@ -344,22 +479,25 @@ fn serve_requests(stream: OwnedFd, helper: Helper) -> ! {
     let _ = nix::unistd::setsid();
     let mut buf = vec![0u8; MESSAGE_MAX];
     loop {
-        let reply = match sys::recv_with_fds(stream.as_fd(), &mut buf) {
+        let made = match sys::recv_with_fds(stream.as_fd(), &mut buf) {
             Ok((0, _)) => sys::exit_now(0),
             Ok((n, fds)) => match serde_json::from_slice::<Request>(&buf[..n]) {
-                Ok(req) => match Passed::split(&req, fds)
-                    .and_then(|passed| create_pause(&req, passed, &helper))
-                {
-                    Ok(p) => Reply::Started(p),
-                    Err(e) => Reply::Error(e),
-                },
-                Err(e) => Reply::Error(format!("bad pause request: {e}")),
+                Ok(req) => {
+                    Passed::split(&req, fds).and_then(|passed| create_pause(&req, passed, &helper))
+                }
+                Err(e) => Err(format!("bad pause request: {e}")),
             },
             Err(nix::Error::EINTR) => continue,
-            Err(nix::Error::EMSGSIZE) => Reply::Error("pause request too long".into()),
+            Err(nix::Error::EMSGSIZE) => Err("pause request too long".into()),
             Err(_) => sys::exit_now(0),
         };
-        answer(&stream, &reply);
+        match made {
+            Ok(Made::Started(p)) => answer(&stream, &Reply::Started(p), None),
+            Ok(Made::Cloned(pid, ready)) => {
+                answer(&stream, &Reply::Cloned { pid }, Some(ready.as_fd()))
+            }
+            Err(e) => answer(&stream, &Reply::Error(e), None),
+        }
     }
 }
 
@@ -370,17 +508,26 @@ fn refuse_requests(stream: OwnedFd, why: String) -> ! {
         match sys::recv_with_fds(stream.as_fd(), &mut buf) {
             Ok((0, _)) => sys::exit_now(0),
             Err(nix::Error::EINTR) => continue,
-            Err(nix::Error::EMSGSIZE) | Ok(_) => answer(&stream, &Reply::Error(why.clone())),
+            Err(nix::Error::EMSGSIZE) | Ok(_) => answer(&stream, &Reply::Error(why.clone()), None),
             Err(_) => sys::exit_now(0),
         }
     }
 }
 
-fn answer(stream: &OwnedFd, reply: &Reply) {
+fn answer(stream: &OwnedFd, reply: &Reply, fd: Option<BorrowedFd<'_>>) {
     let out = serde_json::to_vec(reply).unwrap_or_else(|_| b"{}".to_vec());
-    if sys::send_with_fds(stream.as_fd(), &out, &[]).is_err() {
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    if sys::send_with_fds(stream.as_fd(), &out, &fds).is_err() {
         sys::exit_now(0);
     }
+}
+
+/// What the helper made for a request.
+enum Made {
+    /// A pause its setup child saw confined.
+    Started(Started),
+    /// A pause it cloned, and the read end of its readiness pipe.
+    Cloned(i32, OwnedFd),
 }
 
 /// Runs in the helper: makes the pause process and reports it.
@@ -388,7 +535,7 @@ fn create_pause(
     req: &Request,
     passed: Passed,
     helper: &Helper,
-) -> std::result::Result<Started, String> {
+) -> std::result::Result<Made, String> {
     if req.userns.is_none() {
         match clone_pause_directly(req, &passed, helper) {
             Direct::Done(result) => return result,
@@ -421,7 +568,9 @@ fn create_pause(
             if let Some(ok) = msg.strip_prefix("ok ") {
                 let mut it = ok.split_whitespace().map(str::parse::<i32>);
                 return match (it.next(), it.next()) {
-                    (Some(Ok(pid)), Some(Ok(oom_score_adj))) => Ok(Started { pid, oom_score_adj }),
+                    (Some(Ok(pid)), Some(Ok(oom_score_adj))) => {
+                        Ok(Made::Started(Started { pid, oom_score_adj }))
+                    }
                     _ => Err(format!("bad pause setup result {ok:?}")),
                 };
             }
@@ -437,8 +586,8 @@ fn create_pause(
 
 /// What [`clone_pause_directly`] did.
 enum Direct {
-    /// The pause was made, or could not be: the answer for the shim.
-    Done(std::result::Result<Started, String>),
+    /// The pause was cloned, or could not be: the answer for the shim.
+    Done(std::result::Result<Made, String>),
     /// This kernel cannot clone it so (no clone3, or no `CLONE_INTO_CGROUP`): the setup
     /// child makes it.
     Unsupported,
@@ -449,8 +598,8 @@ enum Direct {
 /// way. The pause then does, as its first steps, what the setup child would have done
 /// before cloning it (join its v1 cgroups and the pod's network namespace, lower its OOM
 /// score): it is still the host's root, and not yet visible to any container. Its exit is
-/// the shim's to reap, as it is once a setup child has gone; the helper only waits
-/// (bounded) for its readiness, and kills it when it does not come.
+/// the shim's to reap, as it is once a setup child has gone, and so is its readiness: the
+/// helper passes on its pipe and waits for nothing.
 fn clone_pause_directly(req: &Request, passed: &Passed, helper: &Helper) -> Direct {
     let (ready_rd, ready_wr) = match nix::unistd::pipe() {
         Ok(p) => p,
@@ -471,38 +620,30 @@ fn clone_pause_directly(req: &Request, passed: &Passed, helper: &Helper) -> Dire
     match forked {
         Forked::Child => {
             drop(ready_rd);
-            match first_steps(passed, helper).and_then(|()| enter_pod(req, None, helper)) {
-                Ok(()) => confine::become_pause(ready_wr, &helper.filter),
+            let entered = first_steps(passed, helper)
+                .and_then(|score| enter_pod(req, None, helper).map(|()| score));
+            match entered {
+                Ok(score) => confine::become_pause(ready_wr, &helper.filter, score),
                 Err(e) => confine::fail(ready_wr, &e),
             }
         }
         Forked::Parent(pid) => {
             drop(ready_wr);
-            Direct::Done(await_ready(pid, ready_rd, false).and_then(|()| {
-                let oom_score_adj =
-                    crate::oom_score::read_at(helper.proc.as_fd(), Some(pid.as_raw() as u32))
-                        .map_err(|e| format!("pause process {pid}: read its oom_score_adj: {e}"))?;
-                Ok(Started {
-                    pid: pid.as_raw(),
-                    oom_score_adj,
-                })
-            }))
+            Direct::Done(Ok(Made::Cloned(pid.as_raw(), ready_rd)))
         }
     }
 }
 
 /// The direct path's pause, first: into its v1 cgroups (through `tasks`, as the setup
-/// child does) and the pod's network namespace, and its OOM score lowered (inherited by
-/// nothing: it is PID 1 and has no children yet).
-fn first_steps(passed: &Passed, helper: &Helper) -> std::result::Result<(), String> {
+/// child does) and the pod's network namespace. Its OOM score is the helper's, which it
+/// returns.
+fn first_steps(passed: &Passed, helper: &Helper) -> std::result::Result<i32, String> {
     join_v1(&passed.v1)?;
     if let Some(ns) = &passed.netns {
         nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("join network namespace: {e}"))?;
     }
-    crate::oom_score::lower_own_towards_at(helper.proc.as_fd(), crate::oom_score::PAUSE_SCORE)
-        .map(drop)
-        .map_err(|e| format!("set oom_score_adj: {e}"))
+    Ok(helper.oom_score_adj)
 }
 
 /// Moves the calling (single-threaded) process into the v1 cgroups whose `tasks` files
@@ -531,15 +672,10 @@ fn pod_namespaces(req: &Request) -> CloneFlags {
     flags
 }
 
-/// Waits for the pause's readiness byte ("1" once it is confined) or its reason for
-/// failing, at most [`PAUSE_READY_TIMEOUT`]; a pause that says nothing by then is
-/// killed. `reap`: the pause is the caller's child (the setup child's), to be reaped on
-/// failure; else it is the shim's.
-fn await_ready(
-    pid: nix::unistd::Pid,
-    ready_rd: OwnedFd,
-    reap: bool,
-) -> std::result::Result<(), String> {
+/// Waits, in a user-namespaced pod's setup child, for its pause's readiness ("1 <score>"
+/// once it is confined) or its reason for failing, at most [`PAUSE_READY_TIMEOUT`]; a
+/// pause that says nothing by then is killed and reaped.
+fn await_ready(pid: nix::unistd::Pid, ready_rd: OwnedFd) -> std::result::Result<(), String> {
     let mut said = Vec::new();
     let ready = File::from(ready_rd);
     let mut pfd = [nix::poll::PollFd::new(
@@ -558,22 +694,16 @@ fn await_ready(
         let _ = (&ready).take(4096).read_to_end(&mut said);
     } else {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        if reap {
-            let _ = waitpid(pid, None);
-        }
+        let _ = waitpid(pid, None);
         return Err(format!(
             "pause process {pid} was not ready within {}s; killed",
             PAUSE_READY_TIMEOUT.as_secs()
         ));
     }
-    if said == b"1" {
+    if said.starts_with(b"1 ") {
         return Ok(());
     }
-    let status = if reap {
-        format!(": {:?}", waitpid(pid, Some(WaitPidFlag::WNOHANG)))
-    } else {
-        String::new()
-    };
+    let status = format!(": {:?}", waitpid(pid, Some(WaitPidFlag::WNOHANG)));
     if said.is_empty() {
         return Err(format!("pause process {pid} died during setup{status}"));
     }
@@ -583,12 +713,12 @@ fn await_ready(
     ))
 }
 
-/// How long the shim waits for the pause helper's answer: the setup child's own bound on
-/// the pause, and as long again for everything before it.
+/// How long the shim waits for the pause helper's answer: a setup child's own bound on its
+/// pause, and as long again for everything before it.
 const HELPER_TIMEOUT: std::time::Duration = PAUSE_READY_TIMEOUT.saturating_mul(2);
 
-/// How long the setup child waits for the pause to confine itself and say it is ready (a
-/// few dozen system calls; seconds under emulation).
+/// How long the shim (or a setup child) waits for a pause to confine itself and say it is
+/// ready (a few dozen system calls; seconds under emulation).
 const PAUSE_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs in the setup child: enters the pod's namespaces and cgroup, forks the pause process.
@@ -611,9 +741,8 @@ fn setup_and_fork_pause(
     // The pod's user namespace is made in the same clone, so that it owns the UTS, IPC
     // and PID namespaces (and the mount and cgroup ones the pause makes next).
     flags.set(CloneFlags::CLONE_NEWUSER, req.userns.is_some());
-    // Inherited by the pause across its clone.
-    let oom_score_adj = crate::oom_score::lower_own_towards_at(proc, crate::oom_score::PAUSE_SCORE)
-        .map_err(|e| format!("set oom_score_adj: {e}"))?;
+    // The helper's, inherited by the pause across its clone.
+    let oom_score_adj = helper.oom_score_adj;
     // CRI creates a user-namespaced pod's network namespace inside a user namespace with
     // the pod's mappings: that one is the pod's (as the runc pod path's pause container
     // joins it), so that the pod's root owns its network namespace (sysfs, net sysctls).
@@ -693,7 +822,7 @@ fn setup_and_fork_pause(
             drop(ready_rd);
             drop(mapped_wr);
             match enter_pod(req, Some(mapped_rd), helper) {
-                Ok(()) => confine::become_pause(ready_wr, &helper.filter),
+                Ok(()) => confine::become_pause(ready_wr, &helper.filter, oom_score_adj),
                 Err(e) => confine::fail(ready_wr, &e),
             }
         }
@@ -711,7 +840,7 @@ fn setup_and_fork_pause(
             // "1" once it is confined, or why it could not be; then EOF either way. A pause
             // that says nothing within PAUSE_READY_TIMEOUT is killed: StartSandbox (and the
             // pod's lock it holds) must not wait on it forever.
-            await_ready(pid, ready_rd, true).map(|()| Started {
+            await_ready(pid, ready_rd).map(|()| Started {
                 pid: pid.as_raw(),
                 oom_score_adj,
             })
@@ -828,7 +957,11 @@ mod tests {
             pid: 42,
             oom_score_adj: -998,
         };
-        for r in [Reply::Started(started), Reply::Error("no".into())] {
+        for r in [
+            Reply::Started(started),
+            Reply::Cloned { pid: 7 },
+            Reply::Error("no".into()),
+        ] {
             let line = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), r);
         }

@@ -424,26 +424,30 @@ impl Manager {
         });
         crate::failpoint::hit(crate::failpoint::START_SANDBOX_SPAWNED).await;
         // The pause is known to this start (so that undoing it kills the pause) and
-        // recorded with the pod files in one write.
-        let at = SystemTime::now();
+        // recorded with the pod files in one write, while it confines itself.
         if let Ok(p) = &spawned {
             host.pause = proc_start_time(p.pid).map(|start| (p.pid, start));
-            if host.pause.is_none() {
-                log::warn!(
-                    "sandbox {}: pause process {} exited right after it started",
-                    sb.id,
-                    p.pid
-                );
-            }
         }
         let saved = if files.is_some() || spawned.is_ok() {
             host.save(&sb.bundle)
         } else {
             Ok(())
         };
+        let started = match spawned {
+            Ok(s) => s.ready().await,
+            Err(e) => Err(e),
+        };
+        let at = SystemTime::now();
         written?;
-        let started = spawned?;
+        let started = started?;
         saved?;
+        if host.pause.is_none() {
+            log::warn!(
+                "sandbox {}: pause process {} exited right after it started",
+                sb.id,
+                started.pid
+            );
+        }
         let pid = started.pid;
         if started.oom_score_adj != crate::oom_score::PAUSE_SCORE {
             log::warn!(
