@@ -185,6 +185,20 @@ pub fn proc_start_time(pid: i32) -> Option<u64> {
     start_time_of(&stat)
 }
 
+/// [`proc_start_time`] of `pid` if it is a live child of this process: a pid this
+/// process has not reaped yet is still its child's, whatever else ran meanwhile, so what
+/// is read is that child's (and a pid the reaper has collected, which the kernel may have
+/// handed to another process, is not taken for it).
+pub fn child_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
+    if ppid != std::process::id() {
+        return None;
+    }
+    start_time_of(&stat)
+}
+
 /// Field 22 (start time) of a `/proc/<pid>/stat` line, unless the process is a zombie.
 fn start_time_of(stat: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces and ')'; the fields after it follow

@@ -160,12 +160,12 @@ impl Spawned {
         let read = tokio::time::timeout(PAUSE_READY_TIMEOUT, read_readiness(fd)).await;
         match read {
             Ok(Ok(said)) => parse_ready(pid, &said),
-            Ok(Err(e)) => {
-                kill();
-                Err(Error::io(format!("pause process {pid}: readiness pipe"), e))
-            }
+            // Not killed here: whether it is still this pid's process is not known; the
+            // caller undoes the start through the recorded pid and start time.
+            Ok(Err(e)) => Err(Error::io(format!("pause process {pid}: readiness pipe"), e)),
             Err(_) => {
-                // The shim's child: its reaper collects it.
+                // Still holding its pipe open, so not exited (nor reaped): the shim's
+                // child, whose exit its reaper collects.
                 kill();
                 Err(Error::DeadlineExceeded(format!(
                     "create pause process: pause process {pid} was not ready within {}s; killed",
@@ -489,6 +489,7 @@ fn serve_requests(stream: OwnedFd, helper: Helper) -> ! {
             },
             Err(nix::Error::EINTR) => continue,
             Err(nix::Error::EMSGSIZE) => Err("pause request too long".into()),
+            Err(nix::Error::ENOBUFS) => Err("pause request with too many descriptors".into()),
             Err(_) => sys::exit_now(0),
         };
         match made {

@@ -29,7 +29,7 @@ use crate::lifetime::Lifetime;
 use crate::lock::lock;
 use crate::pause::{PauseConfig, PauseSpawner};
 use crate::reaper::{wait_exit, Exit, Reaper};
-use crate::state::{proc_start_time, Leftovers};
+use crate::state::Leftovers;
 use config::PodSpec;
 use files::PodFiles;
 
@@ -426,7 +426,9 @@ impl Manager {
         // The pause is known to this start (so that undoing it kills the pause) and
         // recorded with the pod files in one write, while it confines itself.
         if let Ok(p) = &spawned {
-            host.pause = proc_start_time(p.pid).map(|start| (p.pid, start));
+            // The pause is this shim's child (CLONE_PARENT): a pid it already reaped (a
+            // pause that failed at once) is not recorded as the pause's.
+            host.pause = crate::state::child_start_time(p.pid).map(|start| (p.pid, start));
         }
         let saved = if files.is_some() || spawned.is_ok() {
             host.save(&sb.bundle)

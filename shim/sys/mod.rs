@@ -25,25 +25,24 @@ pub enum Forked {
     Child,
 }
 
-/// How many threads the calling process has, read from `/proc`, or through `proc`, a
-/// descriptor of a `/proc` directory (the pause helper has no `/proc` of its own).
+/// How many threads the calling process has: the link count of `/proc/self/task` less 2
+/// (procfs counts one link per thread), through `proc`, a descriptor of a `/proc`
+/// directory, where given (the pause helper has no `/proc` of its own). A stat, not a
+/// read: no text about the process (its host pids) is left in its memory, which a pause
+/// cloned from the helper inherits.
 pub fn thread_count(proc: Option<BorrowedFd<'_>>) -> nix::Result<usize> {
-    use std::io::Read;
-    let mut status = String::new();
-    let mut file = match proc {
-        Some(p) => open_at(p, "self/status", nix::fcntl::OFlag::O_RDONLY)?,
-        None => File::open("/proc/self/status").map_err(io_errno)?,
+    let st = match proc {
+        Some(p) => nix::sys::stat::fstatat(
+            Some(p.as_raw_fd()),
+            "self/task",
+            nix::fcntl::AtFlags::empty(),
+        )?,
+        None => nix::sys::stat::stat("/proc/self/task")?,
     };
-    file.read_to_string(&mut status).map_err(io_errno)?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
+    (st.st_nlink as usize)
+        .checked_sub(2)
+        .filter(|n| *n > 0)
         .ok_or(nix::Error::EIO)
-}
-
-fn io_errno(e: std::io::Error) -> nix::Error {
-    nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Forks the calling process, which must have exactly one thread: a child forked from a
@@ -635,8 +634,8 @@ pub fn open_at(dir: BorrowedFd<'_>, path: &str, flags: nix::fcntl::OFlag) -> nix
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// The most descriptors one message to or from the pause helper carries.
-pub const MAX_PASSED_FDS: usize = 32;
+/// The most descriptors one SCM_RIGHTS message carries (the kernel's `SCM_MAX_FD`).
+const SCM_MAX_FD: usize = 253;
 
 /// Receives one message (a SOCK_SEQPACKET record) into `buf` with the descriptors sent
 /// along (SCM_RIGHTS, close-on-exec). Returns its length (0: the peer is gone) and the
@@ -645,7 +644,9 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<(usize
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::FromRawFd;
     let mut iov = [std::io::IoSliceMut::new(buf)];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_PASSED_FDS]);
+    // Room for the most descriptors one SCM_RIGHTS message can carry (the kernel's
+    // SCM_MAX_FD), so that none is installed without a slot here to be owned from.
+    let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let msg = recvmsg::<()>(
         sock.as_raw_fd(),
         &mut iov,
@@ -717,5 +718,51 @@ pub fn run_alone_with<T>(
     match unsafe { adopt_inherited_fd(at) } {
         Some(fd) => main(fd, state),
         None => exit_now(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn thread_count_follows_the_threads_by_path_and_by_proc_descriptor() {
+        let proc = OwnedFd::from(File::open("/proc").unwrap());
+        let before = thread_count(None).unwrap();
+        assert!(before >= 1);
+        assert_eq!(thread_count(Some(proc.as_fd())).unwrap(), before);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv().ok());
+        assert_eq!(thread_count(None).unwrap(), before + 1);
+        assert_eq!(thread_count(Some(proc.as_fd())).unwrap(), before + 1);
+        drop(tx);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn descriptors_cross_a_seqpacket_pair_with_their_message() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let f = File::open("/dev/null").unwrap();
+        send_with_fds(a.as_fd(), b"hello", &[f.as_fd(), f.as_fd()]).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, fds) = recv_with_fds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(fds.len(), 2);
+        // A record longer than the buffer is refused, not cut.
+        send_with_fds(a.as_fd(), &[7u8; 32], &[]).unwrap();
+        assert_eq!(
+            recv_with_fds(b.as_fd(), &mut buf).err(),
+            Some(nix::Error::EMSGSIZE)
+        );
+        drop(a);
+        assert_eq!(recv_with_fds(b.as_fd(), &mut buf).unwrap().0, 0);
     }
 }
