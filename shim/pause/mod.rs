@@ -242,6 +242,9 @@ fn helper_error(msg: String) -> Error {
 
 /// The longest request (its sysctls, mostly) and reply on the helper's socket.
 const MESSAGE_MAX: usize = 64 * 1024;
+/// The longest reply: a pid, or why a pause could not be made (cut to fit). Small, so that
+/// the shim's buffer for it does not stay in its heap as 64 kB of touched pages.
+const REPLY_MAX: usize = 4096;
 
 /// The shim's end of a freshly forked pause helper.
 pub struct HelperHandle {
@@ -318,7 +321,7 @@ impl PauseSpawner {
                     break;
                 }
             }
-            let mut buf = vec![0u8; MESSAGE_MAX];
+            let mut buf = vec![0u8; REPLY_MAX];
             loop {
                 let mut ready = conn.sock.readable().await.map_err(lost)?;
                 let got = ready.try_io(|s| {
@@ -477,11 +480,10 @@ pub(crate) struct Helper {
 /// The helper's loop: one request, one pause, one reply, until the shim closes its end.
 fn serve_requests(stream: OwnedFd, helper: Helper) -> ! {
     let _ = nix::unistd::setsid();
-    let mut buf = vec![0u8; MESSAGE_MAX];
     loop {
-        let made = match sys::recv_with_fds(stream.as_fd(), &mut buf) {
-            Ok((0, _)) => sys::exit_now(0),
-            Ok((n, fds)) => match serde_json::from_slice::<Request>(&buf[..n]) {
+        let made = match recv_request(&stream) {
+            Ok((buf, _)) if buf.is_empty() => sys::exit_now(0),
+            Ok((buf, fds)) => match serde_json::from_slice::<Request>(&buf) {
                 Ok(req) => {
                     Passed::split(&req, fds).and_then(|passed| create_pause(&req, passed, &helper))
                 }
@@ -504,10 +506,9 @@ fn serve_requests(stream: OwnedFd, helper: Helper) -> ! {
 
 /// The helper's loop when it could not confine itself: every request gets `why`.
 fn refuse_requests(stream: OwnedFd, why: String) -> ! {
-    let mut buf = vec![0u8; MESSAGE_MAX];
     loop {
-        match sys::recv_with_fds(stream.as_fd(), &mut buf) {
-            Ok((0, _)) => sys::exit_now(0),
+        match recv_request(&stream) {
+            Ok((buf, _)) if buf.is_empty() => sys::exit_now(0),
             Err(nix::Error::EINTR) => continue,
             Err(nix::Error::EMSGSIZE) | Ok(_) => answer(&stream, &Reply::Error(why.clone()), None),
             Err(_) => sys::exit_now(0),
@@ -515,8 +516,33 @@ fn refuse_requests(stream: OwnedFd, why: String) -> ! {
     }
 }
 
+/// The next request and its descriptors (empty: the shim closed its end), in a buffer of
+/// its own size: a pause cloned from the helper inherits the helper's heap, and a 64 kB
+/// zeroed buffer would be 16 pages of it, in every pod.
+fn recv_request(stream: &OwnedFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recv, MsgFlags};
+    let len = recv(
+        stream.as_raw_fd(),
+        &mut [0u8; 1],
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+    )?;
+    // Longer than any request the shim sends: taken whole (so that it is gone), refused.
+    let mut buf = vec![0u8; len.clamp(1, MESSAGE_MAX + 1)];
+    let (n, fds) = sys::recv_with_fds(stream.as_fd(), &mut buf)?;
+    if n > MESSAGE_MAX {
+        return Err(nix::Error::EMSGSIZE);
+    }
+    buf.truncate(n);
+    Ok((buf, fds))
+}
+
 fn answer(stream: &OwnedFd, reply: &Reply, fd: Option<BorrowedFd<'_>>) {
-    let out = serde_json::to_vec(reply).unwrap_or_else(|_| b"{}".to_vec());
+    let mut out = serde_json::to_vec(reply).unwrap_or_else(|_| b"{}".to_vec());
+    if let (true, Reply::Error(why)) = (out.len() > REPLY_MAX, reply) {
+        // A pod's sysctl value can be long; the start of the reason is what matters.
+        let cut: String = why.chars().take(REPLY_MAX / 8).collect();
+        out = serde_json::to_vec(&Reply::Error(format!("{cut}..."))).unwrap_or_default();
+    }
     let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
     if sys::send_with_fds(stream.as_fd(), &out, &fds).is_err() {
         sys::exit_now(0);

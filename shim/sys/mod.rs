@@ -218,26 +218,10 @@ pub unsafe fn close_fds_from(first: RawFd) -> nix::Result<()> {
 /// cove holds no descriptor in a static before the server's runtime (and its shim log)
 /// starts, which is where these children are forked from.
 pub fn run_alone(keep: OwnedFd, at: RawFd, main: fn(OwnedFd) -> !) -> ! {
-    if keep.as_raw_fd() != at {
-        if nix::unistd::dup2(keep.as_raw_fd(), at).is_err() {
-            exit_now(1);
-        }
-        drop(keep);
-    } else {
-        std::mem::forget(keep);
+    fn call(fd: OwnedFd, main: fn(OwnedFd) -> !) -> ! {
+        main(fd)
     }
-    // SAFETY: this function never returns: the frames that owned the descriptors above
-    // `at` never run again, `main` is a function pointer that captures none of them, and
-    // the processes that call this keep no descriptor in a static (see above).
-    if unsafe { close_fds_from(at + 1) }.is_err() {
-        exit_now(1);
-    }
-    // SAFETY: `at` was just made a duplicate that nothing owns (the original was dropped
-    // or forgotten above), so it is adopted once, here.
-    match unsafe { adopt_inherited_fd(at) } {
-        Some(fd) => main(fd),
-        None => exit_now(1),
-    }
+    run_alone_with(keep, at, true, main, call)
 }
 
 /// Drops every capability from the effective, permitted and inheritable sets of the
