@@ -12,7 +12,7 @@
 //!   pause container to containerd's own score for the same reason.
 
 use std::os::fd::BorrowedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 
@@ -23,19 +23,27 @@ pub const PAUSE_SCORE: i32 = -998;
 pub const MIN: i32 = -1000;
 pub const MAX: i32 = 1000;
 
-fn path(pid: Option<u32>) -> PathBuf {
+/// The file of `pid`'s score (the calling process's with `None`), under `/proc`.
+fn rel(pid: Option<u32>) -> String {
     match pid {
-        Some(p) => PathBuf::from(format!("/proc/{p}/oom_score_adj")),
-        None => PathBuf::from("/proc/self/oom_score_adj"),
+        Some(p) => format!("{p}/oom_score_adj"),
+        None => "self/oom_score_adj".into(),
     }
+}
+
+fn path(pid: Option<u32>) -> PathBuf {
+    Path::new("/proc").join(rel(pid))
+}
+
+fn parse(text: &str) -> std::io::Result<i32> {
+    text.trim()
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// The score of `pid` (the calling process with `None`).
 pub fn read(pid: Option<u32>) -> std::io::Result<i32> {
-    let text = std::fs::read_to_string(path(pid))?;
-    text.trim()
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    parse(&std::fs::read_to_string(path(pid))?)
 }
 
 /// Sets the score of `pid` (the calling process with `None`).
@@ -63,34 +71,19 @@ pub fn lower_own_towards(target: i32) -> std::io::Result<i32> {
     lower_towards(target, read(None)?, |s| write(None, s).is_ok())
 }
 
-/// [`read`], through `proc`, a descriptor of a `/proc` directory (the pause helper's way:
-/// `/proc` is not in its mount namespace).
-pub fn read_at(proc: BorrowedFd<'_>, pid: Option<u32>) -> std::io::Result<i32> {
-    use std::io::Read;
-    let mut text = String::new();
-    crate::sys::open_at(proc, &rel(pid), OFlag::O_RDONLY)?.read_to_string(&mut text)?;
-    text.trim()
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// [`lower_own_towards`], through `proc` (see [`read_at`]).
+/// [`lower_own_towards`], through `proc`, a descriptor of a `/proc` directory (the pause
+/// helper's way: `/proc` is not in its mount namespace).
 pub fn lower_own_towards_at(proc: BorrowedFd<'_>, target: i32) -> std::io::Result<i32> {
-    use std::io::Write;
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    crate::sys::open_at(proc, &rel(None), OFlag::O_RDONLY)?.read_to_string(&mut text)?;
     let accept = |s: i32| {
         crate::sys::open_at(proc, &rel(None), OFlag::O_WRONLY)
             .map_err(std::io::Error::from)
             .and_then(|mut f| f.write_all(s.to_string().as_bytes()))
             .is_ok()
     };
-    lower_towards(target, read_at(proc, None)?, accept)
-}
-
-fn rel(pid: Option<u32>) -> String {
-    match pid {
-        Some(p) => format!("{p}/oom_score_adj"),
-        None => "self/oom_score_adj".into(),
-    }
+    lower_towards(target, parse(&text)?, accept)
 }
 
 /// The bisection behind [`lower_own_towards`]: `accept(s)` sets score `s` and says whether

@@ -191,20 +191,24 @@ pub fn proc_start_time(pid: i32) -> Option<u64> {
 /// handed to another process, is not taken for it).
 pub fn child_start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
+    let ppid: u32 = stat_fields(&stat)?.get(1)?.parse().ok()?;
     if ppid != std::process::id() {
         return None;
     }
     start_time_of(&stat)
 }
 
-/// Field 22 (start time) of a `/proc/<pid>/stat` line, unless the process is a zombie.
-fn start_time_of(stat: &str) -> Option<u64> {
+/// The fields of a `/proc/<pid>/stat` line after the command name, from field 3 (state).
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
     // The command name (field 2) may contain spaces and ')'; the fields after it follow
     // the last ')'.
     let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split(' ').collect();
+    Some(rest.split(' ').collect())
+}
+
+/// Field 22 (start time) of a `/proc/<pid>/stat` line, unless the process is a zombie.
+fn start_time_of(stat: &str) -> Option<u64> {
+    let fields = stat_fields(stat)?;
     if fields.first() == Some(&"Z") {
         return None;
     }
