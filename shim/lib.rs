@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod cgroups;
 pub mod error;
 pub mod failpoint;
+pub mod idle;
 pub mod idmap;
 pub mod ids;
 pub mod kmsg;

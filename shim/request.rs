@@ -17,7 +17,13 @@ where
     F: Future<Output = Result<T>> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::spawn(work).await {
+    let done = tokio::spawn(async move {
+        let r = work.await;
+        // Its request may have been abandoned: the work's end is activity of its own.
+        crate::idle::request_done();
+        r
+    });
+    match done.await {
         Ok(r) => r,
         Err(e) => Err(Error::Internal(format!("request handler ended early: {e}"))),
     }

@@ -49,6 +49,7 @@ async fn run_server(
             eprintln!("cove: shim log: {e}");
         }
     }
+    tokio::spawn(crate::idle::give_back_when_idle());
     let reaper = crate::reaper::Reaper::start().context(|| "watch SIGCHLD".into())?;
     let spawner = crate::pause::PauseSpawner::new(helper).context(|| "pause helper".into())?;
     let layout = crate::cgroups::Layout::detect()?;
@@ -80,7 +81,7 @@ async fn run_server(
             }),
         );
     }
-    let task =
+    let mut task =
         containerd_shim_protos::shim_async::create_task(Arc::new(crate::task::TaskService::new(
             manager.clone(),
             lifetime.clone(),
@@ -88,6 +89,9 @@ async fn run_server(
             layout,
             &flags.namespace,
         )));
+    // A request's end is activity: the stack it used is given back once they stop.
+    crate::idle::watch(&mut sandbox);
+    crate::idle::watch(&mut task);
     let mut server = ttrpc::r#async::Server::new()
         .add_listener(listener)
         .register_service(sandbox)

@@ -77,8 +77,10 @@ checkpoint:a_counter_checkpointed_and_restored_through_docker_goes_on_as_on_runc
 '
 
 # No leg: what depends on none of these and the host has run (namespace sharing with the
-# host, and a restart that cri_restart's twenty pods cover), besides the suites not named.
+# host, a restart that cri_restart's twenty pods cover, and an idle shim's stack given back
+# with madvise), besides the suites not named.
 host_only='
+cri_e2e:an_idle_shim_gives_back_the_stack_its_requests_used
 cri_e2e:host_pid_and_ipc_pods_share_exactly_those_namespaces
 cri_e2e:host_network_pod_shares_exactly_the_host_namespaces
 cri_compat:live_pods_survive_a_containerd_restart

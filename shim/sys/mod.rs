@@ -440,6 +440,54 @@ pub fn pidfd_send_signal(
     }
 }
 
+/// How much of the stack below the caller's frame [`release_unused_stack`] keeps: a page
+/// for its own call of madvise, far more than that and the ABI's red zone need.
+const STACK_KEPT_BELOW: usize = 4096;
+
+/// Gives the kernel back the pages of the main thread's stack that lie below the caller's
+/// frame, less [`STACK_KEPT_BELOW`]: a request's deepest calls leave them dirty, and a
+/// long-lived process keeps that high-water mark for its whole life otherwise. `maps` is
+/// the text of `/proc/self/maps`. Returns the bytes released; nothing is done off the main
+/// thread (the `[stack]` mapping is the main thread's) or when the caller's frame is not
+/// in that mapping.
+pub fn release_unused_stack(maps: &str) -> usize {
+    if nix::unistd::gettid() != nix::unistd::getpid() {
+        return 0;
+    }
+    let here = 0u8;
+    let sp = std::hint::black_box(&here) as *const u8 as usize;
+    let Some((low, _)) = maps
+        .lines()
+        .filter(|l| l.ends_with(" [stack]"))
+        .filter_map(|l| l.split_whitespace().next()?.split_once('-'))
+        .filter_map(|(a, b)| {
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .find(|(low, high)| (*low..*high).contains(&sp))
+    else {
+        return 0;
+    };
+    let page = 4096;
+    let end = sp.saturating_sub(STACK_KEPT_BELOW) & !(page - 1);
+    if end <= low || low % page != 0 {
+        return 0;
+    }
+    // SAFETY: [low, end) is part of this thread's own stack mapping and lies wholly below
+    // the current frame (by STACK_KEPT_BELOW, well past any red zone): no live frame, and
+    // so no Rust object or reference, is in it, and no other thread runs on this stack.
+    // MADV_DONTNEED on private anonymous memory only makes those pages read back as zeros
+    // when the stack next grows into them, which is what a fresh stack page is.
+    let rc = unsafe { libc::madvise(low as *mut libc::c_void, end - low, libc::MADV_DONTNEED) };
+    if rc == 0 {
+        end - low
+    } else {
+        0
+    }
+}
+
 /// Ends the calling process at once, without running exit handlers or flushing stdio
 /// (what a forked child must do).
 pub fn exit_now(code: i32) -> ! {
