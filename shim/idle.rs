@@ -5,6 +5,9 @@
 //! dirty. Kept, that high-water mark would stay with every pod's shim for the pod's whole
 //! life. Once requests have stopped for [`IDLE_AFTER`], the server gives the stack's pages
 //! below its idle frame back to the kernel; a later request faults in the few it uses.
+//! What runs on the main thread outside a request (the reaper, stdio copies, OOM watches)
+//! is shallow; a request ttrpc drops (its caller's deadline passed) counts when the work
+//! it started ends, or at the next request.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -65,6 +68,8 @@ pub async fn give_back_when_idle() {
                 0
             }
         };
-        log::debug!("idle: released {} kB of stack", released / 1024);
+        if released > 0 {
+            log::debug!("idle: released {} kB of stack", released / 1024);
+        }
     }
 }

@@ -447,9 +447,15 @@ const STACK_KEPT_BELOW: usize = 4096;
 /// Gives the kernel back the pages of the main thread's stack that lie below the caller's
 /// frame, less [`STACK_KEPT_BELOW`]: a request's deepest calls leave them dirty, and a
 /// long-lived process keeps that high-water mark for its whole life otherwise. `maps` is
-/// the text of `/proc/self/maps`. Returns the bytes released; nothing is done off the main
-/// thread (the `[stack]` mapping is the main thread's) or when the caller's frame is not
-/// in that mapping.
+/// the text of `/proc/self/maps`. Returns the bytes released. Nothing is done unless this
+/// frame is in the `[stack]` mapping (the kernel names only the main thread's stack so):
+/// that check is the guard, as the thread-id one only covers a thread of this process.
+///
+/// Sound because nothing in cove lends memory below a live frame of the main thread to
+/// anything else (no `CLONE_VM` child or thread is given a stack inside it): below the
+/// caller's frame, the main stack holds only frames that have returned. Not inlined, so
+/// that `here` is in this function's own frame, above the madvise call's.
+#[inline(never)]
 pub fn release_unused_stack(maps: &str) -> usize {
     if nix::unistd::gettid() != nix::unistd::getpid() {
         return 0;
