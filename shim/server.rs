@@ -27,13 +27,16 @@ pub fn serve(flags: &Flags, listener: UnixListener, ready: OwnedFd) -> Result<()
     if let Err(e) = crate::sys::close_on_exec_from(3) {
         eprintln!("cove: close-on-exec on inherited descriptors: {e}");
     }
+    // Read before the helper exists: its mount namespace and mounts, made beside the
+    // server's start-up, hold the lock /proc/self/mountinfo's reader waits for (~0.1 ms).
+    let layout = crate::cgroups::Layout::detect();
     // Fork the pause helper while this process has exactly one thread.
     let helper = crate::pause::fork_helper().context(|| "fork the pause helper".into())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context(|| "build the async runtime".into())?;
-    runtime.block_on(run_server(flags, listener, ready, helper))
+    runtime.block_on(run_server(flags, listener, ready, helper, layout))
 }
 
 async fn run_server(
@@ -41,6 +44,7 @@ async fn run_server(
     listener: UnixListener,
     ready: OwnedFd,
     helper: crate::pause::HelperHandle,
+    layout: Result<crate::cgroups::Layout>,
 ) -> Result<()> {
     if Path::new("log").exists() {
         if let Err(e) =
@@ -52,7 +56,7 @@ async fn run_server(
     tokio::spawn(crate::idle::give_back_when_idle());
     let reaper = crate::reaper::Reaper::start().context(|| "watch SIGCHLD".into())?;
     let spawner = crate::pause::PauseSpawner::new(helper).context(|| "pause helper".into())?;
-    let layout = crate::cgroups::Layout::detect()?;
+    let layout = layout?;
     let lifetime = Arc::new(Lifetime::default());
     let manager = Arc::new(crate::sandbox::Manager::new(
         spawner,
