@@ -176,8 +176,12 @@ impl Spawned {
     }
 }
 
+/// The most of a pause's readiness text that is read: `1 <oom_score_adj>` is a few bytes,
+/// and why a pause could not be made is cut to this.
+const READINESS_MAX: usize = 4096;
+
 /// What a pause wrote on its readiness pipe: `1 <oom_score_adj>` once it is confined (one
-/// write), or why it could not be made, then EOF.
+/// write), or why it could not be made, then EOF; at most [`READINESS_MAX`] bytes of it.
 async fn read_readiness(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
     nix::fcntl::fcntl(
         fd.as_raw_fd(),
@@ -193,8 +197,9 @@ async fn read_readiness(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
         match got {
             Ok(Ok(0)) => return Ok(said),
             Ok(Ok(n)) => {
-                said.extend_from_slice(&buf[..n]);
-                if said.starts_with(b"1 ") || said.len() > 4096 {
+                let room = READINESS_MAX.saturating_sub(said.len());
+                said.extend_from_slice(&buf[..n.min(room)]);
+                if said.starts_with(b"1 ") || said.len() >= READINESS_MAX {
                     return Ok(said);
                 }
             }
@@ -718,7 +723,7 @@ fn await_ready(pid: nix::unistd::Pid, ready_rd: OwnedFd) -> std::result::Result<
         }
     };
     if polled != Ok(0) {
-        let _ = (&ready).take(4096).read_to_end(&mut said);
+        let _ = (&ready).take(READINESS_MAX as u64).read_to_end(&mut said);
     } else {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(pid, None);
