@@ -266,14 +266,17 @@ async fn ctr_task_exec_with_fifos_ends_as_on_the_runc_shim() {
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
             .filter(|l| !l.contains("ps -o"))
             .collect();
-        eprintln!("{name}: ctr task exec took {took:?}: {exec:?}; left {left:?}");
+        eprintln!("{name}: ctr task exec took {took:?}: {exec:?}; then {next:?}; left {left:?}");
         cd.ctr_kill_and_remove(&id).await;
-        seen.push((exec, (next.0, next.1), left));
+        seen.push((exec, next.0, left, next.1));
     }
-    assert_eq!(seen[1], seen[0]);
-    assert_eq!(
-        seen[1].0 .0, 0,
-        "ctr task exec returns once the shell exits"
-    );
-    assert_eq!(seen[1].1, (0, "next\n".to_string()));
+    let (runc, cove) = (&seen[0], &seen[1]);
+    // The drained exec, whether the task takes the next one, and what is left in it: as
+    // on the runc shim.
+    assert_eq!((&cove.0, cove.1, &cove.2), (&runc.0, runc.1, &runc.2));
+    assert_eq!(cove.0 .0, 0, "ctr task exec returns once the shell exits");
+    // The next exec's output is checked on cove alone: through the runc shim of containerd
+    // 2.3.4, ctr once got none of it in the matrix (exit 0, nothing on stdout) where it got
+    // cove's, so on the runc side it is no oracle.
+    assert_eq!(cove.3, "next\n", "the next exec's output reaches ctr");
 }
