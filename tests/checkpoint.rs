@@ -737,6 +737,7 @@ async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &
     })
     .await;
     let (token, before) = count(first).expect("the counter's file");
+    let blobs = docker_blobs(cd);
     let (checkpoint, _, err) = d.docker(&["checkpoint", "create", &name, "cp1"]);
     eprintln!(
         "{runtime}: docker checkpoint create: {checkpoint} {}",
@@ -746,6 +747,17 @@ async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &
     if running_after {
         d.post(&format!("/containers/{name}/stop?t=0"));
     }
+    // Docker unpacks the checkpoint containerd made into its own directory and deletes
+    // containerd's image of it; `docker start --checkpoint` uploads that directory again,
+    // as the same tar byte for byte, and fails with "already exists" (moby's writeContent
+    // takes no existing blob) until containerd's garbage collector, scheduled seconds
+    // apart, has removed the first, on any runtime. Seen on the runc side, whose
+    // container is not stopped in between: the wait is for that collection.
+    eventually(
+        &format!("{runtime}: containerd collects the checkpoint image Docker deleted"),
+        || docker_blobs(cd).is_subset(&blobs),
+    )
+    .await;
     let (start, _, err) = d.docker(&["start", "--checkpoint", "cp1", &name]);
     eprintln!(
         "{runtime}: docker start --checkpoint: {start} {}",
@@ -790,6 +802,25 @@ async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &
         exec,
         left,
     }
+}
+
+/// The blobs in the content store of Docker's containerd namespace.
+fn docker_blobs(cd: &Containerd) -> std::collections::BTreeSet<String> {
+    let out = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(&cd.sock)
+        .args(["-n", common::docker::DOCKER_NS, "content", "ls", "-q"])
+        .output()
+        .expect("run ctr");
+    assert!(
+        out.status.success(),
+        "ctr content ls: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Docker's checkpoints (experimental mode): `docker checkpoint create`, then `docker start

@@ -154,17 +154,34 @@ pub fn task_cgroup(cfg: &PodSandboxConfig, id: &str) -> PathBuf {
     }
 }
 
-/// Whether any hierarchy still has cgroup `rel`.
 /// Nothing of removed pod `pod` (config `cfg`, container `c`) is left: no process, no
-/// mount, no runc state, and for cove no container cgroup.
+/// mount, no runc state, and for cove no container cgroup. A shim may still be on its way
+/// out when RemovePodSandbox returns: containerd's runc shim closes its server and then
+/// waits up to 5 s for its shutdown callbacks (its event publisher's close among them);
+/// one was still there 8 s after RemovePodSandbox under the VM legs' emulation. What is left after [`EVENTUALLY`] is left.
 pub fn assert_pod_gone(handler: &str, cfg: &PodSandboxConfig, pod: &str, c: &str) {
-    let left: Vec<String> = pids_with(pod)
-        .iter()
-        .map(|p| {
-            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            format!("{p}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
-        })
-        .collect();
+    let named = || -> Vec<String> {
+        pids_with(pod)
+            .iter()
+            .map(|p| {
+                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                format!("{p}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
+            })
+            .collect()
+    };
+    let mut left = named();
+    if !left.is_empty() {
+        let (first, since) = (left.clone(), std::time::Instant::now());
+        if docker::poll_within(EVENTUALLY, || {
+            left = named();
+            left.is_empty()
+        }) {
+            eprintln!(
+                "{handler}: {first:?}, still there when pod {pod} was removed, went after {:?}",
+                since.elapsed()
+            );
+        }
+    }
     assert!(
         left.is_empty(),
         "{handler}: a process of pod {pod} is left: {left:?}"
@@ -183,6 +200,7 @@ pub fn assert_pod_gone(handler: &str, cfg: &PodSandboxConfig, pod: &str, c: &str
     );
 }
 
+/// Whether any hierarchy still has cgroup `rel`.
 pub fn cgroup_exists(rel: &Path) -> bool {
     layout().dirs(rel).iter().any(|d| d.exists())
 }
