@@ -18,8 +18,7 @@ async fn a_runc_call_past_its_bound_is_killed_and_fails_timed_out() {
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c")
         .arg(format!("echo $$ > {}; exec sleep 600", pid_file.display()));
-    let r =
-        cove::task::runc::run_command_within(&reaper, cmd, None, Duration::from_millis(500)).await;
+    let r = cove::task::runc::run_command_within(&reaper, cmd, None, Duration::from_secs(3)).await;
     match r {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}"),
         Ok(o) => panic!("a call past its bound returned status {}", o.status),

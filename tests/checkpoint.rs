@@ -785,14 +785,14 @@ async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &
         exec = d.exec(&name, &["echo", "in"]).1.trim() == "in";
     }
     d.remove(&name);
+    // Docker's runc shim may still be on its way out (up to 5 s after its server closes):
+    // what is there after EVENTUALLY is left.
     let mut left = Vec::new();
-    for _ in 0..100 {
+    comes_to_hold(|| {
         left = d.left_of(cd, runtime, &id);
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        left.is_empty()
+    })
+    .await;
     DockerSeen {
         checkpoint,
         running_after,

@@ -117,18 +117,17 @@ async fn containers_that_end_while_containerd_restarts_keep_their_reason() {
         eprintln!("the runc pod path lost the ends across the restart: {runc:?}");
     }
 
-    for (handler, pod, cs) in &pods {
+    for (_, pod, cs) in &pods {
         for (c, _, _) in cs {
             cd.remove_container(c).await;
         }
         cd.stop_pod(pod).await;
         cd.remove_pod(pod).await;
-        assert!(
-            pids_with(pod).is_empty() || *handler == "cove",
-            "{handler}: a process of the pod is left"
-        );
     }
+    // A shim may still be on its way out (containerd's runc shim waits up to 5 s for its
+    // shutdown callbacks after its server closes): what is there after EVENTUALLY is left.
     eventually("the cove shim exits", || cd.cove_shims().is_empty()).await;
+    comes_to_hold(|| pods.iter().all(|(_, pod, _)| pids_with(pod).is_empty())).await;
     for (handler, pod, _) in &pods {
         assert!(
             pids_with(pod).is_empty(),

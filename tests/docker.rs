@@ -417,6 +417,12 @@ fn exercise_cgroups(mut s: Script) -> CgroupSeen {
     );
     let hog = s.n("hog");
     s.ids.push(d.inspect(&hog, "{{.Id}}"));
+    // Docker sets OOMKilled when it handles the `oom` event, which containerd's runc shim
+    // may publish after the exit (below): the flag is read once it is set, or after a
+    // while (a shim that missed the kill never sets it; that case is put right below).
+    poll_within(Duration::from_secs(20), || {
+        d.inspect(&hog, "{{.State.OOMKilled}}") == "true"
+    });
     let oom = (
         code,
         d.inspect(&hog, "{{.State.OOMKilled}}"),

@@ -62,7 +62,10 @@ where
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .filter(|l| !l.contains("ps -o") && !l.contains("pause"))
         .collect();
-    cd.stop_container(&c, 1).await;
+    // With the usual grace: `sleep` is not the pod's PID 1 and ends on SIGTERM, and a
+    // SIGKILL sent at the end of a 1 s grace could race containerd's delete of the task
+    // (and its close of the task's connection) under emulation.
+    cd.stop_container(&c, GRACE).await;
     cd.remove_container(&c).await;
     cd.stop_pod(&pod).await;
     cd.remove_pod(&pod).await;

@@ -280,8 +280,15 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
 
     // Nothing of the pod's containers is left: processes, mounts, bundles, runc state,
     // cgroups. A cove shim exits once containerd has taken ShutdownSandbox's reply and
-    // closed its connection: it is counted after that.
+    // closed its connection, and containerd's runc shim up to 5 s after its server closes
+    // (its shutdown callbacks): processes are counted once gone, or after EVENTUALLY.
     eventually("the cove shim exits", || cd.cove_shims().is_empty()).await;
+    comes_to_hold(|| {
+        [&app, &echo, &stubborn, &hog, &pod]
+            .iter()
+            .all(|c| pids_with(c).is_empty())
+    })
+    .await;
     let mut left_behind = Vec::new();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     for c in [&app, &echo, &stubborn, &hog, &pod] {

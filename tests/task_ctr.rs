@@ -237,12 +237,7 @@ async fn output_to_a_file_goes_through_pipes_as_with_runc() {
         // into the file then (cove drains its copies before it reports the exit).
         let complete = || std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 4);
         if tag == "runc" {
-            for _ in 0..250 {
-                if complete() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
+            comes_to_hold(complete).await;
         }
         let text = std::fs::read_to_string(&log).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -285,7 +280,14 @@ async fn output_to_a_file_goes_through_pipes_as_with_runc() {
             "-c",
             "sleep 1000 & echo from-exec",
         ]);
-        assert_eq!((code, out.as_str()), (0, "from-exec\n"), "{tag}: {err}");
+        // The output is checked on cove: containerd's runc shim once returned an exec's
+        // exit with none of its output (tests/exec_drain.rs).
+        assert_eq!(code, 0, "{tag}: {err}");
+        if tag == "cove" {
+            assert_eq!(out, "from-exec\n", "{tag}: {err}");
+        } else if out != "from-exec\n" {
+            eprintln!("{tag}: the exec's output was {out:?}");
+        }
         cd.ctr_kill_and_remove(&svc).await;
     }
     eventually("every cove shim has exited", || cd.cove_shims().is_empty()).await;

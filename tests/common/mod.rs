@@ -1163,6 +1163,23 @@ pub async fn eventually(what: &str, f: impl FnMut() -> bool) {
     eventually_every(what, Backoff::new(POLL_FIRST, POLL_MAX), EVENTUALLY, f).await
 }
 
+/// Whether `f` comes to hold within [`EVENTUALLY`], polled as [`eventually`] polls: for
+/// what is recorded and compared rather than required (a process of the runc pod path
+/// still on its way out is not a leak; one there after [`EVENTUALLY`] is).
+pub async fn comes_to_hold(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + EVENTUALLY;
+    let mut every = Backoff::new(POLL_FIRST, POLL_MAX);
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(every.next()).await;
+    }
+}
+
 /// A poll's first interval, and the most it grows to (see [`Backoff`]).
 pub const POLL_FIRST: Duration = Duration::from_millis(5);
 pub const POLL_MAX: Duration = Duration::from_millis(200);
