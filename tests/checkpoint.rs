@@ -743,7 +743,11 @@ async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &
         "{runtime}: docker checkpoint create: {checkpoint} {}",
         err.trim()
     );
-    let running_after = d.inspect(&name, "{{.State.Running}}") == "true";
+    // Docker handles the exit a checkpoint makes (runc's, which exits after it) on its own
+    // time: read once Docker's state agrees with the process's.
+    let running = || d.inspect(&name, "{{.State.Running}}") == "true";
+    common::docker::poll_until(|| running() == alive(first));
+    let running_after = running();
     if running_after {
         d.post(&format!("/containers/{name}/stop?t=0"));
     }

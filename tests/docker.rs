@@ -267,9 +267,11 @@ fn exercise(mut s: Script) -> Seen {
 
     let stop_grace = GRACE.to_string();
     d.post(&format!("/containers/{app}/stop?t={stop_grace}"));
+    // Docker marks a container exited after waiting at most 2 s for its output copy: the
+    // last line may land in its log after the stop has returned.
     let stop_trapped = (
         d.inspect(&app, "{{.State.ExitCode}}"),
-        d.stdout_of(&app).contains("got-term"),
+        poll_until(|| d.stdout_of(&app).contains("got-term")),
     );
     let stubborn = s.run_d(
         "stubborn",
@@ -782,7 +784,7 @@ fn containers_outlive_a_dockerd_restart_with_live_restore() {
         d.post(&format!("/containers/{name}/stop?t={GRACE}"));
         let stop = (
             d.inspect(name, "{{.State.ExitCode}}"),
-            d.stdout_of(name).contains("bye"),
+            poll_until(|| d.stdout_of(name).contains("bye")),
         );
         // `docker rm` (not forced): the container has stopped.
         let (rm, body) = d.api("DELETE", &format!("/containers/{name}"));
