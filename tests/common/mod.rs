@@ -1166,9 +1166,14 @@ pub async fn eventually(what: &str, f: impl FnMut() -> bool) {
 /// Whether `f` comes to hold within [`EVENTUALLY`], polled as [`eventually`] polls: for
 /// what is recorded and compared rather than required (a process of the runc pod path
 /// still on its way out is not a leak; one there after [`EVENTUALLY`] is).
-pub async fn comes_to_hold(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + EVENTUALLY;
-    let mut every = Backoff::new(POLL_FIRST, POLL_MAX);
+pub async fn comes_to_hold(f: impl FnMut() -> bool) -> bool {
+    holds_within(Backoff::new(POLL_FIRST, POLL_MAX), EVENTUALLY, f).await
+}
+
+/// Polls `f` at the intervals of `every` until it holds (true) or `bound` has passed
+/// (false).
+async fn holds_within(mut every: Backoff, bound: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + bound;
     loop {
         if f() {
             return true;
@@ -1226,16 +1231,12 @@ pub const CTR_POLL: Duration = Duration::from_millis(250);
 /// a wedged runtime, not a slow one.
 pub async fn eventually_every(
     what: &str,
-    mut every: Backoff,
+    every: Backoff,
     bound: Duration,
-    mut f: impl FnMut() -> bool,
+    f: impl FnMut() -> bool,
 ) {
-    let deadline = std::time::Instant::now() + bound;
-    while !f() {
-        if std::time::Instant::now() > deadline {
-            panic!("never happened within {bound:?}: {what}");
-        }
-        tokio::time::sleep(every.next()).await;
+    if !holds_within(every, bound, f).await {
+        panic!("never happened within {bound:?}: {what}");
     }
 }
 
