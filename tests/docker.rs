@@ -193,7 +193,14 @@ fn exercise(mut s: Script) -> Seen {
 
     let logs = s.run_d("logs", &[], "echo to-stdout; echo to-stderr >&2; exit 2");
     let wait_code = d.wait(&logs);
-    let (_, lout, lerr) = d.docker(&["logs", &logs]);
+    // Docker marks a container exited after waiting at most 2 s for its output copies,
+    // which go on after: on a busy host `docker logs` once had the runc side's stderr
+    // line and not yet its stdout line. Read once both have landed (or after a while).
+    let (mut lout, mut lerr) = (String::new(), String::new());
+    poll_until(|| {
+        (_, lout, lerr) = d.docker(&["logs", &logs]);
+        lout.contains("to-stdout") && lerr.contains("to-stderr")
+    });
     let detached = (wait_code, lout, lerr);
 
     let app = s.run_d(
@@ -283,6 +290,8 @@ fn exercise(mut s: Script) -> Seen {
 
     let flaky = s.run_d("flaky", &["--restart", "on-failure:2"], "echo run; exit 1");
     d.wait_for(&flaky, "{{.RestartCount}} {{.State.Status}}", "2 exited");
+    // The last run's line may land after its exit, as above.
+    poll_until(|| d.stdout_of(&flaky).matches("run").count() >= 3);
     let restarts = (
         d.inspect(&flaky, "{{.RestartCount}}"),
         d.inspect(&flaky, "{{.State.Status}}"),
