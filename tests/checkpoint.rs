@@ -810,18 +810,7 @@ async fn through_docker(cd: &Containerd, d: &common::docker::Dockerd, runtime: &
 
 /// The blobs in the content store of Docker's containerd namespace.
 fn docker_blobs(cd: &Containerd) -> std::collections::BTreeSet<String> {
-    let out = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(&cd.sock)
-        .args(["-n", common::docker::DOCKER_NS, "content", "ls", "-q"])
-        .output()
-        .expect("run ctr");
-    assert!(
-        out.status.success(),
-        "ctr content ls: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    cd.ctr_in(common::docker::DOCKER_NS, &["content", "ls", "-q"])
         .lines()
         .map(str::to_owned)
         .collect()

@@ -283,15 +283,11 @@ async fn exercise(cd: &Containerd, handler: &str) -> Seen {
     // closed its connection, and containerd's runc shim up to 5 s after its server closes
     // (its shutdown callbacks): processes are counted once gone, or after EVENTUALLY.
     eventually("the cove shim exits", || cd.cove_shims().is_empty()).await;
-    comes_to_hold(|| {
-        [&app, &echo, &stubborn, &hog, &pod]
-            .iter()
-            .all(|c| pids_with(c).is_empty())
-    })
-    .await;
+    let ids = [&app, &echo, &stubborn, &hog, &pod];
+    comes_to_hold(|| ids.iter().all(|c| pids_with(c).is_empty())).await;
     let mut left_behind = Vec::new();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for c in [&app, &echo, &stubborn, &hog, &pod] {
+    for c in ids {
         if mounts.contains(c.as_str()) {
             left_behind.push(format!("mount of {c}"));
         }

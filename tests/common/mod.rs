@@ -158,7 +158,8 @@ pub fn task_cgroup(cfg: &PodSandboxConfig, id: &str) -> PathBuf {
 /// mount, no runc state, and for cove no container cgroup. A shim may still be on its way
 /// out when RemovePodSandbox returns: containerd's runc shim closes its server and then
 /// waits up to 5 s for its shutdown callbacks (its event publisher's close among them);
-/// one was still there 8 s after RemovePodSandbox under the VM legs' emulation. What is left after [`EVENTUALLY`] is left.
+/// one was still there 8 s after RemovePodSandbox under the VM legs' emulation. What is
+/// left after [`EVENTUALLY`] is left.
 pub fn assert_pod_gone(handler: &str, cfg: &PodSandboxConfig, pod: &str, c: &str) {
     let named = || -> Vec<String> {
         pids_with(pod)
@@ -625,10 +626,15 @@ state = "{d}/state"
 
     /// Runs `ctr` against this containerd: (exit code, stdout, stderr).
     pub fn ctr_status(&self, args: &[&str]) -> (i32, String, String) {
+        self.ctr_status_in(NS, args)
+    }
+
+    /// [`Containerd::ctr_status`] in containerd namespace `ns`.
+    pub fn ctr_status_in(&self, ns: &str, args: &[&str]) -> (i32, String, String) {
         let out = Command::new("ctr")
             .arg("--address")
             .arg(&self.sock)
-            .args(["-n", NS])
+            .args(["-n", ns])
             .args(args)
             .output()
             .unwrap();
@@ -641,8 +647,13 @@ state = "{d}/state"
 
     /// Runs `ctr` against this containerd and returns stdout; panics on failure.
     pub fn ctr(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.ctr_status(args);
-        assert!(code == 0, "ctr {args:?}: {err}");
+        self.ctr_in(NS, args)
+    }
+
+    /// [`Containerd::ctr`] in containerd namespace `ns`.
+    pub fn ctr_in(&self, ns: &str, args: &[&str]) -> String {
+        let (code, out, err) = self.ctr_status_in(ns, args);
+        assert!(code == 0, "ctr -n {ns} {args:?}: {err}");
         out
     }
 
