@@ -283,7 +283,15 @@ fn exercise(mut s: Script) -> Seen {
     let stubborn = s.run_d(
         "stubborn",
         &[],
-        "trap '' TERM; while true; do sleep 1; done",
+        "trap '' TERM; echo trapped; while true; do sleep 1; done",
+    );
+    // `docker run -d` returns once runc's start has let the init go, which may be before
+    // it has exec'd the shell: a SIGTERM then ends runc's init (143), on any runtime (seen
+    // on a host busy with the guest legs). The stop waits until the trap is set.
+    assert!(
+        poll_until(|| d.stdout_of(&stubborn).contains("trapped")),
+        "{}: the stubborn container never set its trap",
+        s.rt
     );
     d.post(&format!("/containers/{stubborn}/stop?t=1"));
     let stop_ignored = d.inspect(&stubborn, "{{.State.ExitCode}}");
