@@ -796,3 +796,54 @@ async fn a_restore_from_a_corrupt_checkpoint_gets_an_error_and_leaves_nothing() 
     assert_eq!(code(task.state(ctx(), &st).await), Code::NOT_FOUND);
     shutdown(&sb, &shim).await;
 }
+
+/// A Delete that comes while a Start restores the task from its checkpoint (containerd's
+/// cleanup after a Start whose caller gave up) waits for the restore's end, then deletes
+/// the task, never restored; it is not refused, which would leave the task, and the
+/// server with it, for good. Then the pod's shutdown lets the server exit.
+#[tokio::test]
+async fn a_delete_during_a_restore_waits_for_its_end_and_the_server_exits_after() {
+    let armed = format!("{}=sleep:2000", cove::failpoint::TASK_START_RESTORE);
+    let shim = Shim::start_with("delrestore", &[("COVE_FAILPOINT", armed.as_str())]);
+    let (sb, task, _) = shim.clients().await;
+    start_pod(&sb, &shim).await;
+    let rootfs = rootfs(&shim.dir);
+    let b = bundle(&shim.dir, "restoring", &["sleep", "1000"], None);
+    let image = shim.dir.join("corrupt-checkpoint");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::write(image.join("inventory.img"), b"garbage").unwrap();
+    std::fs::write(image.join("descriptors.json"), b"garbage").unwrap();
+    let mut r = create_task("restoring", &b, &rootfs);
+    r.checkpoint = image.to_string_lossy().into_owned();
+    assert_eq!(task.create(ctx(), &r).await.unwrap().pid, 0);
+
+    let starting = {
+        let task = task.clone();
+        tokio::spawn(async move {
+            let mut s = StartRequest::new();
+            s.id = "restoring".into();
+            task.start(ctx(), &s).await
+        })
+    };
+    // The restore has begun once CRIU's work directory is there.
+    let work = b.join("criu-work");
+    eventually("the restore has begun", || work.exists()).await;
+    let d = task.delete(ctx(), &delete_req("restoring")).await;
+    let started = starting.await.unwrap();
+    let err = started.expect_err("a restore of garbage");
+    assert!(
+        format!("{err:?}").contains("restore of task restoring"),
+        "{err:?}"
+    );
+    let d = d.expect("the Delete that waited for the restore");
+    assert_eq!((d.pid, d.exit_status), (0, 0));
+    let mut st = StateRequest::new();
+    st.id = "restoring".into();
+    assert_eq!(code(task.state(ctx(), &st).await), Code::NOT_FOUND);
+    assert!(!mounted(&b.join("rootfs")), "the rootfs is unmounted");
+    assert!(!work.exists(), "CRIU's work directory is removed");
+    assert!(!runc_state("restoring").exists(), "runc keeps no container");
+
+    shutdown(&sb, &shim).await;
+    eventually("the server has exited", || shim.servers().is_empty()).await;
+}

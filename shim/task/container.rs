@@ -58,8 +58,12 @@ pub struct Container {
     /// Opens once Start (or Kill, or Delete) has run, so that an init's exit is never
     /// published before its start.
     pub gate: watch::Sender<bool>,
-    /// Where a task created from a checkpoint is in its restore.
-    pub restore: Mutex<Restore>,
+    /// Where a task created from a checkpoint is in its restore. Held by the Start that
+    /// restores it until the restore has ended, so that a Delete (or a second Start) that
+    /// comes meanwhile waits for that end, as on containerd's runc shim: a Delete refused
+    /// then would leave the task, and its server, for good when it was containerd's
+    /// cleanup of that very Start (a caller that gave up on it).
+    pub restore: tokio::sync::Mutex<Restore>,
 }
 
 /// The restore of a task created from a checkpoint.
@@ -69,37 +73,31 @@ pub enum Restore {
     None,
     /// Start will restore it from there.
     Pending(RestoreFrom),
-    /// A Start is restoring it.
-    Running,
     /// The restore failed: the task can only be deleted (its stdio was closed with the
     /// failed run; a second run would write where no reader is).
     Failed,
 }
 
-impl Container {
-    /// For the init's Start: the checkpoint to restore it from (its restore is running from
-    /// then on), or None for a task not created from one. A restore that failed is final.
-    pub fn begin_restore(&self) -> Result<Option<RestoreFrom>> {
-        let mut r = crate::lock::lock(&self.restore);
-        match std::mem::replace(&mut *r, Restore::Running) {
+impl Restore {
+    /// For the init's Start: the checkpoint to restore it from (the caller holds the lock
+    /// on it until the restore has ended), or None for a task not created from one. A
+    /// restore that failed is final.
+    pub fn begin(&mut self, id: &str) -> Result<Option<RestoreFrom>> {
+        match std::mem::replace(self, Restore::None) {
             Restore::Pending(from) => Ok(Some(from)),
-            Restore::None => {
-                *r = Restore::None;
-                Ok(None)
-            }
-            other => {
-                *r = other;
+            Restore::None => Ok(None),
+            Restore::Failed => {
+                *self = Restore::Failed;
                 Err(Error::FailedPrecondition(format!(
-                    "task {}: its restore from a checkpoint failed; delete it",
-                    self.id
+                    "task {id}: its restore from a checkpoint failed; delete it"
                 )))
             }
         }
     }
 
-    /// The end of the restore [`Container::begin_restore`] began.
-    pub fn end_restore(&self, restored: bool) {
-        *crate::lock::lock(&self.restore) = if restored {
+    /// The end of the restore [`Restore::begin`] began.
+    pub fn end(&mut self, restored: bool) {
+        *self = if restored {
             Restore::None
         } else {
             Restore::Failed
@@ -107,22 +105,15 @@ impl Container {
     }
 
     /// For Delete: whether the task was created from a checkpoint and never restored (its
-    /// restore pending, or failed), which it then forgets. Refused while a Start restores it.
-    pub fn abandon_restore(&self) -> Result<bool> {
-        let mut r = crate::lock::lock(&self.restore);
-        match *r {
-            Restore::None => Ok(false),
-            Restore::Running => Err(Error::FailedPrecondition(format!(
-                "task {} is being restored from its checkpoint; delete it once Start returns",
-                self.id
-            ))),
-            Restore::Pending(_) | Restore::Failed => {
-                *r = Restore::None;
-                Ok(true)
-            }
-        }
+    /// restore pending, or failed), which it then forgets.
+    pub fn abandon(&mut self) -> bool {
+        let never = *self != Restore::None;
+        *self = Restore::None;
+        never
     }
+}
 
+impl Container {
     pub fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {
         crate::lock::lock(&self.execs)
     }

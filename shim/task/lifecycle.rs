@@ -143,7 +143,7 @@ impl Inner {
             cgroup: Mutex::default(),
             oom: Mutex::default(),
             gate: tokio::sync::watch::channel(false).0,
-            restore: Mutex::new(if r.checkpoint.is_empty() {
+            restore: tokio::sync::Mutex::new(if r.checkpoint.is_empty() {
                 Restore::None
             } else {
                 Restore::Pending(RestoreFrom {
@@ -166,7 +166,7 @@ impl Inner {
             }
             return Err(e);
         }
-        if *lock(&c.restore) != Restore::None {
+        if !r.checkpoint.is_empty() {
             // Nothing runs until Start; the task is created with no process (pid 0).
             self.register_init(&c, 0, &r.checkpoint).await;
             log::info!("created task {} from checkpoint {}", c.id, r.checkpoint);
@@ -261,6 +261,7 @@ impl Inner {
                     work: Some(work.clone()),
                     ..from.clone()
                 };
+                crate::failpoint::hit(crate::failpoint::TASK_START_RESTORE).await;
                 let ran = c.runc.restore(&c.id, &c.bundle, launch, &from).await;
                 let ran = match ran {
                     Err(e) => {
@@ -434,14 +435,16 @@ impl Inner {
         exec_id: &str,
     ) -> Result<u32> {
         if exec_id.is_empty() {
-            let res = match c.begin_restore()? {
+            let mut restore = c.restore.lock().await;
+            let res = match restore.begin(id)? {
                 Some(from) => {
                     let res = self.restore_init(c, &from).await.map(drop);
-                    c.end_restore(res.is_ok());
+                    restore.end(res.is_ok());
                     res
                 }
                 None => c.runc.start(id, &c.bundle).await,
             };
+            drop(restore);
             if res.is_ok() && p.transition(State::Running) {
                 self.events.start_(id, p.pid());
             }
@@ -495,6 +498,11 @@ impl Inner {
     ) -> Result<DeleteResponse> {
         let c = self.container(id)?;
         let p = c.process(exec_id)?;
+        // A task created from a checkpoint and never restored has no process (runc's
+        // delete below finds nothing, or what a failed restore left). A Delete that comes
+        // while a Start restores the task waits for that restore's end, and then finds the
+        // task running, or never restored.
+        let never_restored = exec_id.is_empty() && c.restore.lock().await.abandon();
         if matches!(p.state(), State::Running | State::Paused) {
             return Err(Error::FailedPrecondition(format!(
                 "{} is still running; kill it before deleting",
@@ -514,9 +522,6 @@ impl Inner {
             }
             return Ok(resp);
         }
-        // A task created from a checkpoint and never restored has no process (runc's
-        // delete below finds nothing, or what a failed restore left).
-        let never_restored = c.abandon_restore()?;
         if p.mark_deleted() {
             return Err(Error::NotFound(format!("task {id} is being deleted")));
         }
