@@ -19,6 +19,9 @@ pub const START_SANDBOX_SPAWNED: &str = "start-sandbox:spawned";
 pub const START_SANDBOX_AFTER_PAUSE: &str = "start-sandbox:after-pause";
 pub const TASK_CREATE_BEFORE_RUNC: &str = "task-create:before-runc";
 pub const TASK_CREATE_AFTER_RUNC: &str = "task-create:after-runc";
+/// ShutdownSandbox, holding its sandbox's lock (`sleep` only): what comes for the same
+/// sandbox meanwhile waits behind it.
+pub const SHUTDOWN_SANDBOX_LOCKED: &str = "shutdown-sandbox:locked";
 /// Task.Start of a task created from a checkpoint: CRIU's work directory (`criu-work` in
 /// the bundle, when containerd names none) exists, and `runc restore` has not run.
 pub const TASK_START_RESTORE: &str = "task-start:restore";

@@ -847,3 +847,54 @@ async fn a_delete_during_a_restore_waits_for_its_end_and_the_server_exits_after(
     shutdown(&sb, &shim).await;
     eventually("the server has exited", || shim.servers().is_empty()).await;
 }
+
+/// Two ShutdownSandbox of one pod at once (a retry while the first still runs), with a
+/// task of the pod left: both are answered, the second, which waited behind the first,
+/// as the sandbox gone (NOT_FOUND), and the server serves the task on, then exits once the
+/// task is deleted. The pod is counted out of the server's lifetime once, not twice.
+#[tokio::test]
+async fn concurrent_shutdowns_of_a_pod_count_it_out_once() {
+    let armed = format!("{}=sleep:1000", cove::failpoint::SHUTDOWN_SANDBOX_LOCKED);
+    let shim = Shim::start_with("twoshutdowns", &[("COVE_FAILPOINT", armed.as_str())]);
+    let (sb, task, _) = shim.clients().await;
+    start_pod(&sb, &shim).await;
+    let rootfs = rootfs(&shim.dir);
+    let b = bundle(&shim.dir, "left", &["sleep", "1000"], None);
+    task.create(ctx(), &create_task("left", &b, &rootfs))
+        .await
+        .unwrap();
+    start_task(&task, "left").await;
+
+    let mut sd = ShutdownSandboxRequest::new();
+    sd.sandbox_id = shim.id.clone();
+    // On two connections, as a retry comes on a new one.
+    let (sb2, _, _) = shim.clients().await;
+    let (a, b2) = tokio::join!(
+        sb.shutdown_sandbox(ctx(), &sd),
+        sb2.shutdown_sandbox(ctx(), &sd)
+    );
+    let codes: Vec<Code> = [a, b2]
+        .into_iter()
+        .map(|r| match r {
+            Ok(_) => Code::OK,
+            Err(ttrpc::Error::RpcStatus(s)) => s.code(),
+            Err(e) => panic!("ShutdownSandbox: {e:?}"),
+        })
+        .collect();
+    assert!(
+        codes.contains(&Code::OK) && codes.contains(&Code::NOT_FOUND),
+        "one shut the pod down, the other found it gone: {codes:?}"
+    );
+    let mut st = StateRequest::new();
+    st.id = "left".into();
+    let state = task
+        .state(ctx(), &st)
+        .await
+        .expect("the task is still served");
+    assert_eq!(state.status.value(), Status::RUNNING as i32);
+    kill_and_wait(&task, "left", false).await;
+    task.delete(ctx(), &delete_req("left")).await.unwrap();
+    assert!(!mounted(&b.join("rootfs")), "the rootfs is unmounted");
+    eventually("the server has exited", || shim.servers().is_empty()).await;
+    assert!(!shim.socket().exists(), "the server's socket is removed");
+}

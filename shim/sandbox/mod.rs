@@ -183,6 +183,21 @@ impl Manager {
         }
     }
 
+    /// The lock on what sandbox `sb` made on the host, once it is free, while `sb` is still
+    /// this manager's: a request that waited on it behind a ShutdownSandbox of the same
+    /// sandbox finds it gone (NOT_FOUND), as a later request would, and neither remakes
+    /// what the shutdown removed nor counts the sandbox out of the server's lifetime twice.
+    async fn lock_host<'a>(
+        &self,
+        sb: &'a Sandbox,
+    ) -> Result<tokio::sync::MutexGuard<'a, Leftovers>> {
+        let host = sb.host.lock().await;
+        match self.get(&sb.id) {
+            Ok(current) if std::ptr::eq(&*current, sb) => Ok(host),
+            _ => Err(Error::NotFound(format!("sandbox {} not found", sb.id))),
+        }
+    }
+
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
         lock(&self.sandboxes)
             .get(id)
@@ -288,7 +303,7 @@ impl Manager {
     /// Creates the pod cgroup, pod files and the pause process. Returns (pid, start time).
     pub async fn start(&self, id: &str) -> Result<(u32, SystemTime)> {
         let sb = self.get(id)?;
-        let mut host = sb.host.lock().await;
+        let mut host = self.lock_host(&sb).await?;
         sb.phase().check_start(id)?;
         let born = std::time::Instant::now();
         let result = self.start_locked(&sb, &mut host).await;
@@ -471,7 +486,7 @@ impl Manager {
     /// SIGTERM to the pause process, SIGKILL after `grace`; returns once it is gone.
     pub async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<()> {
         let sb = self.get(id)?;
-        let _host = sb.host.lock().await;
+        let _host = self.lock_host(&sb).await?;
         self.stop_locked(&sb, grace.unwrap_or(DEFAULT_STOP_GRACE))
             .await
     }
@@ -583,7 +598,15 @@ impl Manager {
                 return Err(e);
             }
         };
-        let mut host = sb.host.lock().await;
+        let mut host = match self.lock_host(&sb).await {
+            Ok(host) => host,
+            Err(e) => {
+                // Shut down by a ShutdownSandbox this one waited behind.
+                self.lifetime.asked();
+                return Err(e);
+            }
+        };
+        crate::failpoint::hit(crate::failpoint::SHUTDOWN_SANDBOX_LOCKED).await;
         self.stop_locked(&sb, Duration::ZERO).await?;
         crate::cgroups::systemd::stop_units(&host.units, &self.layout).await?;
         host.clean_async().await?;
