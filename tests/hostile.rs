@@ -13,8 +13,8 @@ use common::{
     alive, cgroup_exists, eventually, inheritable_fds, Backoff, EVENTUALLY, POLL_FIRST, POLL_MAX,
 };
 use containerd_shim_protos::api::{
-    CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, StartRequest, StateRequest,
-    Status, WaitRequest,
+    CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, PauseRequest, StartRequest,
+    StateRequest, Status, WaitRequest,
 };
 use containerd_shim_protos::sandbox_api::*;
 use containerd_shim_protos::sandbox_async::SandboxClient;
@@ -848,32 +848,43 @@ async fn a_delete_during_a_restore_waits_for_its_end_and_the_server_exits_after(
     eventually("the server has exited", || shim.servers().is_empty()).await;
 }
 
-/// Two ShutdownSandbox of one pod at once (a retry while the first still runs), with a
-/// task of the pod left: both are answered, the second, which waited behind the first,
-/// as the sandbox gone (NOT_FOUND), and the server serves the task on, then exits once the
-/// task is deleted. The pod is counted out of the server's lifetime once, not twice.
+/// A pod shut down with tasks still in it (a delete that failed, or was never sent) takes
+/// them along: their processes killed (a paused one thawed first), their rootfs unmounted,
+/// runc's state removed, the tasks gone; and the server exits, as after any pod. Two
+/// ShutdownSandbox at once (a retry while the first still runs) are both answered, the
+/// second, which waited behind the first, as the sandbox gone (NOT_FOUND): the pod is
+/// shut down and counted out of the server's lifetime once.
 #[tokio::test]
-async fn concurrent_shutdowns_of_a_pod_count_it_out_once() {
+async fn a_pod_shut_down_twice_at_once_with_tasks_left_takes_them_along() {
     let armed = format!("{}=sleep:1000", cove::failpoint::SHUTDOWN_SANDBOX_LOCKED);
-    let shim = Shim::start_with("twoshutdowns", &[("COVE_FAILPOINT", armed.as_str())]);
+    let shim = Shim::start_with("tasksleft", &[("COVE_FAILPOINT", armed.as_str())]);
     let (sb, task, _) = shim.clients().await;
     start_pod(&sb, &shim).await;
     let rootfs = rootfs(&shim.dir);
-    let b = bundle(&shim.dir, "left", &["sleep", "1000"], None);
-    task.create(ctx(), &create_task("left", &b, &rootfs))
-        .await
-        .unwrap();
-    start_task(&task, "left").await;
+    let mut left = Vec::new();
+    for id in ["running", "paused"] {
+        let b = bundle(&shim.dir, id, &["sleep", "1000"], None);
+        let pid = task
+            .create(ctx(), &create_task(id, &b, &rootfs))
+            .await
+            .unwrap()
+            .pid;
+        start_task(&task, id).await;
+        left.push((id, b, pid));
+    }
+    let mut p = PauseRequest::new();
+    p.id = "paused".into();
+    task.pause(ctx(), &p).await.unwrap();
 
     let mut sd = ShutdownSandboxRequest::new();
     sd.sandbox_id = shim.id.clone();
     // On two connections, as a retry comes on a new one.
     let (sb2, _, _) = shim.clients().await;
-    let (a, b2) = tokio::join!(
+    let (a, b) = tokio::join!(
         sb.shutdown_sandbox(ctx(), &sd),
         sb2.shutdown_sandbox(ctx(), &sd)
     );
-    let codes: Vec<Code> = [a, b2]
+    let codes: Vec<Code> = [a, b]
         .into_iter()
         .map(|r| match r {
             Ok(_) => Code::OK,
@@ -885,16 +896,13 @@ async fn concurrent_shutdowns_of_a_pod_count_it_out_once() {
         codes.contains(&Code::OK) && codes.contains(&Code::NOT_FOUND),
         "one shut the pod down, the other found it gone: {codes:?}"
     );
-    let mut st = StateRequest::new();
-    st.id = "left".into();
-    let state = task
-        .state(ctx(), &st)
-        .await
-        .expect("the task is still served");
-    assert_eq!(state.status.value(), Status::RUNNING as i32);
-    kill_and_wait(&task, "left", false).await;
-    task.delete(ctx(), &delete_req("left")).await.unwrap();
-    assert!(!mounted(&b.join("rootfs")), "the rootfs is unmounted");
+    for (id, b, pid) in &left {
+        assert!(!alive(*pid), "{id}: its process is killed");
+        assert!(!mounted(&b.join("rootfs")), "{id}: its rootfs is unmounted");
+        assert!(!runc_state(id).exists(), "{id}: runc keeps no container");
+        assert!(!b.join("cove-task.json").exists(), "{id}: no task record");
+        assert!(!cgroup_exists(Path::new(&format!("/cove-test/{id}"))));
+    }
     eventually("the server has exited", || shim.servers().is_empty()).await;
     assert!(!shim.socket().exists(), "the server's socket is removed");
 }

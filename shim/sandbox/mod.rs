@@ -158,7 +158,18 @@ pub struct Manager {
     reaper: Reaper,
     layout: Layout,
     lifetime: Arc<Lifetime>,
+    /// Ends the container tasks left in a sandbox (by its bundle) that is being shut down:
+    /// the task service's, set once it exists.
+    end_tasks: std::sync::OnceLock<EndTasks>,
 }
+
+/// The task service's end of the tasks left in a sandbox being shut down, by the
+/// sandbox's bundle: they are killed and deleted.
+pub type EndTasks = Box<
+    dyn Fn(PathBuf) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl Manager {
     pub fn new(
@@ -173,7 +184,13 @@ impl Manager {
             reaper,
             layout,
             lifetime,
+            end_tasks: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets how the tasks left in a sandbox being shut down are ended (once).
+    pub fn on_shutdown_end_tasks(&self, end: EndTasks) {
+        let _ = self.end_tasks.set(end);
     }
 
     /// A shim serving plain tasks (no sandbox) lets its pause helper go.
@@ -607,6 +624,13 @@ impl Manager {
             }
         };
         crate::failpoint::hit(crate::failpoint::SHUTDOWN_SANDBOX_LOCKED).await;
+        // CRI removes a pod's containers before the pod; a task still here is one that
+        // containerd no longer tracks (its delete failed, or was never sent), and would
+        // keep this server, and its processes, after the pod is gone. It goes with the
+        // sandbox, as `delete` takes a dead shim's sandbox's containers with it.
+        if let Some(end) = self.end_tasks.get() {
+            end(sb.bundle.clone()).await;
+        }
         self.stop_locked(&sb, Duration::ZERO).await?;
         crate::cgroups::systemd::stop_units(&host.units, &self.layout).await?;
         host.clean_async().await?;

@@ -3,7 +3,7 @@
 //! checkpoint runs nothing at Create: its Start runs `runc restore`, as containerd's runc
 //! shim does (a restored process runs at once; a created task must not).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use containerd_shim_protos::api::*;
@@ -20,6 +20,11 @@ use crate::error::{Error, IoContext, Result};
 use crate::lock::lock;
 use crate::protos::runc::Options;
 use crate::reaper::{wait_exit, Exit};
+
+/// How long a task left in a sandbox being shut down gets to exit after SIGKILL (a process
+/// in an uninterruptible sleep, on a hung mount, can take longer) before it is deleted
+/// regardless, as a Delete with its process's exit unseen is.
+const LEFT_TASK_EXIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How runc makes a task's init.
 enum InitRun<'a> {
@@ -489,6 +494,46 @@ impl Inner {
         self.events.exec_started(id, exec_id, pid);
         tokio::spawn(self.clone().on_exec_exit(c.clone(), p.clone(), exit));
         Ok(pid)
+    }
+
+    /// Kills and deletes the tasks left in the sandbox whose bundle is `sandbox`, as it is
+    /// shut down (`sandbox::Manager::shutdown` says why). Each is deleted as Task.Delete
+    /// deletes it, its exit and delete published; what fails is logged.
+    pub(super) async fn end_tasks_of(self: &Arc<Self>, sandbox: &Path) {
+        let left: Vec<Arc<Container>> = lock(&self.containers)
+            .values()
+            .filter(|c| c.index.as_ref().is_some_and(|i| i.starts_with(sandbox)))
+            .cloned()
+            .collect();
+        for c in left {
+            log::warn!(
+                "task {} is left in its sandbox as the sandbox is shut down: killing and deleting it",
+                c.id
+            );
+            if c.init.state() == State::Paused {
+                // A frozen process dies only once it is thawed (cgroup v1's freezer).
+                if let Err(e) = c.runc.resume(&c.id, &c.bundle).await {
+                    log::warn!("resume task {} to kill it: {e}", c.id);
+                }
+            }
+            if matches!(c.init.state(), State::Running | State::Paused) {
+                if let Err(e) = self.kill_all(&c, libc::SIGKILL).await {
+                    log::warn!("kill task {}: {e}", c.id);
+                }
+                if tokio::time::timeout(LEFT_TASK_EXIT, c.init.wait())
+                    .await
+                    .is_err()
+                {
+                    log::warn!(
+                        "task {} has not exited {LEFT_TASK_EXIT:?} after SIGKILL",
+                        c.id
+                    );
+                }
+            }
+            if let Err(e) = self.delete(&c.id, "").await {
+                log::warn!("delete task {} of a sandbox shut down: {e}", c.id);
+            }
+        }
     }
 
     pub(super) async fn delete(

@@ -84,19 +84,27 @@ impl TaskService {
         layout: Layout,
         namespace: &str,
     ) -> Self {
-        TaskService {
-            inner: Arc::new(Inner {
-                manager,
-                lifetime,
-                reaper,
-                layout,
-                namespace: namespace.to_owned(),
-                events: Events::start(namespace.to_owned()),
-                containers: Mutex::default(),
-                creating: Mutex::default(),
-                oom_ledgers: oom::Ledgers::default(),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            manager: manager.clone(),
+            lifetime,
+            reaper,
+            layout,
+            namespace: namespace.to_owned(),
+            events: Events::start(namespace.to_owned()),
+            containers: Mutex::default(),
+            creating: Mutex::default(),
+            oom_ledgers: oom::Ledgers::default(),
+        });
+        let tasks = Arc::downgrade(&inner);
+        manager.on_shutdown_end_tasks(Box::new(move |sandbox| {
+            let tasks = tasks.clone();
+            Box::pin(async move {
+                if let Some(inner) = tasks.upgrade() {
+                    inner.end_tasks_of(&sandbox).await;
+                }
+            })
+        }));
+        TaskService { inner }
     }
 }
 
