@@ -577,9 +577,16 @@ impl Inner {
                 at: std::time::SystemTime::now(),
             });
         }
-        // A container whose processes are all gone needs no runc run to be deleted.
-        let removed =
-            !never_restored && c.plain_delete && p.exit().is_some() && c.runc.remove_stopped(id);
+        // A container whose processes are all gone needs no runc run to be deleted; nor
+        // does a task never restored when runc keeps nothing of it (a failed restore's
+        // state is removed as it fails). That Delete is containerd's cleanup of a failed
+        // create, which it bounds: a needless `runc delete` was most of its ~1 s under
+        // emulation.
+        let removed = if never_restored {
+            !c.runc.has_state(id)
+        } else {
+            c.plain_delete && p.exit().is_some() && c.runc.remove_stopped(id)
+        };
         if !removed {
             if let Err(e) = c.runc.delete(id, &c.bundle, true).await {
                 if !matches!(e, Error::NotFound(_)) {

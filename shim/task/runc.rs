@@ -174,6 +174,11 @@ impl Runc {
             .map(drop)
     }
 
+    /// Whether runc keeps state for container `id` (its state directory exists).
+    pub fn has_state(&self, id: &str) -> bool {
+        self.root.join(id).exists()
+    }
+
     /// Deletes a stopped container as `runc delete` does for one with no poststop hooks
     /// under the cgroupfs driver: its cgroups (from runc's `state.json`), then its state
     /// directory, without the cost of running runc. Returns false, having removed at most
