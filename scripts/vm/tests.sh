@@ -37,7 +37,7 @@ docker:docker_cgroup_behaviour_is_the_same_on_cove_as_on_runc
 # driver, because it names cgroupfs paths (`/cove-test/...`, ctr's `/default/...`) in
 # either leg: plain `ctr` tasks (pause, metrics, exec, a crashed shim, an OOM kill whose
 # scope is removed first), the crash-at-any-step, hostile-request and retried-delete leak
-# checks, and the shim-alone lifecycle and crashed-shim delete. The systemd leg would run
+# checks, a pod shut down with a running and a paused (frozen) task left, and the shim-alone lifecycle and crashed-shim delete. The systemd leg would run
 # them on the same paths again. And checkpoint and restore (CRIU runs in the guest's
 # kernel, not on every host): through ctr (and the checkpoints refused), and CRI's
 # checkpoint and restore of a pod's container, here only for their cost under emulation
@@ -52,6 +52,7 @@ checkpoint:checkpoints_of_paused_exec_and_terminal_tasks_end_as_on_runc
 hostile:delete_after_a_crash_at_any_step_leaves_nothing
 hostile:hostile_requests_get_a_status_and_leak_nothing
 hostile:a_failed_delete_can_be_retried
+hostile:a_pod_shut_down_twice_at_once_with_tasks_left_takes_them_along
 ttrpc_sandbox:full_lifecycle_with_pod_files_waiters_update_and_shutdown
 ttrpc_sandbox:delete_cleans_up_after_a_crashed_shim
 '
