@@ -58,11 +58,12 @@ pub struct Container {
     /// Opens once Start (or Kill, or Delete) has run, so that an init's exit is never
     /// published before its start.
     pub gate: watch::Sender<bool>,
-    /// Where a task created from a checkpoint is in its restore. Held by the Start that
-    /// restores it until the restore has ended, so that a Delete (or a second Start) that
-    /// comes meanwhile waits for that end, as on containerd's runc shim: a Delete refused
-    /// then would leave the task, and its server, for good when it was containerd's
-    /// cleanup of that very Start (a caller that gave up on it).
+    /// Where a task created from a checkpoint is in its restore. Held by the init's Start
+    /// (`runc start`, or the restore) until it has ended, so that a Delete that comes
+    /// meanwhile waits for that end, as Delete waits behind Start on the process's mutex
+    /// in containerd's runc shim: a Delete refused then would leave the task, and its
+    /// server, for good when it was containerd's cleanup of that very Start (a caller
+    /// that gave up on it).
     pub restore: tokio::sync::Mutex<Restore>,
 }
 

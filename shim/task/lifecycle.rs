@@ -23,7 +23,7 @@ use crate::reaper::{wait_exit, Exit};
 
 /// How long a task left in a sandbox being shut down gets to exit after SIGKILL (a process
 /// in an uninterruptible sleep, on a hung mount, can take longer) before it is deleted
-/// regardless, as a Delete with its process's exit unseen is.
+/// regardless.
 const LEFT_TASK_EXIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How runc makes a task's init.
@@ -497,7 +497,8 @@ impl Inner {
     }
 
     /// Kills and deletes the tasks left in the sandbox whose bundle is `sandbox`, as it is
-    /// shut down (`sandbox::Manager::shutdown` says why). Each is deleted as Task.Delete
+    /// shut down (`sandbox::Manager::shutdown` says why), each in a task of its own so
+    /// that one slow to go does not hold up the others. Each is deleted as Task.Delete
     /// deletes it, its exit and delete published; what fails is logged.
     pub(super) async fn end_tasks_of(self: &Arc<Self>, sandbox: &Path) {
         let left: Vec<Arc<Container>> = lock(&self.containers)
@@ -505,34 +506,57 @@ impl Inner {
             .filter(|c| c.index.as_ref().is_some_and(|i| i.starts_with(sandbox)))
             .cloned()
             .collect();
-        for c in left {
-            log::warn!(
-                "task {} is left in its sandbox as the sandbox is shut down: killing and deleting it",
-                c.id
-            );
-            if c.init.state() == State::Paused {
-                // A frozen process dies only once it is thawed (cgroup v1's freezer).
-                if let Err(e) = c.runc.resume(&c.id, &c.bundle).await {
-                    log::warn!("resume task {} to kill it: {e}", c.id);
-                }
+        let ending: Vec<_> = left
+            .into_iter()
+            .map(|c| tokio::spawn(self.clone().end_task(c)))
+            .collect();
+        for e in ending {
+            let _ = e.await;
+        }
+    }
+
+    async fn end_task(self: Arc<Self>, c: Arc<Container>) {
+        log::warn!(
+            "task {} is left in its sandbox as the sandbox is shut down: killing and deleting it",
+            c.id
+        );
+        // A Start still running (its caller gave up) holds the restore lock until the
+        // task is running or has failed to start: judged after it.
+        drop(c.restore.lock().await);
+        if c.init.state() == State::Paused {
+            // A frozen process dies only once it is thawed (cgroup v1's freezer).
+            if let Err(e) = c.runc.resume(&c.id, &c.bundle).await {
+                log::warn!("resume task {} to kill it: {e}", c.id);
             }
-            if matches!(c.init.state(), State::Running | State::Paused) {
-                if let Err(e) = self.kill_all(&c, libc::SIGKILL).await {
-                    log::warn!("kill task {}: {e}", c.id);
-                }
-                if tokio::time::timeout(LEFT_TASK_EXIT, c.init.wait())
-                    .await
-                    .is_err()
-                {
-                    log::warn!(
-                        "task {} has not exited {LEFT_TASK_EXIT:?} after SIGKILL",
-                        c.id
-                    );
-                }
+        }
+        if matches!(c.init.state(), State::Running | State::Paused) {
+            if let Err(e) = self.kill_all(&c, libc::SIGKILL).await {
+                log::warn!("kill task {}: {e}", c.id);
             }
-            if let Err(e) = self.delete(&c.id, "").await {
-                log::warn!("delete task {} of a sandbox shut down: {e}", c.id);
+            if tokio::time::timeout(LEFT_TASK_EXIT, c.init.wait())
+                .await
+                .is_err()
+            {
+                // Deleted regardless (`runc delete --force` kills what is left of it), as
+                // the one-shot `delete` does: nobody else will delete it, and it would
+                // keep the server after its pod. Its exit, if the reaper sees it later,
+                // is not published once it is deleted.
+                log::warn!(
+                    "task {} has not exited {LEFT_TASK_EXIT:?} after SIGKILL; deleting it regardless",
+                    c.id
+                );
+                c.init.set_stopped(Exit {
+                    status: 128 + libc::SIGKILL as u32,
+                    at: std::time::SystemTime::now(),
+                });
             }
+        }
+        // Not a task made since under the same id.
+        if !self.container(&c.id).is_ok_and(|now| Arc::ptr_eq(&now, &c)) {
+            return;
+        }
+        if let Err(e) = self.delete(&c.id, "").await {
+            log::warn!("delete task {} of a sandbox shut down: {e}", c.id);
         }
     }
 
