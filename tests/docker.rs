@@ -376,13 +376,33 @@ fn exercise_cgroups(mut s: Script) -> CgroupSeen {
     let kill = d.inspect(&counter, "{{.State.ExitCode}}");
 
     let sleeper = s.run_d("sleeper", &["-m", "32m"], "exec sleep 1000");
-    let st = d.ok(&[
+    // The CLI gives dockerd 2 s to deliver the first sample, and then fails with "timeout
+    // waiting for stats" (on either runtime); under emulation beside other work that is
+    // not always enough. A user runs it again, and so does the script.
+    let stats_args = [
         "stats",
         "--no-stream",
         "--format",
         "{{.PIDs}}|{{.MemUsage}}",
         &sleeper,
-    ]);
+    ];
+    let mut st = String::new();
+    let mut last = String::new();
+    let answered = poll_within(EVENTUALLY, || {
+        let (code, out, err) = d.docker(&stats_args);
+        if code == 0 {
+            st = out.trim().to_string();
+            return true;
+        }
+        assert!(
+            err.contains("timeout waiting for stats"),
+            "docker {stats_args:?}: {err}\n{}",
+            d.log_tail()
+        );
+        last = err;
+        false
+    });
+    assert!(answered, "docker {stats_args:?}: {last}");
     let mut f = st.split('|');
     let pids = f.next().unwrap_or_default().to_string();
     let mem = f.next().unwrap_or_default();
