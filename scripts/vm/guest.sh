@@ -8,6 +8,9 @@
 #   OUT      a directory shared read-write with the host: the log and exit code go there
 set -u
 driver=$1 checkout=$2 out=$3 only=${4:-all()}
+# COVE_VM_KEEP on the host: passing tests keep their containerd logs too (finish copies
+# them home).
+[ -f "$out/keep" ] && export COVE_TEST_KEEP_LOGS=1
 
 # The guest's root is the host's, read-only. The tests write to /tmp (containerd's root
 # and state: overlayfs needs a real upper filesystem, not an overlay of 9p): an ext4

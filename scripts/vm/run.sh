@@ -7,6 +7,8 @@
 # Usage: run.sh [LEG...]; COVE_VM_TESTS=<filter> runs only the tests nextest's -E selects;
 # COVE_VM_CONTAINERD=<version> runs them against that containerd build from CONTAINERD_DIR
 # (default ../shared/containerd) and the runc it pins, instead of the host's containerd.
+# COVE_VM_KEEP=1 keeps every test's containerd log (passing tests too) and the guests'
+# directory, to read what a test that passed did.
 set -eu
 cd "$(dirname "$0")/../.."
 checkout=$(pwd)
@@ -28,6 +30,7 @@ failed=""
 for leg in $legs; do
     out="$work/$leg"
     mkdir -p "$out"
+    [ "${COVE_VM_KEEP:-}" = 1 ] && : > "$out/keep"
     guest="$checkout/scripts/vm/guest.sh $leg $checkout $out${COVE_VM_TESTS:+ '$COVE_VM_TESTS'}"
     cp "$work/binaries.json" "$work/cargo-metadata.json" "$out/"
     # The runc the host's containerd pins (the guest runs the host's containerd), copied
@@ -95,5 +98,9 @@ if [ -n "$failed" ]; then
     echo "test-vm: FAILED:$failed (guest logs kept in $work)" >&2
     exit 1
 fi
-rm -rf "$work"
+if [ "${COVE_VM_KEEP:-}" = 1 ]; then
+    echo "test-vm: guest logs kept in $work (COVE_VM_KEEP)"
+else
+    rm -rf "$work"
+fi
 echo "test-vm: every leg passed: $legs"
