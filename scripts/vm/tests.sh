@@ -37,8 +37,9 @@ docker:docker_cgroup_behaviour_is_the_same_on_cove_as_on_runc
 # driver, because it names cgroupfs paths (`/cove-test/...`, ctr's `/default/...`) in
 # either leg: plain `ctr` tasks (pause, metrics, exec, a crashed shim, an OOM kill whose
 # scope is removed first), the crash-at-any-step, hostile-request and retried-delete leak
-# checks, a pod shut down with a running and a paused (frozen) task left, and the shim-alone lifecycle and crashed-shim delete. The systemd leg would run
-# them on the same paths again. And checkpoint and restore (CRIU runs in the guest's
+# checks, a pod shut down with a running and a paused (frozen) task left, and the
+# shim-alone lifecycle and crashed-shim delete. The systemd leg would run them on the same
+# paths again. And checkpoint and restore (CRIU runs in the guest's
 # kernel, not on every host): through ctr (and the checkpoints refused), and CRI's
 # checkpoint and restore of a pod's container, here only for their cost under emulation
 # (the systemd driver's part in them is runc's; Docker's restore runs it, below).
