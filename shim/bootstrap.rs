@@ -5,8 +5,10 @@
 //! `start` binds the shim socket itself and hands the listening descriptor to the server it
 //! spawns, then waits on a readiness pipe: when it prints the reply the server is accepting,
 //! and a server that fails to come up is reported as a `start` error instead of a socket
-//! that never answers. The server is spawned with stdio on /dev/null in its own process
-//! group, so containerd's `CombinedOutput` never waits on a pipe the server holds.
+//! that never answers. The bundle's `address` is written while the server comes up, and a
+//! server whose address cannot be written is killed too. The server is spawned with stdio
+//! on /dev/null in its own process group, so containerd's `CombinedOutput` never waits on a
+//! pipe the server holds.
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -113,11 +115,25 @@ pub fn start(flags: &Flags) -> Result<()> {
     let group = sandbox_of_bundle().unwrap_or_else(|| flags.id.clone());
     let address = opts.socket_address(&group);
     let path = socket_path(&address);
-    if UnixStream::connect(path).is_err() {
-        spawn_server(flags, &address, ttrpc_address.as_deref())?;
+    let spawned = match UnixStream::connect(path) {
+        Ok(_) => None,
+        Err(_) => Some(spawn_server(flags, &address, ttrpc_address.as_deref())?),
+    };
+    // Written while a new server comes up, and removed if it does not.
+    let written = std::fs::write(ADDRESS_FILE, &address)
+        .context(|| format!("write {ADDRESS_FILE} in the bundle"));
+    if let Some(server) = spawned {
+        let up = server.wait_ready(&flags.id);
+        if up.is_err() || written.is_err() {
+            // Nobody would ever ask a server whose address containerd never got to exit.
+            if up.is_ok() {
+                server.kill();
+            }
+            let _ = std::fs::remove_file(ADDRESS_FILE);
+            up?;
+        }
     }
-    std::fs::write(ADDRESS_FILE, &address)
-        .context(|| format!("write {ADDRESS_FILE} in the bundle"))?;
+    written?;
     let reply = encode_reply(&address, &protocol)?;
     let mut out = std::io::stdout().lock();
     out.write_all(&reply)
@@ -137,7 +153,14 @@ fn sandbox_of_bundle() -> Option<String> {
     Some(id.to_owned())
 }
 
-fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Result<()> {
+/// A server just forked, not yet known to serve.
+struct Spawned {
+    child: nix::unistd::Pid,
+    ready: std::fs::File,
+    socket: PathBuf,
+}
+
+fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Result<Spawned> {
     let path = Path::new(socket_path(address));
     let listener = bind_socket(path)?;
     let (ready_rd, ready_wr) =
@@ -156,21 +179,36 @@ fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Re
     // before the daemon. Raising needs no privilege; a failure here is /proc's, and the
     // server then keeps containerd's score.
     let _ = crate::oom_score::adjust_shim(child.as_raw() as u32);
-    drop(ready_wr);
-    drop(listener);
-    let mut ready = std::fs::File::from(ready_rd);
-    let buf = read_until_eof_within(&mut ready, SERVER_READY_TIMEOUT);
-    if buf.as_slice() == b"ok" {
-        return Ok(());
+    Ok(Spawned {
+        child,
+        ready: std::fs::File::from(ready_rd),
+        socket: path.to_path_buf(),
+    })
+}
+
+impl Spawned {
+    /// Waits (bounded) for the server to say it serves; a server that says anything else,
+    /// or nothing, is killed and its socket removed.
+    fn wait_ready(&self, id: &str) -> Result<()> {
+        let mut ready = &self.ready;
+        let buf = read_ready_within(&mut ready, SERVER_READY_TIMEOUT);
+        if buf.as_slice() == READY {
+            return Ok(());
+        }
+        let status = self.kill();
+        Err(Error::Internal(format!(
+            "shim server for {id} did not come up ({}; exit {status:?}); see the shim log",
+            String::from_utf8_lossy(&buf)
+        )))
     }
-    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-    let status = nix::sys::wait::waitpid(child, None).ok();
-    let _ = std::fs::remove_file(path);
-    Err(Error::Internal(format!(
-        "shim server for {} did not come up ({}; exit {status:?}); see the shim log",
-        flags.id,
-        String::from_utf8_lossy(&buf)
-    )))
+
+    /// Kills and reaps the server, and removes its socket.
+    fn kill(&self) -> Option<nix::sys::wait::WaitStatus> {
+        let _ = nix::sys::signal::kill(self.child, nix::sys::signal::Signal::SIGKILL);
+        let status = nix::sys::wait::waitpid(self.child, None).ok();
+        let _ = std::fs::remove_file(&self.socket);
+        status
+    }
 }
 
 /// The forked server: its own process group, stdio on /dev/null (containerd reads
@@ -237,8 +275,16 @@ fn detach_for_server(ttrpc_address: Option<&str>) -> Result<()> {
 /// containerd's `start` (and a server nobody will ever ask to exit) hanging.
 const SERVER_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// What `r` gives until its writers close it, or until `limit` has passed.
-fn read_until_eof_within(r: &mut std::fs::File, limit: std::time::Duration) -> Vec<u8> {
+/// What the server writes on the readiness pipe once it serves, in one write(2); a server
+/// that cannot serve writes why instead, and exits.
+pub(crate) const READY: &[u8] = b"ok";
+
+/// What `r` gives until it has given [`READY`], its writers close it, or `limit` has
+/// passed. [`READY`] is taken as soon as it comes: the pipe's write end is also held, until
+/// its exec, by the pause helper the server forked, and `start` need not wait for that. A
+/// write of less than PIPE_BUF bytes reaches the reader whole, so a server's error is never
+/// read as [`READY`].
+fn read_ready_within(r: &mut &std::fs::File, limit: std::time::Duration) -> Vec<u8> {
     use std::os::fd::AsFd;
     let deadline = std::time::Instant::now() + limit;
     let mut buf = Vec::new();
@@ -263,6 +309,7 @@ fn read_until_eof_within(r: &mut std::fs::File, limit: std::time::Duration) -> V
         }
         match r.read(&mut chunk) {
             Ok(0) => return buf,
+            Ok(n) if buf.is_empty() && &chunk[..n] == READY => return chunk[..n].to_vec(),
             Ok(n) if buf.len() < 4096 => buf.extend_from_slice(&chunk[..n]),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -104,7 +104,7 @@ async fn run_server(
         .start()
         .await
         .map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
-    let _ = std::fs::File::from(ready).write_all(b"ok");
+    let _ = std::fs::File::from(ready).write_all(crate::bootstrap::READY);
     log::info!(
         "cove {} serving {} on {}",
         env!("CARGO_PKG_VERSION"),

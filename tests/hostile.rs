@@ -715,6 +715,63 @@ async fn a_start_for_the_same_id_after_shutdown_gets_a_new_server() {
     assert_eq!(shim.server_pid(), new);
 }
 
+/// `start` writes the server's address in the bundle while the server comes up. When it
+/// cannot (here a directory is in the way), `start` fails, and the server it forked goes
+/// with it: containerd never learns its address, so nothing would ever ask it to exit.
+#[tokio::test]
+async fn a_start_that_cannot_record_the_address_leaves_no_server() {
+    common::shim::require_root();
+    let id = format!("cove-t-noaddr-{}", std::process::id());
+    let bundle = std::env::temp_dir().join(&id);
+    std::fs::create_dir_all(bundle.join("address")).unwrap();
+    let opts = containerd_shim::StartOpts {
+        address: "/run/cove-test/containerd.sock".into(),
+        namespace: "cove-test".into(),
+        ..Default::default()
+    };
+    let address = opts.socket_address(&id);
+    let socket = PathBuf::from(address.trim_start_matches("unix://"));
+    let out = std::process::Command::new(common::cove_bin())
+        .args([
+            "-namespace",
+            "cove-test",
+            "-address",
+            "/run/cove-test/containerd.sock",
+        ])
+        .args(["-publish-binary", "/bin/true", "-id", &id, "start"])
+        .current_dir(&bundle)
+        .env("TTRPC_ADDRESS", "")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "start succeeded: {stderr}");
+    assert!(
+        stderr.contains("address"),
+        "the error names the address: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no reply printed");
+    assert!(!socket.exists(), "its socket {} was left", socket.display());
+    // The server is reaped before `start` returns; the pause helper it forked may still
+    // carry its command line until the helper's exec, and goes once the server is gone.
+    eventually("the server and its pause helper exit", || {
+        common::pids_with(&id).is_empty()
+    })
+    .await;
+    assert!(
+        !std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c == bundle)),
+        "a process is left in the bundle"
+    );
+    assert!(
+        bundle.join("address").is_dir(),
+        "what was in the way is left alone"
+    );
+    let _ = std::fs::remove_dir_all(&bundle);
+}
+
 /// Task.Create from a checkpoint runs nothing until Start restores it. A path that is not
 /// absolute, or a directory runc's checkpoint did not write, is refused at Create; a
 /// corrupt checkpoint (or a host where CRIU cannot run) fails that Start with the reason,
