@@ -4,7 +4,8 @@
 //! parsing and their nested futures) leave tens of kilobytes of the main thread's stack
 //! dirty. Kept, that high-water mark would stay with every pod's shim for the pod's whole
 //! life. Once requests have stopped for [`IDLE_AFTER`], the server gives the stack's pages
-//! below its idle frame back to the kernel; a later request faults in the few it uses.
+//! below its idle frame back to the kernel, and the heap's free pages (what a request
+//! allocated and freed); a later request faults in the few it uses.
 //! What runs on the main thread outside a request (the reaper, stdio copies, OOM watches)
 //! is shallow; a request ttrpc drops (its caller's deadline passed) counts when the work
 //! it started ends, or at the next request.
@@ -68,8 +69,17 @@ pub async fn give_back_when_idle() {
                 0
             }
         };
-        if released > 0 {
-            log::debug!("idle: released {} kB of stack", released / 1024);
+        let heap = crate::sys::release_free_heap();
+        if released > 0 || heap {
+            log::debug!(
+                "idle: released {} kB of stack{}",
+                released / 1024,
+                if heap {
+                    " and the heap's free pages"
+                } else {
+                    ""
+                }
+            );
         }
     }
 }
