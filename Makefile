@@ -75,7 +75,7 @@ test-matrix: deps images build
 ## target/bench/latency.svg (target/bench/runs.log: which full runs finished).
 ## Sizes: COVE_BENCH_N (serial pods and shim-alone rounds, 50), COVE_BENCH_BURST (20), COVE_BENCH_DENSITY (200),
 ## COVE_BENCH_CHURN (pods created and removed with every 10th shim killed, 200),
-## COVE_BENCH_OUTPUT (MiB a container writes to stdout, 256); COVE_BENCH_ONLY=output runs that row alone, COVE_BENCH_ONLY=shim the shim-alone rows and their floors.
+## COVE_BENCH_OUTPUT (MiB a container writes to stdout, 256); COVE_BENCH_ONLY=output runs that row alone, COVE_BENCH_ONLY=density the density rows, COVE_BENCH_ONLY=shim the shim-alone rows and their floors.
 bench: deps images build
 	$(CARGO) bench --bench pods
 

@@ -47,8 +47,9 @@
 //!
 //! Sizes come from the environment: `COVE_BENCH_N` (50), `COVE_BENCH_BURST` (20),
 //! `COVE_BENCH_DENSITY` (200), `COVE_BENCH_CHURN` (200), `COVE_BENCH_OUTPUT` (256).
-//! `COVE_BENCH_ONLY=output` runs the output row alone, `COVE_BENCH_ONLY=shim` the shim-alone
-//! rows and their floors (COVE_BENCH_N rounds each). A failed call names the phase,
+//! `COVE_BENCH_ONLY=output` runs the output row alone, `COVE_BENCH_ONLY=density` the density
+//! rows (COVE_BENCH_DENSITY pods per handler), `COVE_BENCH_ONLY=shim` the shim-alone rows
+//! and their floors (COVE_BENCH_N rounds each). A failed call names the phase,
 //! handler and pod it belonged to. The report goes to stdout, `target/bench/report.md` and
 //! `target/bench/latency.svg`. Timings are reported, never asserted; a failed CRI call or
 //! anything left behind fails the run.
@@ -124,6 +125,20 @@ async fn main() {
     let cd = Arc::new(Containerd::start_with("bench", "info", true).await);
     let output_phase =
         format!("output: {o} MiB to stdout through CRI's log, {OUTPUT_ROUNDS} rounds per handler");
+    let density_phase =
+        format!("density: {d} pods per handler, {DENSITY_PARALLEL} started at a time");
+    if only == "density" {
+        phase(&density_phase);
+        let mut den = BTreeMap::new();
+        for h in [COVE, RUNC] {
+            den.insert(h, density(&cd, h, d).await);
+        }
+        drop(cd);
+        let mut r = Report::default();
+        r.density_rows(d, &den);
+        publish_part(&out_dir, "density", "density", &r, "");
+        return;
+    }
     if only == "output" {
         phase(&output_phase);
         let out = output(&cd, o).await;
@@ -151,9 +166,7 @@ async fn main() {
         "burst: {m} pods at once, {BURST_ROUNDS} rounds per handler"
     ));
     let bur = burst(&cd, m).await;
-    phase(&format!(
-        "density: {d} pods per handler, {DENSITY_PARALLEL} started at a time"
-    ));
+    phase(&density_phase);
     let mut den = BTreeMap::new();
     for h in [COVE, RUNC] {
         den.insert(h, density(&cd, h, d).await);

@@ -155,6 +155,61 @@ impl Report {
         }
     }
 
+    /// The density rows: memory per pod at each mark, the start and the teardown of all.
+    pub fn density_rows(&mut self, d: usize, den: &BTreeMap<Handler, Density>) {
+        let (dc, du) = (&den[&COVE], &den[&RUNC]);
+        let last = dc.mem.len().saturating_sub(1);
+        for (k, (mc, mu)) in dc.mem.iter().zip(du.mem.iter()).enumerate() {
+            // At all the density pods (200 by default) ≤ 0.05; at 50 ≤ 0.2.
+            let goal = match k {
+                0 => None,
+                k if k == last => Some(0.05),
+                _ => Some(0.2),
+            };
+            let q = mc.pss_per_pod() / mu.pss_per_pod();
+            self.row(
+                &format!("Runtime PSS per pod at {}", pods(mc.pods)),
+                format!("{:.0} kB", mc.pss_per_pod()),
+                format!("{:.0} kB", mu.pss_per_pod()),
+                ratio(mc.pss_per_pod(), mu.pss_per_pod()),
+                goal.map(|g| verdict(q, g)).unwrap_or_default(),
+            );
+            self.row(
+                &format!("Runtime RSS per pod at {}", pods(mc.pods)),
+                format!("{:.0} kB", mc.rss_per_pod()),
+                format!("{:.0} kB", mu.rss_per_pod()),
+                ratio(mc.rss_per_pod(), mu.rss_per_pod()),
+                String::new(),
+            );
+            self.row(
+                &format!("Runtime processes at {}", pods(mc.pods)),
+                mc.procs.to_string(),
+                mu.procs.to_string(),
+                ratio(mc.procs as f64, mu.procs as f64),
+                String::new(),
+            );
+        }
+        self.ms_row(
+            &format!("Density: start {d} pods, {DENSITY_PARALLEL} at a time"),
+            dc.start,
+            du.start,
+            None,
+        );
+        self.ms_row(
+            &format!("Density: tear down {d} pods, {DENSITY_PARALLEL} at a time"),
+            dc.down,
+            du.down,
+            None,
+        );
+        self.row(
+            &format!("Density: failures, and anything left after {d} pods"),
+            "none".into(),
+            "none".into(),
+            String::new(),
+            String::new(),
+        );
+    }
+
     pub fn output_row(&mut self, mib: usize, out: &BTreeMap<Handler, Vec<f64>>) {
         let (c, u) = (median(&out[&COVE]), median(&out[&RUNC]));
         self.row(
@@ -292,57 +347,7 @@ pub fn publish(out_dir: &Path, began: Instant, sizes: Sizes, run: &Run, in_a_row
         ratio(per_s(bc), per_s(bu)),
         String::new(),
     );
-    let (dc, du) = (&den[&COVE], &den[&RUNC]);
-    let last = dc.mem.len().saturating_sub(1);
-    for (k, (mc, mu)) in dc.mem.iter().zip(du.mem.iter()).enumerate() {
-        // At all the density pods (200 by default) ≤ 0.05; at 50 ≤ 0.2.
-        let goal = match k {
-            0 => None,
-            k if k == last => Some(0.05),
-            _ => Some(0.2),
-        };
-        let q = mc.pss_per_pod() / mu.pss_per_pod();
-        r.row(
-            &format!("Runtime PSS per pod at {}", pods(mc.pods)),
-            format!("{:.0} kB", mc.pss_per_pod()),
-            format!("{:.0} kB", mu.pss_per_pod()),
-            ratio(mc.pss_per_pod(), mu.pss_per_pod()),
-            goal.map(|g| verdict(q, g)).unwrap_or_default(),
-        );
-        r.row(
-            &format!("Runtime RSS per pod at {}", pods(mc.pods)),
-            format!("{:.0} kB", mc.rss_per_pod()),
-            format!("{:.0} kB", mu.rss_per_pod()),
-            ratio(mc.rss_per_pod(), mu.rss_per_pod()),
-            String::new(),
-        );
-        r.row(
-            &format!("Runtime processes at {}", pods(mc.pods)),
-            mc.procs.to_string(),
-            mu.procs.to_string(),
-            ratio(mc.procs as f64, mu.procs as f64),
-            String::new(),
-        );
-    }
-    r.ms_row(
-        &format!("Density: start {d} pods, {DENSITY_PARALLEL} at a time"),
-        dc.start,
-        du.start,
-        None,
-    );
-    r.ms_row(
-        &format!("Density: tear down {d} pods, {DENSITY_PARALLEL} at a time"),
-        dc.down,
-        du.down,
-        None,
-    );
-    r.row(
-        &format!("Density: failures, and anything left after {d} pods"),
-        "none".into(),
-        "none".into(),
-        String::new(),
-        String::new(),
-    );
+    r.density_rows(d, den);
     let (cc, cu) = (&chu[&COVE], &chu[&RUNC]);
     r.ms_row(
         &format!(

@@ -35,6 +35,12 @@ impl Shim {
 
     /// [`Shim::start`] with extra environment for the server (e.g. `COVE_FAILPOINT`).
     pub fn start_with(tag: &str, env: &[(&str, &str)]) -> Shim {
+        Shim::start_timed(tag, env).0
+    }
+
+    /// [`Shim::start_with`], and how long the `start` process took (the bundle's layout,
+    /// containerd's work, is not counted).
+    pub fn start_timed(tag: &str, env: &[(&str, &str)]) -> (Shim, Duration) {
         require_root();
         let id = format!("cove-t-{tag}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&id);
@@ -47,13 +53,16 @@ impl Shim {
         std::fs::create_dir_all(&bundle).unwrap();
         std::fs::create_dir_all(&work).unwrap();
         std::os::unix::fs::symlink(&work, bundle.join("work")).unwrap();
+        let t = std::time::Instant::now();
         let address = run_start_with(&bundle, &id, env);
-        Shim {
+        let took = t.elapsed();
+        let shim = Shim {
             dir,
             bundle,
             id,
             address,
-        }
+        };
+        (shim, took)
     }
 
     /// [`Shim::start`] as containerd 2.3+ starts it, with BootstrapParams on stdin naming
