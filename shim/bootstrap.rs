@@ -93,6 +93,13 @@ pub(crate) fn socket_path(address: &str) -> &str {
     address.strip_prefix("unix://").unwrap_or(address)
 }
 
+/// (device, inode) of the file at `path`, to tell a server's socket file from a
+/// successor's bound at the same path.
+pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// `start`: launch the server for this sandbox (or find the running one) and print the reply.
 pub fn start(flags: &Flags) -> Result<()> {
     crate::ids::validate("id", &flags.id)?;
@@ -158,11 +165,15 @@ struct Spawned {
     child: nix::unistd::Pid,
     ready: std::fs::File,
     socket: PathBuf,
+    /// The socket file as bound: another `start` for the same id may have bound its own
+    /// at that path since, and that one is not this server's to remove.
+    socket_file: Option<(u64, u64)>,
 }
 
 fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Result<Spawned> {
     let path = Path::new(socket_path(address));
     let listener = bind_socket(path)?;
+    let socket_file = file_identity(path);
     let (ready_rd, ready_wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context(|| "readiness pipe".into())?;
     // The server is this process forked, not the binary exec'd again (as containerd's Go
@@ -183,6 +194,7 @@ fn spawn_server(flags: &Flags, address: &str, ttrpc_address: Option<&str>) -> Re
         child,
         ready: std::fs::File::from(ready_rd),
         socket: path.to_path_buf(),
+        socket_file,
     })
 }
 
@@ -202,11 +214,19 @@ impl Spawned {
         )))
     }
 
-    /// Kills and reaps the server, and removes its socket.
+    /// Kills and reaps the server, and removes its socket while it is still the one this
+    /// `start` bound.
     fn kill(&self) -> Option<nix::sys::wait::WaitStatus> {
         let _ = nix::sys::signal::kill(self.child, nix::sys::signal::Signal::SIGKILL);
-        let status = nix::sys::wait::waitpid(self.child, None).ok();
-        let _ = std::fs::remove_file(&self.socket);
+        let status = loop {
+            match nix::sys::wait::waitpid(self.child, None) {
+                Err(nix::Error::EINTR) => continue,
+                r => break r.ok(),
+            }
+        };
+        if self.socket_file.is_some() && file_identity(&self.socket) == self.socket_file {
+            let _ = std::fs::remove_file(&self.socket);
+        }
         status
     }
 }

@@ -113,7 +113,7 @@ async fn run_server(
     );
 
     let path = socket_path(&flags.socket);
-    let socket_file = file_identity(path);
+    let socket_file = crate::bootstrap::file_identity(Path::new(path));
     let mut exit = lifetime.exit_requested();
     let _ = exit.wait_for(|e| *e).await;
     // From here on no new client may find this server: a `start` for the same id (Docker
@@ -121,7 +121,7 @@ async fn run_server(
     // the address of one that is about to go. Connections already made are served on.
     // The path is unlinked only while it is still this server's socket file: a new
     // server may already have bound its own there.
-    if socket_file.is_some() && file_identity(path) == socket_file {
+    if socket_file.is_some() && crate::bootstrap::file_identity(Path::new(path)) == socket_file {
         let _ = std::fs::remove_file(path);
     }
     // The reply to the request that let the shim go (ShutdownSandbox, Task.Shutdown) is
@@ -211,12 +211,6 @@ impl futures_core::Stream for SameUser {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
-}
-
-/// (device, inode) of the file at `path`, to tell our socket file from a successor's.
-fn file_identity(path: &str) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// How long an exiting server waits for its clients to take their last replies and close.
