@@ -202,8 +202,7 @@ impl Spawned {
     /// Waits (bounded) for the server to say it serves; a server that says anything else,
     /// or nothing, is killed and its socket removed.
     fn wait_ready(&self, id: &str) -> Result<()> {
-        let mut ready = &self.ready;
-        let buf = read_ready_within(&mut ready, SERVER_READY_TIMEOUT);
+        let buf = read_ready_within(&self.ready, SERVER_READY_TIMEOUT);
         if buf.as_slice() == READY {
             return Ok(());
         }
@@ -304,7 +303,7 @@ pub(crate) const READY: &[u8] = b"ok";
 /// its exec, by the pause helper the server forked, and `start` need not wait for that. A
 /// write of less than PIPE_BUF bytes reaches the reader whole, so a server's error is never
 /// read as [`READY`].
-fn read_ready_within(r: &mut &std::fs::File, limit: std::time::Duration) -> Vec<u8> {
+fn read_ready_within(mut r: &std::fs::File, limit: std::time::Duration) -> Vec<u8> {
     use std::os::fd::AsFd;
     let deadline = std::time::Instant::now() + limit;
     let mut buf = Vec::new();

@@ -724,21 +724,9 @@ async fn a_start_that_cannot_record_the_address_leaves_no_server() {
     let id = format!("cove-t-noaddr-{}", std::process::id());
     let bundle = std::env::temp_dir().join(&id);
     std::fs::create_dir_all(bundle.join("address")).unwrap();
-    let opts = containerd_shim::StartOpts {
-        address: "/run/cove-test/containerd.sock".into(),
-        namespace: "cove-test".into(),
-        ..Default::default()
-    };
-    let address = opts.socket_address(&id);
-    let socket = PathBuf::from(address.trim_start_matches("unix://"));
+    let socket = common::shim::socket_for(&id);
     let out = std::process::Command::new(common::cove_bin())
-        .args([
-            "-namespace",
-            "cove-test",
-            "-address",
-            "/run/cove-test/containerd.sock",
-        ])
-        .args(["-publish-binary", "/bin/true", "-id", &id, "start"])
+        .args(common::shim::start_args(&id))
         .current_dir(&bundle)
         .env("TTRPC_ADDRESS", "")
         .stdin(std::process::Stdio::null())

@@ -133,9 +133,9 @@ impl Shim {
         Command::new(super::cove_bin())
             .args([
                 "-namespace",
-                "cove-test",
+                NAMESPACE,
                 "-address",
-                "/run/cove-test/containerd.sock",
+                CONTAINERD_ADDRESS,
                 "-id",
                 &self.id,
                 "-bundle",
@@ -215,19 +215,33 @@ impl Drop for Shim {
     }
 }
 
+/// The namespace and containerd address these tests give their shims.
+const NAMESPACE: &str = "cove-test";
+const CONTAINERD_ADDRESS: &str = "/run/cove-test/containerd.sock";
+
 /// containerd's command line for `start` of shim `id` in the test namespace.
-fn start_args(id: &str) -> [&str; 9] {
+pub fn start_args(id: &str) -> [&str; 9] {
     [
         "-namespace",
-        "cove-test",
+        NAMESPACE,
         "-address",
-        "/run/cove-test/containerd.sock",
+        CONTAINERD_ADDRESS,
         "-publish-binary",
         "/bin/true",
         "-id",
         id,
         "start",
     ]
+}
+
+/// The socket `start` binds for shim `id` run with [`start_args`] outside a CRI pod.
+pub fn socket_for(id: &str) -> PathBuf {
+    let opts = containerd_shim::StartOpts {
+        address: CONTAINERD_ADDRESS.into(),
+        namespace: NAMESPACE.into(),
+        ..Default::default()
+    };
+    PathBuf::from(opts.socket_address(id).trim_start_matches("unix://"))
 }
 
 pub fn run_start(bundle: &Path, id: &str) -> String {
