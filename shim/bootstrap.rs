@@ -10,7 +10,7 @@
 //! on /dev/null in its own process group, so containerd's `CombinedOutput` never waits on a
 //! pipe the server holds.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -41,17 +41,10 @@ enum Protocol {
 }
 
 fn read_protocol(flags: &Flags) -> Result<Protocol> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        return Ok(Protocol::Legacy);
+    match crate::sys::read_stdin(MAX_STDIN).context(|| "read stdin".into())? {
+        Some(input) => Ok(detect_protocol(&input, flags)),
+        None => Ok(Protocol::Legacy),
     }
-    let mut input = Vec::new();
-    stdin
-        .lock()
-        .take(MAX_STDIN)
-        .read_to_end(&mut input)
-        .context(|| "read stdin".into())?;
-    Ok(detect_protocol(&input, flags))
 }
 
 /// BootstrapParams name this instance; a legacy runtime-options `Any` also parses as
@@ -501,12 +494,7 @@ pub fn info() -> Result<()> {
 
 /// The runtime options `-info` may get on stdin (a protobuf Any), if any.
 fn read_info_options() -> Option<protobuf::well_known_types::any::Any> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        return None;
-    }
-    let mut input = Vec::new();
-    stdin.lock().take(MAX_STDIN).read_to_end(&mut input).ok()?;
+    let input = crate::sys::read_stdin(MAX_STDIN).ok()??;
     if input.is_empty() {
         return None;
     }

@@ -34,10 +34,16 @@ pub fn serve(flags: &Flags, listener: UnixListener, ready: OwnedFd) -> Result<()
     let helper = crate::pause::fork_helper().context(|| "fork the pause helper".into())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_io_events_per_tick(IO_EVENTS_PER_TICK)
         .build()
         .context(|| "build the async runtime".into())?;
     runtime.block_on(run_server(flags, listener, ready, helper, layout))
 }
+
+/// How many ready descriptors one poll of the event loop takes (tokio's default, 1024,
+/// keeps a 12 kB buffer in every shim). A pod's server watches a few dozen at most; any
+/// more are taken by the next poll, as the kernel keeps them ready.
+const IO_EVENTS_PER_TICK: usize = 64;
 
 async fn run_server(
     flags: &Flags,

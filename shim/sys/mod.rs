@@ -351,6 +351,24 @@ pub fn adopt_inherited(fd: RawFd) -> Option<OwnedFd> {
     unsafe { adopt_inherited_fd(fd) }
 }
 
+/// This process's standard input read to its end, at most `limit` bytes; `None` when it
+/// is a terminal. `std::io::stdin()` would leave its 8 kB buffer allocated for the life of
+/// the process, and the server `start` forks would carry it in every pod.
+pub fn read_stdin(limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::{IsTerminal, Read};
+    // SAFETY: the standard library opens /dev/null on any of fds 0-2 that is closed before
+    // main, so fd 0 is open; it is only borrowed here (duplicated, never closed).
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    if stdin.is_terminal() {
+        return Ok(None);
+    }
+    let mut input = Vec::new();
+    File::from(stdin.try_clone_to_owned()?)
+        .take(limit)
+        .read_to_end(&mut input)?;
+    Ok(Some(input))
+}
+
 /// The filesystem magic of nsfs, the filesystem of `/proc/<pid>/ns/*` and their bind mounts.
 pub const NSFS_MAGIC: i64 = 0x6e73_6673;
 
