@@ -76,7 +76,9 @@ async fn run_server(
         .context(|| "nonblocking listener".into())?;
     let listener =
         tokio::net::UnixListener::from_std(listener).context(|| "register the listener".into())?;
-    let listener = ttrpc::r#async::transport::Listener::new(SameUser::new(listener));
+    let admitted = Arc::new(tokio::sync::Notify::new());
+    let listener =
+        ttrpc::r#async::transport::Listener::new(SameUser::new(listener, admitted.clone()));
 
     let mut sandbox = containerd_shim_protos::sandbox_async::create_sandbox(Arc::new(
         crate::sandbox::service::SandboxService {
@@ -121,7 +123,14 @@ async fn run_server(
     let path = socket_path(&flags.socket);
     let socket_file = crate::bootstrap::file_identity(Path::new(path));
     let mut exit = lifetime.exit_requested();
-    let _ = exit.wait_for(|e| *e).await;
+    let within = first_client_within();
+    tokio::select! {
+        _ = exit.wait_for(|e| *e) => {}
+        () = abandoned(&admitted, within) => log::warn!(
+            "no client connected within {within:?} of this server's start (was its `start` \
+             killed?): exiting, as nothing else would ever ask it to"
+        ),
+    }
     // From here on no new client may find this server: a `start` for the same id (Docker
     // restarting a container, a restart policy) must launch a new server, not hand out
     // the address of one that is about to go. Connections already made are served on.
@@ -147,6 +156,30 @@ async fn run_server(
     Ok(())
 }
 
+/// How long a server waits for its first client. containerd connects as soon as `start`
+/// has printed the address; a `start` killed before that (its caller's deadline passed)
+/// leaves a server that nothing knows of, with no bundle for `delete` to find.
+const FIRST_CLIENT_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`FIRST_CLIENT_WITHIN`], or `COVE_FIRST_CLIENT_WITHIN_MS` from the environment
+/// (for tests, and for a node whose containerd is known to be slower than that).
+fn first_client_within() -> std::time::Duration {
+    std::env::var("COVE_FIRST_CLIENT_WITHIN_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(FIRST_CLIENT_WITHIN, std::time::Duration::from_millis)
+}
+
+/// Resolves if no connection was admitted within `within`; never once one was.
+async fn abandoned(admitted: &tokio::sync::Notify, within: std::time::Duration) {
+    if tokio::time::timeout(within, admitted.notified())
+        .await
+        .is_ok()
+    {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The server's accepted connections: only those whose peer (SO_PEERCRED, as recorded at
 /// connect) has this process's effective uid and gid, as Go ttrpc's
 /// `UnixSocketRequireSameUser` handshaker lets through in containerd's shims. Any other
@@ -157,17 +190,20 @@ struct SameUser {
     listener: tokio::net::UnixListener,
     uid: u32,
     gid: u32,
+    /// Told of every connection let through.
+    admitted: Arc<tokio::sync::Notify>,
 }
 
 /// Refused connections one poll of [`SameUser`] handles before it lets other tasks run.
 const REFUSALS_PER_POLL: usize = 32;
 
 impl SameUser {
-    fn new(listener: tokio::net::UnixListener) -> SameUser {
+    fn new(listener: tokio::net::UnixListener, admitted: Arc<tokio::sync::Notify>) -> SameUser {
         SameUser {
             listener,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
+            admitted,
         }
     }
 
@@ -206,7 +242,8 @@ impl futures_core::Stream for SameUser {
         for _ in 0..REFUSALS_PER_POLL {
             match this.listener.poll_accept(cx) {
                 Poll::Ready(Ok((stream, _))) if this.admits(&stream) => {
-                    return Poll::Ready(Some(Ok(stream)))
+                    this.admitted.notify_one();
+                    return Poll::Ready(Some(Ok(stream)));
                 }
                 // Dropped here: closed unread.
                 Poll::Ready(Ok(_)) => {}

@@ -760,6 +760,58 @@ async fn a_start_that_cannot_record_the_address_leaves_no_server() {
     let _ = std::fs::remove_dir_all(&bundle);
 }
 
+/// A server whose `start` was killed after it bound its socket (containerd's deadline
+/// passed) is known to nobody: containerd removes the bundle, so no `delete` will find it.
+/// It exits, removing its socket, when no client has come within its bound.
+#[tokio::test]
+async fn a_server_no_client_ever_connects_to_exits_and_removes_its_socket() {
+    let shim = Shim::start_with("noclient", &[("COVE_FIRST_CLIENT_WITHIN_MS", "300")]);
+    let socket = PathBuf::from(shim.address.trim_start_matches("unix://"));
+    assert!(socket.exists(), "start bound {}", socket.display());
+    // The server, and the pause helper it forked before it said it was ready (the helper
+    // carries the server's command line until its exec).
+    let mut pids = common::pids_with(&shim.id);
+    for p in pids.clone() {
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), 2, "a server and its helper: {pids:?}");
+    // Exited: gone, or a zombie its new parent has yet to reap.
+    let running = |p: &i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    eventually("the server and its pause helper exit", || {
+        !pids.iter().any(running)
+    })
+    .await;
+    assert!(!socket.exists(), "its socket {} was left", socket.display());
+}
+
+/// The same bound does not touch a server containerd has connected to, however long it
+/// then leaves it without a request.
+#[tokio::test]
+async fn a_server_with_a_client_outlives_its_first_client_bound() {
+    let shim = Shim::start_with("oneclient", &[("COVE_FIRST_CLIENT_WITHIN_MS", "300")]);
+    let (sb, _task, _c) = shim.clients().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !common::pids_with(&shim.id).is_empty(),
+        "the server exited with a client connected"
+    );
+    start_pod(&sb, &shim).await;
+}
+
 /// Task.Create from a checkpoint runs nothing until Start restores it. A path that is not
 /// absolute, or a directory runc's checkpoint did not write, is refused at Create; a
 /// corrupt checkpoint (or a host where CRIU cannot run) fails that Start with the reason,
