@@ -27,7 +27,6 @@ use crate::state::Leftovers;
 
 /// The task API version of the bootstrap reply (containerd reuses our socket for tasks at 3).
 pub const BOOTSTRAP_VERSION: i32 = 3;
-/// Environment variables through which `start` hands descriptors to the server.
 /// Largest stdin payload `start` reads (containerd's own limit).
 const MAX_STDIN: u64 = 10 << 20;
 /// The file in the bundle that records the socket address, for `delete`.
