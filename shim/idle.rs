@@ -27,7 +27,16 @@ pub fn request_done() {
     ACTIVITY.notify_one();
 }
 
-/// Wraps every method of `services` so that its end counts as activity.
+static REQUESTED: Notify = Notify::const_new();
+
+/// Resolves once a request has reached the server (at once if one has). A connection
+/// alone does not count: `start` connects to see whether a server is already there.
+pub async fn first_request() {
+    REQUESTED.notified().await;
+}
+
+/// Wraps every method of `services` so that its start is seen by [`first_request`] and
+/// its end counts as activity.
 pub fn watch(services: &mut HashMap<String, Service>) {
     for svc in services.values_mut() {
         svc.methods = std::mem::take(&mut svc.methods)
@@ -48,6 +57,7 @@ impl MethodHandler for Noticed {
         ctx: TtrpcContext,
         req: ttrpc::Request,
     ) -> ttrpc::Result<ttrpc::Response> {
+        REQUESTED.notify_one();
         let r = self.0.handler(ctx, req).await;
         request_done();
         r

@@ -76,9 +76,7 @@ async fn run_server(
         .context(|| "nonblocking listener".into())?;
     let listener =
         tokio::net::UnixListener::from_std(listener).context(|| "register the listener".into())?;
-    let admitted = Arc::new(tokio::sync::Notify::new());
-    let listener =
-        ttrpc::r#async::transport::Listener::new(SameUser::new(listener, admitted.clone()));
+    let listener = ttrpc::r#async::transport::Listener::new(SameUser::new(listener));
 
     let mut sandbox = containerd_shim_protos::sandbox_async::create_sandbox(Arc::new(
         crate::sandbox::service::SandboxService {
@@ -123,14 +121,17 @@ async fn run_server(
     let path = socket_path(&flags.socket);
     let socket_file = crate::bootstrap::file_identity(Path::new(path));
     let mut exit = lifetime.exit_requested();
-    let within = first_client_within();
-    tokio::select! {
-        _ = exit.wait_for(|e| *e) => {}
-        () = abandoned(&admitted, within) => log::warn!(
-            "no client connected within {within:?} of this server's start (was its `start` \
-             killed?): exiting, as nothing else would ever ask it to"
-        ),
-    }
+    let within = first_request_within();
+    let abandoned = tokio::select! {
+        _ = exit.wait_for(|e| *e) => false,
+        () = unclaimed(within) => {
+            log::warn!(
+                "no request within {within:?} of this server's start (was its `start` killed \
+                 before containerd had the address?): exiting, as nothing would ever ask it to"
+            );
+            true
+        }
+    };
     // From here on no new client may find this server: a `start` for the same id (Docker
     // restarting a container, a restart policy) must launch a new server, not hand out
     // the address of one that is about to go. Connections already made are served on.
@@ -143,7 +144,7 @@ async fn run_server(
     // still on its way out: exiting now can cut it off ("ttrpc: closed" in containerd).
     // containerd closes its connection once it has the reply; wait for that, bounded.
     let waited = std::time::Instant::now();
-    while connected_peers(path) > 0 && waited.elapsed() < REPLY_FLUSH {
+    while !abandoned && connected_peers(path) > 0 && waited.elapsed() < REPLY_FLUSH {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     log::info!(
@@ -156,28 +157,45 @@ async fn run_server(
     Ok(())
 }
 
-/// How long a server waits for its first client. containerd connects as soon as `start`
-/// has printed the address; a `start` killed before that (its caller's deadline passed)
+/// How long a server waits for its first request. containerd connects and sends one
+/// (CreateSandbox, Task.Create; Task.Connect after its own restart) as soon as `start` has
+/// printed the address; a `start` killed before that (its caller's deadline passed)
 /// leaves a server that nothing knows of, with no bundle for `delete` to find.
-const FIRST_CLIENT_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+const FIRST_REQUEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// [`FIRST_CLIENT_WITHIN`], or `COVE_FIRST_CLIENT_WITHIN_MS` from the environment
-/// (for tests, and for a node whose containerd is known to be slower than that).
-fn first_client_within() -> std::time::Duration {
-    std::env::var("COVE_FIRST_CLIENT_WITHIN_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(FIRST_CLIENT_WITHIN, std::time::Duration::from_millis)
+/// The least `COVE_FIRST_REQUEST_WITHIN_MS` may set.
+const FIRST_REQUEST_WITHIN_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`FIRST_REQUEST_WITHIN`], or `COVE_FIRST_REQUEST_WITHIN_MS` from the environment (at
+/// least [`FIRST_REQUEST_WITHIN_MIN`]; 0: no bound, the server waits for ever).
+fn first_request_within() -> Option<std::time::Duration> {
+    let Ok(v) = std::env::var("COVE_FIRST_REQUEST_WITHIN_MS") else {
+        return Some(FIRST_REQUEST_WITHIN);
+    };
+    match v.parse::<u64>() {
+        Ok(0) => None,
+        Ok(ms) => Some(std::time::Duration::from_millis(ms).max(FIRST_REQUEST_WITHIN_MIN)),
+        Err(_) => {
+            log::warn!(
+                "COVE_FIRST_REQUEST_WITHIN_MS={v:?} is not a number of milliseconds: \
+                 {FIRST_REQUEST_WITHIN:?} it is"
+            );
+            Some(FIRST_REQUEST_WITHIN)
+        }
+    }
 }
 
-/// Resolves if no connection was admitted within `within`; never once one was.
-async fn abandoned(admitted: &tokio::sync::Notify, within: std::time::Duration) {
-    if tokio::time::timeout(within, admitted.notified())
-        .await
-        .is_ok()
-    {
-        std::future::pending::<()>().await;
+/// Resolves if no request has come within `within`; never once one has, or with no bound.
+async fn unclaimed(within: Option<std::time::Duration>) {
+    if let Some(within) = within {
+        if tokio::time::timeout(within, crate::idle::first_request())
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
+    std::future::pending::<()>().await
 }
 
 /// The server's accepted connections: only those whose peer (SO_PEERCRED, as recorded at
@@ -190,20 +208,17 @@ struct SameUser {
     listener: tokio::net::UnixListener,
     uid: u32,
     gid: u32,
-    /// Told of every connection let through.
-    admitted: Arc<tokio::sync::Notify>,
 }
 
 /// Refused connections one poll of [`SameUser`] handles before it lets other tasks run.
 const REFUSALS_PER_POLL: usize = 32;
 
 impl SameUser {
-    fn new(listener: tokio::net::UnixListener, admitted: Arc<tokio::sync::Notify>) -> SameUser {
+    fn new(listener: tokio::net::UnixListener) -> SameUser {
         SameUser {
             listener,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
-            admitted,
         }
     }
 
@@ -242,8 +257,7 @@ impl futures_core::Stream for SameUser {
         for _ in 0..REFUSALS_PER_POLL {
             match this.listener.poll_accept(cx) {
                 Poll::Ready(Ok((stream, _))) if this.admits(&stream) => {
-                    this.admitted.notify_one();
-                    return Poll::Ready(Some(Ok(stream)));
+                    return Poll::Ready(Some(Ok(stream)))
                 }
                 // Dropped here: closed unread.
                 Poll::Ready(Ok(_)) => {}

@@ -363,10 +363,15 @@ pub fn read_stdin(limit: u64) -> std::io::Result<Option<Vec<u8>>> {
         return Ok(None);
     }
     let mut input = Vec::new();
-    File::from(stdin.try_clone_to_owned()?)
+    match File::from(stdin.try_clone_to_owned()?)
         .take(limit)
-        .read_to_end(&mut input)?;
-    Ok(Some(input))
+        .read_to_end(&mut input)
+    {
+        // Open, but not for reading: nothing to read, as std's stdin has it.
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(Some(Vec::new())),
+        Err(e) => Err(e),
+        Ok(_) => Ok(Some(input)),
+    }
 }
 
 /// The filesystem magic of nsfs, the filesystem of `/proc/<pid>/ns/*` and their bind mounts.
