@@ -40,6 +40,45 @@ pub fn serve(flags: &Flags, listener: UnixListener, ready: OwnedFd) -> Result<()
     runtime.block_on(run_server(flags, listener, ready, helper, layout))
 }
 
+/// The shim log: the bundle's `log` fifo, which containerd reads (none in a bundle
+/// without one). Opened without blocking: a fifo with no reader (containerd gave up on
+/// this `start` and closed its end) would block the open, before the server says it
+/// serves, for good. The log is then left off; writes to an opened fifo block, as
+/// containerd's Go shims' do. The level is `RUST_LOG`'s, else info (debug with -debug).
+fn init_log(debug: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("log")
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let flags = nix::fcntl::OFlag::from_bits_truncate(nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        nix::fcntl::FcntlArg::F_GETFL,
+    )?);
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        nix::fcntl::FcntlArg::F_SETFL(flags - nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let level = std::env::var(containerd_shim::logger::LOG_ENV)
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    log::set_max_level(if debug {
+        level.max(log::LevelFilter::Debug)
+    } else {
+        level
+    });
+    log::set_boxed_logger(Box::new(containerd_shim::logger::FifoLogger::with_file(
+        file,
+    )))
+    .map_err(std::io::Error::other)
+}
+
 /// How many ready descriptors one poll of the event loop takes (tokio's default, 1024,
 /// keeps a 12 kB buffer in every shim). A pod's server watches a few dozen at most; any
 /// more are taken by the next poll, as the kernel keeps them ready.
@@ -52,12 +91,8 @@ async fn run_server(
     helper: crate::pause::HelperHandle,
     layout: Result<crate::cgroups::Layout>,
 ) -> Result<()> {
-    if Path::new("log").exists() {
-        if let Err(e) =
-            containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
-        {
-            eprintln!("cove: shim log: {e}");
-        }
+    if let Err(e) = init_log(flags.debug) {
+        eprintln!("cove: shim log: {e}");
     }
     tokio::spawn(crate::idle::give_back_when_idle());
     let reaper = crate::reaper::Reaper::start().context(|| "watch SIGCHLD".into())?;

@@ -825,6 +825,44 @@ async fn a_server_with_a_request_outlives_its_first_request_bound() {
     assert_eq!(status.state, "SANDBOX_READY");
 }
 
+/// containerd reads the shim log from the bundle's `log` fifo; a `start` it has given up
+/// on finds that fifo with no reader. The server comes up without its log instead of
+/// blocking in the fifo's open before it could say it serves (where `start` gave up on it
+/// after 20 s, or, killed itself, left it blocked there for good).
+#[tokio::test]
+async fn a_log_fifo_nobody_reads_does_not_hold_the_server_up() {
+    common::shim::require_root();
+    let id = format!("cove-t-deaflog-{}", std::process::id());
+    let bundle = std::env::temp_dir().join(&id);
+    std::fs::create_dir_all(&bundle).unwrap();
+    nix::unistd::mkfifo(
+        &bundle.join("log"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let socket = common::shim::socket_for(&id);
+    let out = std::process::Command::new(common::cove_bin())
+        .args(common::shim::start_args(&id))
+        .current_dir(&bundle)
+        .env("TTRPC_ADDRESS", "")
+        .env("COVE_FIRST_REQUEST_WITHIN_MS", "1000")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "start failed: {stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(socket.to_str().unwrap()),
+        "start replied with its address"
+    );
+    // Nobody asks this server anything: it goes by itself.
+    eventually("the server exits and removes its socket", || {
+        common::pids_with(&id).is_empty() && !socket.exists()
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&bundle);
+}
+
 /// Task.Create from a checkpoint runs nothing until Start restores it. A path that is not
 /// absolute, or a directory runc's checkpoint did not write, is refused at Create; a
 /// corrupt checkpoint (or a host where CRIU cannot run) fails that Start with the reason,
