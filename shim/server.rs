@@ -111,7 +111,9 @@ async fn run_server(
         .context(|| "nonblocking listener".into())?;
     let listener =
         tokio::net::UnixListener::from_std(listener).context(|| "register the listener".into())?;
-    let listener = ttrpc::r#async::transport::Listener::new(SameUser::new(listener));
+    let admitted = Arc::new(tokio::sync::Notify::new());
+    let listener =
+        ttrpc::r#async::transport::Listener::new(SameUser::new(listener, admitted.clone()));
 
     let mut sandbox = containerd_shim_protos::sandbox_async::create_sandbox(Arc::new(
         crate::sandbox::service::SandboxService {
@@ -159,10 +161,11 @@ async fn run_server(
     let within = first_request_within();
     let abandoned = tokio::select! {
         _ = exit.wait_for(|e| *e) => false,
-        () = unclaimed(within) => {
+        () = unclaimed(within, &admitted) => {
             log::warn!(
-                "no request within {within:?} of this server's start (was its `start` killed \
-                 before containerd had the address?): exiting, as nothing would ever ask it to"
+                "no request within {within:?} of this server's start or of the last \
+                 connection to it (was the `start` that printed its address killed before \
+                 containerd had it?): exiting, as nothing would ever ask it to"
             );
             true
         }
@@ -192,10 +195,12 @@ async fn run_server(
     Ok(())
 }
 
-/// How long a server waits for its first request. containerd connects and sends one
-/// (CreateSandbox, Task.Create; Task.Connect after its own restart) as soon as `start` has
-/// printed the address; a `start` killed before that (its caller's deadline passed)
-/// leaves a server that nothing knows of, with no bundle for `delete` to find.
+/// How long a server waits for its first request. containerd connects once `start` has
+/// printed the address and sends one (CreateSandbox, Task.Create; Task.Connect after its
+/// own restart), at most after running `-info` (for a container with idmapped mounts,
+/// `runc features`, bounded at 10 s); a `start` killed before containerd had the address
+/// (its caller's deadline passed) leaves a server that nothing knows of, with no bundle
+/// for `delete` to find.
 const FIRST_REQUEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The least `COVE_FIRST_REQUEST_WITHIN_MS` may set.
@@ -220,14 +225,20 @@ fn first_request_within() -> Option<std::time::Duration> {
     }
 }
 
-/// Resolves if no request has come within `within`; never once one has, or with no bound.
-async fn unclaimed(within: Option<std::time::Duration>) {
+/// Resolves if no request has come within `within` of the server's start or of the last
+/// connection admitted; never once one has, or with no bound. A connection postpones but
+/// does not claim: `start` connects to see whether a server is already there, and
+/// containerd's request follows once that `start` has printed the address, unless that
+/// `start` too is killed.
+async fn unclaimed(within: Option<std::time::Duration>, admitted: &tokio::sync::Notify) {
     if let Some(within) = within {
-        if tokio::time::timeout(within, crate::idle::first_request())
-            .await
-            .is_err()
-        {
-            return;
+        loop {
+            tokio::select! {
+                biased;
+                () = crate::idle::first_request() => break,
+                () = admitted.notified() => continue,
+                () = tokio::time::sleep(within) => return,
+            }
         }
     }
     std::future::pending::<()>().await
@@ -243,17 +254,20 @@ struct SameUser {
     listener: tokio::net::UnixListener,
     uid: u32,
     gid: u32,
+    /// Told of every connection let through.
+    admitted: Arc<tokio::sync::Notify>,
 }
 
 /// Refused connections one poll of [`SameUser`] handles before it lets other tasks run.
 const REFUSALS_PER_POLL: usize = 32;
 
 impl SameUser {
-    fn new(listener: tokio::net::UnixListener) -> SameUser {
+    fn new(listener: tokio::net::UnixListener, admitted: Arc<tokio::sync::Notify>) -> SameUser {
         SameUser {
             listener,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
+            admitted,
         }
     }
 
@@ -292,7 +306,8 @@ impl futures_core::Stream for SameUser {
         for _ in 0..REFUSALS_PER_POLL {
             match this.listener.poll_accept(cx) {
                 Poll::Ready(Ok((stream, _))) if this.admits(&stream) => {
-                    return Poll::Ready(Some(Ok(stream)))
+                    this.admitted.notify_one();
+                    return Poll::Ready(Some(Ok(stream)));
                 }
                 // Dropped here: closed unread.
                 Poll::Ready(Ok(_)) => {}

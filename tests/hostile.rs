@@ -791,6 +791,28 @@ async fn a_server_no_request_ever_comes_to_exits_and_removes_its_socket() {
     assert!(!socket.exists(), "its socket {} was left", socket.display());
 }
 
+/// `start` connects to see whether a server is already there, then prints its address; a
+/// connection gives containerd the bound again to send its request, but does not claim the
+/// server: with connections coming and no request, it stays, and goes once they stop.
+#[tokio::test]
+async fn connections_postpone_but_do_not_claim_a_new_server() {
+    let shim = Shim::start_with("probed", &[("COVE_FIRST_REQUEST_WITHIN_MS", "3000")]);
+    let socket = PathBuf::from(shim.address.trim_start_matches("unix://"));
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(5) {
+        drop(std::os::unix::net::UnixStream::connect(&socket).unwrap());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        !common::pids_with(&shim.id).is_empty(),
+        "the server went while connections kept coming"
+    );
+    eventually("the server exits and removes its socket", || {
+        common::pids_with(&shim.id).is_empty() && !socket.exists()
+    })
+    .await;
+}
+
 /// The processes whose parent is one of `parents`.
 fn children_of(parents: &[i32]) -> Vec<i32> {
     std::fs::read_dir("/proc")
