@@ -209,7 +209,16 @@ const FIRST_REQUEST_WITHIN_MIN: std::time::Duration = std::time::Duration::from_
 /// [`FIRST_REQUEST_WITHIN`], or `COVE_FIRST_REQUEST_WITHIN_MS` from the environment (at
 /// least [`FIRST_REQUEST_WITHIN_MIN`]; 0: no bound, the server waits for ever).
 fn first_request_within() -> Option<std::time::Duration> {
-    let Ok(v) = std::env::var("COVE_FIRST_REQUEST_WITHIN_MS") else {
+    first_request_within_from(
+        std::env::var("COVE_FIRST_REQUEST_WITHIN_MS")
+            .ok()
+            .as_deref(),
+    )
+}
+
+/// [`first_request_within`] for the variable's value `v`, if set.
+fn first_request_within_from(v: Option<&str>) -> Option<std::time::Duration> {
+    let Some(v) = v else {
         return Some(FIRST_REQUEST_WITHIN);
     };
     match v.parse::<u64>() {
@@ -237,7 +246,17 @@ async fn unclaimed(within: Option<std::time::Duration>, admitted: &tokio::sync::
                 biased;
                 () = crate::idle::first_request() => break,
                 () = admitted.notified() => continue,
-                () = tokio::time::sleep(within) => return,
+                () = tokio::time::sleep(within) => {}
+            }
+            // The timer and a connection can come in the same turn of the event loop, and
+            // this future is polled before the listener's task: let that task run, then
+            // look once more.
+            tokio::task::yield_now().await;
+            tokio::select! {
+                biased;
+                () = crate::idle::first_request() => break,
+                () = admitted.notified() => continue,
+                () = std::future::ready(()) => return,
             }
         }
     }
@@ -365,6 +384,22 @@ fn count_connected(table: &str, path: &str, ours: &std::collections::HashSet<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_request_bound_is_30_s_unless_set_and_never_under_1_s() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        for (value, bound) in [
+            (None, Some(ms(30_000))),
+            (Some("0"), None),
+            (Some("2500"), Some(ms(2500))),
+            (Some("10"), Some(ms(1000))),
+            (Some("30s"), Some(ms(30_000))),
+            (Some("-1"), Some(ms(30_000))),
+        ] {
+            assert_eq!(first_request_within_from(value), bound, "{value:?}");
+        }
+    }
 
     #[test]
     fn connected_server_sockets_are_counted_by_path_and_owner() {

@@ -800,7 +800,12 @@ async fn connections_postpone_but_do_not_claim_a_new_server() {
     let socket = PathBuf::from(shim.address.trim_start_matches("unix://"));
     let began = Instant::now();
     while began.elapsed() < Duration::from_secs(5) {
-        drop(std::os::unix::net::UnixStream::connect(&socket).unwrap());
+        if let Err(e) = std::os::unix::net::UnixStream::connect(&socket) {
+            panic!(
+                "the server went while connections kept coming ({:?} in: {e})",
+                began.elapsed()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
