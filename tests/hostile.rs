@@ -777,15 +777,9 @@ async fn a_server_no_request_ever_comes_to_exits_and_removes_its_socket() {
     pids.dedup();
     assert_eq!(pids.len(), 2, "a server and its helper: {pids:?}");
     // Exited: gone, or a zombie its new parent has yet to reap.
-    let running = |p: &i32| {
-        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|st| {
-            st.rsplit(')')
-                .next()
-                .is_some_and(|r| !r.trim_start().starts_with('Z'))
-        })
-    };
     eventually("the server and its pause helper exit", || {
-        !pids.iter().any(running)
+        pids.iter()
+            .all(|p| cove::state::proc_start_time(*p).is_none())
     })
     .await;
     assert!(!socket.exists(), "its socket {} was left", socket.display());
@@ -868,18 +862,11 @@ async fn a_log_fifo_nobody_reads_does_not_hold_the_server_up() {
     )
     .unwrap();
     let socket = common::shim::socket_for(&id);
-    let out = std::process::Command::new(common::cove_bin())
-        .args(common::shim::start_args(&id))
-        .current_dir(&bundle)
-        .env("TTRPC_ADDRESS", "")
-        .env("COVE_FIRST_REQUEST_WITHIN_MS", "1000")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "start failed: {stderr}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(socket.to_str().unwrap()),
+    let address =
+        common::shim::run_start_with(&bundle, &id, &[("COVE_FIRST_REQUEST_WITHIN_MS", "1000")]);
+    assert_eq!(
+        Path::new(address.trim_start_matches("unix://")),
+        socket,
         "start replied with its address"
     );
     // Nobody asks this server anything: it goes by itself.
